@@ -1,0 +1,1 @@
+"""numpy <-> ROS message conversions: the only place the pipeline touches message types."""

@@ -1,0 +1,90 @@
+"""Install dvlt_ros and dvlt_core: as an ament_python package (colcon) or with pip alone.
+
+All Python dependencies are declared here, once. `.ci/setup.sh` installs the groups a
+machine needs: `ros` only where no ROS 2 install is sourced (a sourced ROS provides rclpy
+and the message packages through the system).
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dvlt_ros"
+
+CORE = [
+    "numpy>=1.22",
+    "torch>=2.4",
+    "safetensors>=0.4",
+    "huggingface_hub>=0.23",
+    "pillow>=9.0",
+    "av>=12.0",
+    "tqdm>=4.60",
+    "pyyaml>=6.0",
+]
+
+# The ROS 2 Kilted wheels: rclpy over Fast DDS and the message packages the node uses,
+# plus the rosidl/ament tools that build tf2_msgs (not on pip) into the same prefix.
+ROS = [
+    "ros-kilted-rclpy[fastrtps]",
+    "ros-kilted-builtin-interfaces",
+    "ros-kilted-std-msgs",
+    "ros-kilted-std-srvs",
+    "ros-kilted-sensor-msgs",
+    "ros-kilted-geometry-msgs",
+    "ros-kilted-nav-msgs",
+    "ros-kilted-visualization-msgs",
+    "ros-kilted-diagnostic-msgs",
+    "ros-kilted-rosgraph-msgs",
+    "ros-kilted-rcl-interfaces",
+    "ros-kilted-action-msgs",
+    "ros-kilted-unique-identifier-msgs",
+    "ros-kilted-ament-index-python",
+    "ros-kilted-rosidl-default-generators",
+    "ros-kilted-rosidl-core-generators",
+    "ros-kilted-ament-cmake",
+    "ros-kilted-ament-cmake-include-directories",
+    "ros-kilted-ament-cmake-ros-core",
+    "ros-kilted-ament-package",
+    "catkin_pkg",
+]
+
+EXTRAS = {
+    "ros": ROS,
+    "bags": ["rosbags>=0.10"],
+    "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+    "tensorrt": ["tensorrt>=10.0"],
+    "train": ["accelerate>=0.30", "tensorboard>=2.14"],
+    "dev": [
+        "pytest>=8.0",
+        "ruff>=0.6",
+        "colcon-core>=0.17",
+        "colcon-ros>=0.5",
+        "colcon-python-setup-py>=0.2",
+        "colcon-library-path>=0.2",
+        "colcon-cmake>=0.2",
+    ],
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Live multi-camera 3D reconstruction with the DVLT looping transformer for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dvlt_ros", "dvlt_ros.*", "dvlt_core", "dvlt_core.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"{PACKAGE}/resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/training", glob("training/*.yaml")),
+    ],
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    zip_safe=False,
+    entry_points={
+        "console_scripts": [
+            "dvlt-reconstruct = dvlt_core.cli.reconstruct:main",
+        ],
+    },
+)

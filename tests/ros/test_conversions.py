@@ -1,0 +1,140 @@
+"""numpy <-> message conversions: every supported encoding, padding, endianness, bad input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sensor_msgs.msg import CompressedImage, Image
+
+from dvlt_ros.conversions.image import (
+    ImageConversionError,
+    array_to_image,
+    compressed_to_rgb8,
+    image_to_array,
+    image_to_rgb8,
+)
+from dvlt_ros.conversions.pointcloud import cloud_to_array, pack_rgb, points_to_cloud, unpack_rgb
+from dvlt_ros.conversions.transforms import (
+    matrix_from_quaternion,
+    matrix_from_transform,
+    ns_from_stamp,
+    quaternion_from_matrix,
+    stamp_from_ns,
+    transform_stamped,
+)
+
+RNG = np.random.default_rng(7)
+RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "pixels"),
+    [
+        ("rgb8", RGB),
+        ("bgr8", RGB[..., ::-1].copy()),
+        ("rgba8", np.concatenate([RGB, np.full((5, 7, 1), 9, np.uint8)], axis=2)),
+        ("bgra8", np.concatenate([RGB[..., ::-1], np.full((5, 7, 1), 9, np.uint8)], axis=2)),
+    ],
+)
+def test_colour_encodings_to_rgb(encoding, pixels):
+    np.testing.assert_array_equal(image_to_rgb8(array_to_image(pixels, encoding)), RGB)
+
+
+def test_mono8_becomes_grey_rgb():
+    grey = RGB[..., 0].copy()
+    out = image_to_rgb8(array_to_image(grey, "mono8"))
+    assert out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out[..., 1], grey)
+
+
+def test_row_padding_and_big_endian():
+    depth = RNG.uniform(0.1, 10, size=(4, 6)).astype(np.float32)
+    msg = Image(height=4, width=6, encoding="32FC1", is_bigendian=True, step=6 * 4 + 8)
+    rows = np.zeros((4, msg.step), np.uint8)
+    rows[:, :24] = depth.astype(">f4").view(np.uint8).reshape(4, 24)
+    msg.data = rows.tobytes()
+    np.testing.assert_array_equal(image_to_array(msg), depth)
+
+
+@pytest.mark.parametrize(
+    ("msg", "message"),
+    [
+        (Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)), "unsupported"),
+        (Image(height=0, width=2, encoding="rgb8", step=6), "zero size"),
+        (Image(height=2, width=2, encoding="rgb8", step=5, data=bytes(10)), "step 5"),
+        (Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(7)), "expected"),
+    ],
+)
+def test_bad_images_raise_clear_errors(msg, message):
+    with pytest.raises(ImageConversionError, match=message):
+        image_to_array(msg)
+
+
+def test_depth_image_is_not_a_colour_image():
+    with pytest.raises(ImageConversionError, match="not a colour encoding"):
+        image_to_rgb8(array_to_image(np.ones((2, 2), np.float32), "32FC1"))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_compressed_images(fmt):
+    v, u = np.mgrid[0:32, 0:48]
+    smooth = np.stack([u * 5, v * 7, (u + v) * 3], axis=2).astype(np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(smooth).save(buf, format=fmt.upper(), quality=95)
+    msg = CompressedImage(format=f"rgb8; {fmt} compressed bgr8", data=buf.getvalue())
+    out = compressed_to_rgb8(msg)
+    assert out.shape == smooth.shape
+    assert np.abs(out.astype(int) - smooth).max() <= (0 if fmt == "png" else 12)
+
+
+def test_corrupt_compressed_image():
+    with pytest.raises(ImageConversionError, match="cannot decode"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=b"\xff\xd8garbage"))
+
+
+def test_pointcloud_round_trip_and_layout():
+    points = RNG.normal(size=(100, 3)).astype(np.float32)
+    colors = RNG.integers(0, 256, size=(100, 3), dtype=np.uint8)
+    conf = RNG.uniform(size=100).astype(np.float32)
+    msg = points_to_cloud(points, colors, conf)
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "confidence"]
+    assert msg.point_step == 20 and msg.row_step == 2000 and msg.width == 100
+    cloud = cloud_to_array(msg)
+    np.testing.assert_array_equal(cloud["z"], points[:, 2])
+    np.testing.assert_array_equal(unpack_rgb(cloud["rgb"]), colors)
+    assert pack_rgb(np.array([[255, 0, 1]], np.uint8)).view(np.uint32)[0] == 0xFF0001
+
+
+def test_pointcloud_shape_mismatch():
+    with pytest.raises(ValueError, match=r"must be \(N,3\)"):
+        points_to_cloud(np.zeros((3, 3)), np.zeros((2, 3), np.uint8), np.zeros(3))
+
+
+def test_transform_round_trip():
+    angles = RNG.uniform(-np.pi, np.pi, size=(200, 3))
+    for a, b, c in angles:
+        ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
+        rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
+        ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
+        rx = np.array([[1, 0, 0], [0, cc, -sc], [0, sc, cc]])
+        rot = rz @ ry @ rx
+        q = quaternion_from_matrix(rot)
+        assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
+        np.testing.assert_allclose(matrix_from_quaternion(q), rot, atol=1e-12)
+    for rot in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):
+        np.testing.assert_allclose(matrix_from_quaternion(quaternion_from_matrix(rot)), rot,
+                                   atol=1e-12)
+    pose = np.eye(4)
+    pose[:3, :3] = rot
+    pose[:3, 3] = (1, -2, 3)
+    msg = transform_stamped(pose, "map", "cam", stamp_from_ns(5))
+    np.testing.assert_allclose(matrix_from_transform(msg), pose, atol=1e-12)
+
+
+def test_stamps():
+    assert ns_from_stamp(stamp_from_ns(1_234_567_890_123_456_789)) == 1_234_567_890_123_456_789
+    stamp = stamp_from_ns(1_500_000_000)
+    assert (stamp.sec, stamp.nanosec) == (1, 500_000_000)
