@@ -54,6 +54,7 @@ EXTRAS = {
     "export": ["onnx>=1.16", "onnxruntime>=1.18"],
     "tensorrt": ["tensorrt>=10.0"],
     "train": ["accelerate>=0.30", "tensorboard>=2.14"],
+    "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "dev": [
         "pytest>=8.0",
         "ruff>=0.6",
@@ -64,6 +65,9 @@ EXTRAS = {
         "colcon-cmake>=0.2",
     ],
 }
+
+# Everything the test suite exercises on a machine without a GPU.
+EXTRAS["test"] = sorted({r for group in ("dev", "export", "train", "eval") for r in EXTRAS[group]})
 
 setup(
     name=PACKAGE,
@@ -85,6 +89,11 @@ setup(
     entry_points={
         "console_scripts": [
             "dvlt-reconstruct = dvlt_core.cli.reconstruct:main",
+            "dvlt-export = dvlt_core.export.cli:main",
+            "export = dvlt_core.export.cli:main",
+            "dvlt-train = dvlt_core.training.cli:main",
+            "dvlt-eval = dvlt_core.eval.cli:main",
+            "dvlt-bag-to-dataset = dvlt_core.training.bag_to_dataset:main",
         ],
     },
 )

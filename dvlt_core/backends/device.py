@@ -1,0 +1,21 @@
+"""Parsing and checking a torch device name."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Parse ``device`` and check that it exists here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"invalid device {device!r}; use 'cpu' or 'cuda[:N]'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} requested but CUDA is not available in this PyTorch build or "
+            "machine; use device='cpu'"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]'")
+    return dev

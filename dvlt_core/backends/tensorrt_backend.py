@@ -1,0 +1,288 @@
+"""TensorRT backend: encoder engine, a host loop over the step engine, decoder engine.
+
+Engines come from the export folder's engine cache (built on first use, or refused with the
+reason when ``on_mismatch="refuse"``); see :mod:`dvlt_core.export.engine_cache`. All tensors are
+torch CUDA tensors whose addresses are handed to TensorRT (``set_tensor_address``), so nothing
+is copied between the stages. The loop ping-pongs between two token buffers; the step times
+are written into two device scalars before each step, so K changes per call without a
+rebuild. With ``cuda_graphs=True`` each (block, direction) step is captured once per S into a
+CUDA graph and replayed, which removes the per-step launch overhead. Stage times come from
+CUDA events, so timing does not stall the loop.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
+from dvlt_core.export.engine_cache import ENGINE_PRECISIONS, EngineCache
+from dvlt_core.export.manifest import load_manifest
+from dvlt_core.export.tensorrt_build import (
+    DEFAULT_WORKSPACE_BYTES,
+    TensorRTUnavailableError,
+    ensure_engines,
+    graph_name,
+    import_tensorrt,
+)
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+             trt.int64: torch.int64, trt.bool: torch.bool, trt.bfloat16: torch.bfloat16}
+    return table[dtype]
+
+
+class _Engine:
+    """One deserialised engine with its execution context and I/O names."""
+
+    def __init__(self, trt: Any, runtime: Any, data: bytes, name: str) -> None:
+        self.name = name
+        self.engine = runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise RuntimeError(
+                f"TensorRT could not deserialise the {name} engine; delete the engine cache "
+                "folder and let it rebuild"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+
+    def bind(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set shapes and addresses of the inputs and outputs this engine has."""
+        for name, tensor in tensors.items():
+            if name not in self.dtypes:
+                continue  # e.g. t_next of a step without interval conditioning
+            if tensor.dtype != self.dtypes[name] or not tensor.is_contiguous():
+                raise RuntimeError(
+                    f"{self.name}: tensor {name} must be contiguous {self.dtypes[name]}, got "
+                    f"{tensor.dtype}"
+                )
+            if name in self.inputs and not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise RuntimeError(f"{self.name}: shape {tuple(tensor.shape)} of {name} is "
+                                   "outside the engine's profile")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """Activation memory the context needs at the largest profile shape."""
+        return int(self.engine.device_memory_size_v2)
+
+    def output_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.context.get_tensor_shape(name))
+
+    def run(self, stream: torch.cuda.Stream) -> None:
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run the {self.name} engine")
+
+
+@dataclass
+class _ViewState:
+    """Device buffers (and captured step graphs) for one number of views S."""
+
+    num_views: int
+    images: torch.Tensor
+    tokens: tuple[torch.Tensor, torch.Tensor]
+    t_now: torch.Tensor
+    t_next: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = field(default_factory=dict)
+
+
+class TensorRTBackend(InferenceBackend):
+    """Runs the engines of an export folder on one CUDA device (see the module docstring)."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        *,
+        device: str | torch.device = "cuda",
+        precision: str = "fp16",
+        engine_dir: str | Path | None = None,
+        on_mismatch: str = "rebuild",
+        cuda_graphs: bool = True,
+        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        fp32_softmax: bool = False,
+        say: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        trt = import_tensorrt()
+        if precision not in ENGINE_PRECISIONS:
+            raise ValueError(f"precision must be one of {ENGINE_PRECISIONS}, got {precision!r}")
+        dev = torch.device(device)
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            raise TensorRTUnavailableError(
+                f"the tensorrt backend runs on a CUDA device, got device={device!r} "
+                f"(CUDA available: {torch.cuda.is_available()}); use the 'onnxruntime' or "
+                "'torch' backend on the CPU"
+            )
+        self._device = torch.device("cuda", dev.index if dev.index is not None
+                                    else torch.cuda.current_device())
+        self.precision = precision
+        self.cuda_graphs = cuda_graphs
+        self.manifest = load_manifest(export_dir)
+        self.cache = EngineCache(engine_dir or self.manifest.root / "engines")
+        engines = ensure_engines(self.manifest, self.cache, precision=precision,
+                                 device=self._device, on_mismatch=on_mismatch,
+                                 workspace_bytes=workspace_bytes, fp32_softmax=fp32_softmax,
+                                 say=say)
+        self.engine_keys = {name: key for name, (key, _) in engines.items()}
+        self._trt = trt
+        with torch.cuda.device(self._device):
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            loaded = {name: _Engine(trt, self._runtime, data, name)
+                      for name, (_, data) in engines.items()}
+            self._stream = torch.cuda.Stream(self._device)
+        m = self.manifest
+        self._encoder = loaded[graph_name(m.encoder)]
+        self._steps = {block: loaded[graph_name(g)] for block, g in m.steps.items()}
+        self._decoder = loaded[graph_name(m.decoder)]
+        self._state: _ViewState | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def img_size(self) -> int:
+        return self.manifest.img_size
+
+    @property
+    def default_num_steps(self) -> int:
+        return self.manifest.model_config.default_num_steps
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of activation memory per engine (``<graph>``) at the largest S."""
+        engines = {"encoder": self._encoder, "decoder": self._decoder}
+        engines.update({f"step{block}": e for block, e in self._steps.items()})
+        return {name: e.device_memory_bytes for name, e in engines.items()}
+
+    def _state_for(self, num_views: int) -> _ViewState:
+        if self._state is not None and self._state.num_views == num_views:
+            return self._state
+        self._state = None  # free the old buffers and graphs first
+        m = self.manifest
+        dev = self._device
+        images = torch.empty(1, num_views, 3, m.height, m.width, device=dev)
+        token_dtype = self._encoder.dtypes["tokens"]
+        tokens = tuple(torch.empty(1, num_views, m.num_tokens, m.embed_dim, dtype=token_dtype,
+                                   device=dev) for _ in range(2))
+        self._encoder.bind({"images": images})
+        self._decoder.bind({"tokens": tokens[0]})
+        outputs = {
+            name: torch.empty(self._decoder.output_shape(name),
+                              dtype=self._decoder.dtypes[name], device=dev)
+            for name in m.outputs
+        }
+        state = _ViewState(num_views, images, tokens,
+                           torch.zeros((), device=dev), torch.zeros((), device=dev), outputs)
+        self._state = state
+        return state
+
+    def _run_step(self, state: _ViewState, block: int, src: int) -> None:
+        engine = self._steps[block]
+        key = (block, src)
+        graph = state.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        engine.bind({"tokens": state.tokens[src], "t_now": state.t_now,
+                     "t_next": state.t_next, "tokens_out": state.tokens[1 - src]})
+        engine.run(self._stream)
+        if self.cuda_graphs:
+            self._capture(state, engine, key)
+
+    def _capture(self, state: _ViewState, engine: _Engine, key: tuple[int, int]) -> None:
+        """Capture the (already bound and run once) step into a CUDA graph for later calls."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            self._stream.synchronize()
+            with torch.cuda.graph(graph, stream=self._stream):
+                engine.run(self._stream)
+        except RuntimeError as exc:
+            warnings.warn(
+                f"CUDA graph capture of the TensorRT step failed ({exc}); running the loop "
+                "without CUDA graphs",
+                stacklevel=3,
+            )
+            self.cuda_graphs = False
+            return
+        state.graphs[key] = graph
+
+    @torch.inference_mode()
+    def infer(self, images: torch.Tensor, num_steps: int | None = None) -> BackendOutput:
+        num_views = self.manifest.check_images(images)
+        plan = self.manifest.plan(num_steps)
+        start = time.perf_counter()
+        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
+            state = self._state_for(num_views)
+            state.images.copy_(images.to(torch.float32), non_blocking=False)
+            t_pairs = plan.t_pairs.to(self._device)
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(len(plan) + 3)]
+            events[0].record(self._stream)
+            self._encoder.bind({"images": state.images, "tokens": state.tokens[0]})
+            self._encoder.run(self._stream)
+            events[1].record(self._stream)
+            src = 0
+            for i, block in enumerate(plan.block_indices):
+                state.t_now.copy_(t_pairs[i, 0])
+                state.t_next.copy_(t_pairs[i, 1])
+                self._run_step(state, block, src)
+                src = 1 - src
+                events[i + 2].record(self._stream)
+            self._decoder.bind({"tokens": state.tokens[src], **state.outputs})
+            self._decoder.run(self._stream)
+            events[-1].record(self._stream)
+            host = {name: t.float().cpu() for name, t in state.outputs.items()}
+        end = time.perf_counter()
+        gpu_ms = [events[i].elapsed_time(events[i + 1]) for i in range(len(events) - 1)]
+        total_ms = (end - start) * 1e3
+        return BackendOutput(
+            rays=host["rays"],
+            depth=host["depth"],
+            depth_conf=host["depth_conf"],
+            world_points=host["world_points"],
+            pose_enc=host.get("pose_enc"),
+            timings=StageTimings(
+                encode_ms=gpu_ms[0],
+                step_ms=gpu_ms[1:-1],
+                decode_ms=gpu_ms[-1],
+                transfer_ms=max(0.0, total_ms - sum(gpu_ms)),
+                total_ms=total_ms,
+            ),
+        )
+
+
+def _create_tensorrt_backend(
+    checkpoint: Any = None,
+    device: str = "cuda",
+    precision: str = "fp16",
+    *,
+    export_dir: str | Path | None = None,
+    engine_dir: str | Path | None = None,
+    on_mismatch: str = "rebuild",
+    cuda_graphs: bool = True,
+    fp32_softmax: bool = False,
+) -> TensorRTBackend:
+    folder = export_dir or checkpoint
+    if folder is None:
+        raise ValueError(
+            "the tensorrt backend runs an export folder: pass checkpoint=<folder written by "
+            "dvlt-export>"
+        )
+    return TensorRTBackend(folder, device=device, precision=precision, engine_dir=engine_dir,
+                           on_mismatch=on_mismatch, cuda_graphs=cuda_graphs,
+                           fp32_softmax=fp32_softmax)
+
+
+register_backend("tensorrt", _create_tensorrt_backend)

@@ -1,0 +1,247 @@
+"""``dvlt-reconstruct``: reconstruct a scene from images, a folder or a video.
+
+Writes into ``--out``: ``reconstruction.npz`` (all arrays), ``points.ply`` (coloured,
+confidence-filtered), ``depth/<view>.png`` and ``confidence/<view>.png`` previews,
+``cameras.json`` and ``trajectory.tum``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dvlt_core.backends import available_backends, create_backend
+from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
+from dvlt_core.io.checkpoint import CheckpointError, default_checkpoint
+from dvlt_core.io.download import DownloadError
+from dvlt_core.io.images import load_sequence
+from dvlt_core.io.writers import (
+    write_cameras_json,
+    write_confidence_preview,
+    write_depth_preview,
+    write_npz,
+    write_ply,
+    write_tum,
+)
+from dvlt_core.result import RESOLUTIONS, Reconstruction
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dvlt-reconstruct",
+        description="Reconstruct cameras, depth and a point cloud from images, a folder of "
+        "images or a video with DVLT.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="a folder of images, a video, or one or more image files (view 0 is the reference)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("dvlt_output"), help="output folder")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="local folder/file, https URL or Hugging Face repo id[@revision] "
+        "(default: $DVLT_CHECKPOINT, else nvidia/dvlt)",
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="download cache folder")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .pt/.pth/.bin weights (read with torch.load(weights_only=True))",
+    )
+    parser.add_argument("--backend", default="torch", choices=available_backends())
+    parser.add_argument(
+        "--num-steps", type=int, default=None, help="loop steps K (default: the model's)"
+    )
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--pose-mode", default="robust", choices=POSE_MODES)
+    parser.add_argument("--pose-weights", default="uniform", choices=POSE_WEIGHTS)
+    parser.add_argument(
+        "--conf-threshold",
+        type=_threshold,
+        default="20%",
+        help="point cloud filter: an absolute confidence (>= 1), or 'P%%' to drop the P "
+        "percent least confident pixels (default 20%%)",
+    )
+    parser.add_argument(
+        "--fps", type=float, default=2.0, help="frames per second kept from a video"
+    )
+    parser.add_argument(
+        "--rotate-portrait",
+        action="store_true",
+        help="turn portrait images to landscape for the network (results are turned back)",
+    )
+    parser.add_argument(
+        "--resolution",
+        default="original",
+        choices=RESOLUTIONS,
+        help="maps at the original image size, or at the network's (no resampling)",
+    )
+    parser.add_argument(
+        "--keep-failed-views",
+        action="store_true",
+        help="also put views whose pose fit failed into points.ply and trajectory.tum",
+    )
+    return parser
+
+
+def _threshold(text: str) -> float | str:
+    """argparse type of --conf-threshold: a float, or the string 'P%' with 0 <= P < 100."""
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'P%'") from None
+    if not text.endswith("%"):
+        return value
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"percentage {text!r} must be in [0, 100)")
+    return text
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _source(inputs: Sequence[str]) -> str | list[str]:
+    return inputs[0] if len(inputs) == 1 else list(inputs)
+
+
+def write_outputs(
+    recon: Reconstruction, out: Path, conf_threshold: float | str, keep_failed: bool = False
+) -> dict[str, Path]:
+    """Write every output file of the tool into ``out``; returns them by kind.
+
+    Views whose pose fit failed stay in the NPZ and JSON (flagged) but are left out of the
+    point cloud and the trajectory unless ``keep_failed``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "depth").mkdir(exist_ok=True)
+    (out / "confidence").mkdir(exist_ok=True)
+    paths = {
+        "npz": out / "reconstruction.npz",
+        "ply": out / "points.ply",
+        "cameras": out / "cameras.json",
+        "trajectory": out / "trajectory.tum",
+    }
+    write_npz(paths["npz"], recon)
+    points, colors = recon.point_cloud(conf_threshold, include_failed=keep_failed)
+    write_ply(paths["ply"], points, colors)
+    write_cameras_json(paths["cameras"], recon)
+    write_tum(
+        paths["trajectory"],
+        [v.timestamp for v in recon.views],
+        recon.extrinsics_c2w,
+        None if keep_failed else [v.pose_valid for v in recon.views],
+    )
+    for view in tqdm(recon.views, desc="previews", unit="view", leave=False):
+        write_depth_preview(out / "depth" / f"{view.name}.png", view.depth, view.valid)
+        write_confidence_preview(
+            out / "confidence" / f"{view.name}.png", view.confidence, view.valid
+        )
+    return paths
+
+
+def reconstruct(args: argparse.Namespace) -> Reconstruction:
+    """Load the inputs and the model and run the pipeline.
+
+    Raises the errors a user can fix (bad input, checkpoint, options) as
+    :class:`CheckpointError`, :class:`DownloadError`, ``FileNotFoundError`` or ``ValueError``.
+    """
+    sequence = load_sequence(_source(args.inputs), fps=args.fps)
+    print(f"{len(sequence)} view(s) loaded", file=sys.stderr)
+    backend = create_backend(
+        args.backend,
+        args.checkpoint or default_checkpoint(),
+        device=_pick_device(args.device),
+        precision=args.precision,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        allow_pickle=args.allow_pickle,
+    )
+    reconstructor = Reconstructor(
+        backend,
+        pose_mode=args.pose_mode,
+        pose_weights=args.pose_weights,
+        rotate_portrait=args.rotate_portrait,
+        resolution=args.resolution,
+    )
+    with tqdm(total=1, desc="reconstructing", unit="scene", leave=False) as bar:
+        recon = reconstructor.reconstruct(
+            sequence.images,
+            args.num_steps,
+            names=_unique(sequence.names),
+            timestamps=sequence.timestamps,
+        )
+        bar.update()
+    return recon
+
+
+def report(recon: Reconstruction, args: argparse.Namespace) -> None:
+    """Print the timings and any failed pose fits to stderr."""
+    t = recon.timings
+    print(
+        f"K={recon.num_steps}: encode {t.encode_ms:.0f} ms, loop {sum(t.step_ms):.0f} ms, "
+        f"decode {t.decode_ms:.0f} ms, total {t.total_ms:.0f} ms; results in {args.out}",
+        file=sys.stderr,
+    )
+    if recon.failed_views:
+        action = (
+            "kept (--keep-failed-views)"
+            if args.keep_failed_views
+            else "left out of points.ply and trajectory.tum"
+        )
+        print(
+            f"warning: pose fit failed for {len(recon.failed_views)} view(s) "
+            f"({', '.join(recon.failed_views)}); {action}",
+            file=sys.stderr,
+        )
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    """Make view names unique (two folders may hold files with the same stem)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the process exit code (2 on bad input or setup)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        recon = reconstruct(args)
+    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as exc:
+        print(f"dvlt-reconstruct: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        write_outputs(recon, args.out, args.conf_threshold, keep_failed=args.keep_failed_views)
+    except OSError as exc:
+        print(
+            f"dvlt-reconstruct: error: cannot write the outputs to {args.out}: {exc}; "
+            "choose another --out",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    report(recon, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

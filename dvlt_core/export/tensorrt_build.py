@@ -1,0 +1,392 @@
+"""Build TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API).
+
+Precision: the ONNX graphs are float32 and the network is weakly typed, so one export serves
+every precision. ``fp16``/``bf16`` set the builder flag and pin the numerically sensitive layers
+to float32 with ``PREFER_PRECISION_CONSTRAINTS``: normalisation (LayerNorm, GroupNorm), the
+step gates' MLP, and the decoders' output stages, camera head and final exp/unprojection
+arithmetic (the parts the PyTorch precision policy keeps in float32); softmax optionally (see
+:func:`fp32_reason`). ``fp32`` clears the TF32 flag, so fp32 engines are comparable with
+PyTorch fp32. A strongly typed network would need one ONNX export per precision with explicit
+casts; weak typing keeps a single export.
+
+``tensorrt`` is imported only when a build or an engine is requested; without it
+:func:`import_tensorrt` raises an error that names the ``tensorrt`` extra.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import torch
+
+from dvlt_core.export.engine_cache import (
+    ENGINE_PRECISIONS,
+    MISMATCH_POLICIES,
+    EngineCache,
+    EngineCacheError,
+    EngineKey,
+    EngineMissingError,
+)
+from dvlt_core.export.manifest import VIEW_AXIS, ExportManifest, GraphFile, ViewRange, write_atomic
+
+DEFAULT_WORKSPACE_BYTES = 4 << 30
+_FP32_SCOPES = (
+    (re.compile(r"^/(ray|depth)_decoder/(head|upsample_blocks|output_block)[./]"), "output head"),
+    (re.compile(r"^/camera_head/"), "camera head"),
+    (re.compile(r"/depth_scale/"), "step gates"),
+    (re.compile(r"^/[^/]+$"), "output arithmetic"),
+)
+
+
+class TensorRTUnavailableError(RuntimeError):
+    """TensorRT (or a CUDA GPU) is not available; the message says how to get it."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse a graph or build an engine."""
+
+
+def import_tensorrt() -> ModuleType:
+    """Import ``tensorrt`` (10.x) or raise :class:`TensorRTUnavailableError` saying how."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailableError(
+            "TensorRT is not installed: install the 'tensorrt' extra (pip install "
+            "'dvlt_ros[tensorrt]') on a machine with an NVIDIA GPU, or on Jetson use JetPack's "
+            "python3-libnvinfer; otherwise choose the 'torch' or 'onnxruntime' backend"
+        ) from exc
+    major = int(trt.__version__.split(".")[0])
+    if major < 10:
+        raise TensorRTUnavailableError(
+            f"TensorRT {trt.__version__} is too old: the DVLT engines need TensorRT 10.x"
+        )
+    return trt
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str
+
+
+def current_gpu(device: torch.device | str = "cuda") -> GpuInfo:
+    """Name and compute capability of a CUDA device (raises if there is none)."""
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailableError(
+            "TensorRT engines need a CUDA GPU, but torch.cuda.is_available() is False"
+        )
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return GpuInfo(props.name, f"{props.major}.{props.minor}")
+
+
+def graph_name(graph: GraphFile) -> str:
+    """``encoder``, ``step``, ``step_blockNN`` or ``decoder`` (the ONNX file stem)."""
+    return Path(graph.file).stem
+
+
+def engine_key(
+    manifest: ExportManifest,
+    graph: GraphFile,
+    gpu: GpuInfo,
+    trt_version: str,
+    precision: str,
+    *,
+    fp32_softmax: bool = False,
+) -> EngineKey:
+    """The cache key of ``graph``'s engine for this GPU, TensorRT version and precision."""
+    return EngineKey(
+        graph=graph_name(graph),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        tensorrt_version=trt_version,
+        precision=precision,
+        layer_policy="fp32-softmax" if fp32_softmax else "default",
+        views_min=manifest.views.min,
+        views_opt=manifest.views.opt,
+        views_max=manifest.views.max,
+        height=manifest.height,
+        width=manifest.width,
+        checkpoint_sha256=manifest.checkpoint_sha256,
+        onnx_sha256=graph.sha256,
+    )
+
+
+def fp32_reason(layer_type: str, layer_name: str, *, fp32_softmax: bool = False) -> str | None:
+    """Why a layer stays float32 under fp16/bf16 (``None``: it may run in reduced precision).
+
+    ``layer_type`` is the TensorRT ``LayerType`` name, ``layer_name`` the layer's name, which
+    the ONNX parser takes from the node name (the PyTorch module path, e.g.
+    ``/depth_decoder/output_block/output_block.0/Conv``). Softmax is left free by default:
+    TensorRT fuses MatMul-Softmax-MatMul into attention kernels that keep the softmax
+    statistics in float32, and pinning it would break that fusion.
+    """
+    if layer_type == "NORMALIZATION":
+        return "normalisation"
+    if layer_type == "SOFTMAX":
+        return "softmax" if fp32_softmax else None
+    if layer_type in ("SHAPE", "CONSTANT", "IDENTITY", "ASSERTION", "CAST"):
+        return None
+    for pattern, reason in _FP32_SCOPES:
+        if pattern.search(layer_name):
+            return reason
+    return None
+
+
+def profile_shapes(
+    shape: tuple[int, ...], views: ViewRange
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) shapes for an input whose only dynamic dimension is the view axis."""
+    dynamic = [i for i, d in enumerate(shape) if d < 0]
+    if dynamic != [VIEW_AXIS]:
+        raise EngineBuildError(
+            f"input shape {shape}: only axis {VIEW_AXIS} (views) may be dynamic; export again "
+            "with dvlt-export"
+        )
+    def with_views(s: int) -> tuple[int, ...]:
+        return tuple(s if i == VIEW_AXIS else d for i, d in enumerate(shape))
+
+    return with_views(views.min), with_views(views.opt), with_views(views.max)
+
+
+class BuildProgress:
+    """Thread-safe progress lines for TensorRT builds (phases, steps, elapsed time).
+
+    TensorRT calls ``phase_start``/``step_complete``/``phase_finish`` from its builder threads
+    through the adapter from :func:`progress_monitor`. Phases nested deeper than ``max_depth``
+    are not printed; step lines of one phase are at least ``min_interval_s`` apart.
+    ``cancel()`` makes the next ``step_complete`` ask TensorRT to stop the build.
+    """
+
+    def __init__(
+        self,
+        label: str = "",
+        stream: TextIO | None = None,
+        *,
+        max_depth: int = 1,
+        min_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.stream = stream
+        self.max_depth = max_depth
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.cancelled = False
+        self._lock = threading.Lock()
+        self._phases: dict[str, tuple[int, int, float, float]] = {}  # depth, steps, t0, last
+
+    def _write(self, depth: int, text: str) -> None:
+        if depth > self.max_depth:
+            return
+        prefix = f"[{self.label}] " if self.label else ""
+        out = self.stream or sys.stderr
+        out.write(f"{prefix}{'  ' * depth}{text}\n")
+        out.flush()
+
+    def note(self, text: str) -> None:
+        """Print a top-level line (build settings, results)."""
+        self._write(0, text)
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        with self._lock:
+            parent = self._phases.get(parent_phase) if parent_phase else None
+            depth = parent[0] + 1 if parent else 0
+            now = self.clock()
+            self._phases[phase_name] = (depth, int(num_steps), now, now)
+            self._write(depth, f"{phase_name} ({num_steps} steps)")
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        with self._lock:
+            if phase_name in self._phases:
+                depth, steps, start, last = self._phases[phase_name]
+                now = self.clock()
+                if now - last >= self.min_interval_s:
+                    self._phases[phase_name] = (depth, steps, start, now)
+                    percent = 100.0 * (step + 1) / max(steps, 1)
+                    self._write(depth, f"{phase_name}: {step + 1}/{steps} ({percent:.0f}%)")
+            return not self.cancelled
+
+    def phase_finish(self, phase_name: str) -> None:
+        with self._lock:
+            entry = self._phases.pop(phase_name, None)
+            if entry is not None:
+                self._write(entry[0], f"{phase_name} done in {self.clock() - entry[2]:.1f} s")
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def progress_monitor(trt: ModuleType, progress: BuildProgress) -> Any:
+    """A ``trt.IProgressMonitor`` forwarding to ``progress`` (keep it alive during the build)."""
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            progress.phase_start(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name, step):
+            return progress.step_complete(phase_name, step)
+
+        def phase_finish(self, phase_name):
+            progress.phase_finish(phase_name)
+
+    return _Monitor()
+
+
+def _apply_precision(
+    trt: ModuleType, network: Any, config: Any, precision: str, fp32_softmax: bool
+) -> int:
+    """Set the builder flags of ``precision``; return how many layers were pinned to fp32."""
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+        return 0
+    config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if fp32_reason(layer.type.name, layer.name, fp32_softmax=fp32_softmax) is None:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not outputs or any(t.dtype != trt.float32 for t in outputs):
+            continue
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
+
+
+def build_engine(
+    onnx_path: str | Path,
+    *,
+    precision: str,
+    views: ViewRange,
+    progress: BuildProgress | None = None,
+    timing_cache: Path | None = None,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    optimization_level: int = 3,
+    fp32_softmax: bool = False,
+) -> bytes:
+    """Parse ``onnx_path`` and return a serialized engine with one S profile."""
+    if precision not in ENGINE_PRECISIONS:
+        raise ValueError(f"precision must be one of {ENGINE_PRECISIONS}, got {precision!r}")
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    config.builder_optimization_level = optimization_level
+    pinned = _apply_precision(trt, network, config, precision, fp32_softmax)
+    if progress is not None:
+        progress.note(f"{Path(onnx_path).name}: {network.num_layers} layers, "
+                           f"{pinned} pinned to fp32, precision {precision}")
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            profile.set_shape(tensor.name, *profile_shapes(shape, views))
+    config.add_optimization_profile(profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    monitor = progress_monitor(trt, progress) if progress is not None else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above); "
+            "try another precision or a larger --workspace-gb"
+        )
+    if timing_cache is not None:
+        data = bytes(config.get_timing_cache().serialize())
+        write_atomic(timing_cache, lambda p: p.write_bytes(data))
+    return bytes(serialized)
+
+
+def ensure_engine(
+    cache: EngineCache,
+    key: EngineKey,
+    build: Callable[[], bytes],
+    *,
+    on_mismatch: str = "rebuild",
+    say: Callable[[str], None] = lambda _msg: None,
+) -> bytes:
+    """Verified engine bytes for ``key``: from the cache, or built with ``build`` and stored.
+
+    With ``on_mismatch="refuse"`` a missing, stale or corrupt entry raises
+    :class:`EngineCacheError` with the reason instead of building.
+    """
+    if on_mismatch not in MISMATCH_POLICIES:
+        raise ValueError(f"on_mismatch must be one of {MISMATCH_POLICIES}, got {on_mismatch!r}")
+    try:
+        return cache.load(key)
+    except EngineCacheError as exc:
+        if on_mismatch == "refuse":
+            raise EngineCacheError(
+                f"{exc}. Build the engines on this machine with `dvlt-export --checkpoint SRC "
+                f"--out DIR --precision {key.precision} ...` or select on_mismatch='rebuild'"
+            ) from exc
+        if not isinstance(exc, EngineMissingError):
+            cache.remove(key)
+        say(f"building the {key.graph} engine ({exc})")
+    start = time.monotonic()
+    data = build()
+    seconds = time.monotonic() - start
+    cache.store(key, data, build_seconds=seconds)
+    say(f"{key.graph} engine built in {seconds:.0f} s, cached as {cache.engine_path(key).name}")
+    return data
+
+
+def ensure_engines(
+    manifest: ExportManifest,
+    cache: EngineCache,
+    *,
+    precision: str,
+    device: torch.device | str = "cuda",
+    on_mismatch: str = "rebuild",
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    fp32_softmax: bool = False,
+    say: Callable[[str], None] = lambda _msg: None,
+    progress_stream: TextIO | None = None,
+) -> dict[str, tuple[EngineKey, bytes]]:
+    """Engines of every graph of ``manifest`` for the current GPU: graph name → (key, bytes)."""
+    trt = import_tensorrt()
+    gpu = current_gpu(device)
+    timing = cache.timing_cache_path(gpu.name, gpu.compute_capability, trt.__version__)
+    engines = {}
+    for graph in (manifest.encoder, *manifest.steps.values(), manifest.decoder):
+        key = engine_key(manifest, graph, gpu, trt.__version__, precision,
+                         fp32_softmax=fp32_softmax)
+
+        def build(graph: GraphFile = graph) -> bytes:
+            return build_engine(
+                manifest.path(graph),
+                precision=precision,
+                views=manifest.views,
+                progress=BuildProgress(graph_name(graph), progress_stream),
+                timing_cache=timing,
+                workspace_bytes=workspace_bytes,
+                fp32_softmax=fp32_softmax,
+            )
+
+        engines[key.graph] = (key, ensure_engine(cache, key, build, on_mismatch=on_mismatch,
+                                                 say=say))
+    return engines

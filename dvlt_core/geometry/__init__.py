@@ -1,0 +1,36 @@
+"""Camera geometry: pose fitting from rays, depth unprojection, rigid transforms."""
+
+from dvlt_core.geometry.rays_to_pose import PoseFit, PoseMode, RobustOptions, rays_to_pose
+from dvlt_core.geometry.transforms import (
+    cameras_from_pose_encoding,
+    invert_pose,
+    pose_encoding_from_cameras,
+    quaternion_to_rotation,
+    rotation_to_quaternion,
+    to_homogeneous,
+)
+from dvlt_core.geometry.unproject import (
+    PIXEL_CENTRE_OFFSET,
+    UPSTREAM_PIXEL_OFFSET,
+    compute_world_rays,
+    pixel_grid,
+    unproject_depth,
+)
+
+__all__ = [
+    "PIXEL_CENTRE_OFFSET",
+    "UPSTREAM_PIXEL_OFFSET",
+    "PoseFit",
+    "PoseMode",
+    "RobustOptions",
+    "cameras_from_pose_encoding",
+    "compute_world_rays",
+    "invert_pose",
+    "pixel_grid",
+    "pose_encoding_from_cameras",
+    "quaternion_to_rotation",
+    "rays_to_pose",
+    "rotation_to_quaternion",
+    "to_homogeneous",
+    "unproject_depth",
+]

@@ -1,0 +1,176 @@
+"""Writing reconstructions: NPZ arrays, binary PLY point clouds, PNG previews, cameras as
+JSON and trajectories in the TUM format."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dvlt_core.geometry import rotation_to_quaternion
+from dvlt_core.result import Reconstruction
+
+# Anchor colours of the viridis colour map at 0, 1/8, ..., 1 (linearly interpolated between).
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
+
+
+def colorize(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Map ``values`` (h, w) to viridis RGB uint8, stretched between the 2nd and 98th
+    percentiles of the masked values; pixels outside ``mask`` are black."""
+    mask = np.isfinite(values) if mask is None else mask & np.isfinite(values)
+    out = np.zeros((*values.shape, 3), dtype=np.uint8)
+    if not mask.any():
+        return out
+    lo, hi = np.percentile(values[mask], [2.0, 98.0])
+    scaled = np.clip((values[mask] - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    position = scaled * (len(_VIRIDIS) - 1)
+    index = np.minimum(position.astype(int), len(_VIRIDIS) - 2)
+    frac = (position - index)[:, None]
+    colors = _VIRIDIS[index] * (1.0 - frac) + _VIRIDIS[index + 1] * frac
+    out[mask] = colors.round().astype(np.uint8)
+    return out
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write a uint8 RGB image (h, w, 3)."""
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(path)
+
+
+def write_depth_preview(path: str | Path, depth: np.ndarray, valid: np.ndarray) -> None:
+    """Colour-mapped inverse depth (near = bright), black where invalid or non-positive."""
+    mask = valid & (depth > 0)
+    inverse = np.zeros_like(depth, dtype=np.float64)
+    inverse[mask] = 1.0 / depth[mask]
+    write_png(path, colorize(inverse, mask))
+
+
+def write_confidence_preview(path: str | Path, confidence: np.ndarray, valid: np.ndarray) -> None:
+    """Colour-mapped log confidence (confident = bright), black where invalid."""
+    mask = valid & (confidence > 0)
+    logc = np.zeros_like(confidence, dtype=np.float64)
+    logc[mask] = np.log(confidence[mask])
+    write_png(path, colorize(logc, mask))
+
+
+def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -> None:
+    """Binary little-endian PLY with float32 x, y, z and uint8 red, green, blue per vertex."""
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    if len(points) != len(colors):
+        raise ValueError(f"{len(points)} points but {len(colors)} colours")
+    vertex = np.dtype(
+        [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    )
+    data = np.empty(len(points), dtype=vertex)
+    for i, axis in enumerate("xyz"):
+        data[axis] = points[:, i]
+    for i, channel in enumerate(("red", "green", "blue")):
+        data[channel] = colors[:, i]
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment written by dvlt_core\n"
+        f"element vertex {len(points)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(data.tobytes())
+
+
+def write_tum(
+    path: str | Path,
+    timestamps: Sequence[float],
+    c2w: np.ndarray,
+    valid: Sequence[bool] | None = None,
+) -> None:
+    """TUM trajectory: one ``timestamp tx ty tz qx qy qz qw`` line per camera-to-world pose.
+
+    Poses flagged invalid in ``valid`` (failed fits) or not finite are left out.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    valid = [True] * len(c2w) if valid is None else list(valid)
+    with open(path, "w") as f:
+        f.write("# timestamp tx ty tz qx qy qz qw (camera-to-world, OpenCV camera axes)\n")
+        for t, pose, ok in zip(timestamps, c2w, valid, strict=True):
+            if not (ok and np.isfinite(pose).all()):
+                continue
+            q = rotation_to_quaternion(np.ascontiguousarray(pose[:3, :3]))
+            values = [*pose[:3, 3], *q]
+            f.write(f"{t:.6f} " + " ".join(f"{v:.9g}" for v in values) + "\n")
+
+
+def cameras_dict(recon: Reconstruction) -> dict:
+    """JSON-ready description of every camera of ``recon``; cameras of failed fits are null
+    (robust mode) or kept with ``pose_valid: false`` (upstream mode's fallback camera)."""
+    cameras = []
+    for view in recon.views:
+        h, w = view.depth.shape
+        cameras.append(
+            {
+                "name": view.name,
+                "timestamp": view.timestamp,
+                "width": w,
+                "height": h,
+                "pose_valid": view.pose_valid,
+                "intrinsics": _finite_or_none(view.intrinsics),
+                "extrinsics_c2w": _finite_or_none(view.extrinsics_c2w),
+                "preprocessing": view.transform.to_dict(),
+            }
+        )
+    return {
+        "convention": "OpenCV: x right, y down, z forward; camera-to-world; intrinsics with "
+        "pixel (u, v) centred at (u, v)",
+        "resolution": recon.resolution,
+        "num_steps": recon.num_steps,
+        "pose_mode": recon.pose_mode,
+        "cameras": cameras,
+    }
+
+
+def _finite_or_none(matrix: np.ndarray) -> list | None:
+    """Nested lists, or None for a matrix holding NaN/inf (JSON has no NaN)."""
+    return matrix.tolist() if np.isfinite(matrix).all() else None
+
+
+def write_cameras_json(path: str | Path, recon: Reconstruction) -> None:
+    Path(path).write_text(json.dumps(cameras_dict(recon), indent=2) + "\n")
+
+
+def write_npz(path: str | Path, recon: Reconstruction) -> None:
+    """All arrays of ``recon``. Per-view maps are stacked (S, h, w, ...) when every view has
+    the same size, else stored per view as ``depth_0``, ``depth_1``, ...."""
+    arrays: dict[str, np.ndarray] = {
+        "names": np.array(recon.names),
+        "timestamps": np.array([v.timestamp for v in recon.views]),
+        "intrinsics": recon.intrinsics,
+        "extrinsics_c2w": recon.extrinsics_c2w,
+        "num_steps": np.array(recon.num_steps),
+        "cameras_json": np.array(json.dumps(cameras_dict(recon))),
+    }
+    if recon.pose_enc is not None:
+        arrays["pose_enc"] = recon.pose_enc
+    fields = ("image", "depth", "confidence", "valid", "world_points")
+    same_size = len({v.depth.shape for v in recon.views}) == 1
+    for field in fields:
+        maps = [getattr(v, field) for v in recon.views]
+        if same_size:
+            arrays[field] = np.stack(maps)
+        else:
+            arrays.update({f"{field}_{i}": m for i, m in enumerate(maps)})
+    np.savez_compressed(path, **arrays)

@@ -1,0 +1,16 @@
+"""The DVLT network: ``DVLTModel`` and its constructor arguments ``DVLTConfig``."""
+
+from dvlt_core.model.config import DVLTConfig
+from dvlt_core.model.dvlt import DVLTModel
+from dvlt_core.model.precision import PRECISIONS, autocast_for, run_model
+from dvlt_core.model.schedule import InferencePlan, linspace_t_pairs
+
+__all__ = [
+    "PRECISIONS",
+    "DVLTConfig",
+    "DVLTModel",
+    "InferencePlan",
+    "autocast_for",
+    "linspace_t_pairs",
+    "run_model",
+]

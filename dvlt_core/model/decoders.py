@@ -1,0 +1,105 @@
+"""Ray and depth decoders: transformer front-end + linear or conv output stage (ARCH.md §11).
+
+Front-end: ``proj_in`` (C → D) on all P tokens, ``depth`` pre-norm blocks with qk-norm and the
+trunk's RoPE positions, kept as ``features`` (the camera head reads token 0 of the ray
+decoder's), then ``norm`` and the first ``num_special`` tokens dropped. The output stage maps
+the patch tokens to a channel-first (N, o, H, W) map in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dvlt_core.model.attention import RopeTables, TransformerBlock
+from dvlt_core.model.cache import ConstantCache
+from dvlt_core.model.heads import conv_output_block, conv_upsample_blocks, float32_region, uv_grid
+
+DECODER_MLP_RATIO = 4.0
+
+
+class Decoder(nn.Module):
+    """Per-view dense decoder with ``out_dim`` output channels."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        head_type: str,
+        layerscale_init: float | None,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.head_type = head_type
+        self.head_dim = embed_dim // num_heads
+        self.proj_in = nn.Linear(in_dim, embed_dim)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                embed_dim,
+                num_heads,
+                DECODER_MLP_RATIO,
+                eps=1e-5,
+                qk_norm=True,
+                layerscale_init=layerscale_init,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        if head_type == "conv":
+            self.upsample_blocks = conv_upsample_blocks(embed_dim)
+            self.output_block = conv_output_block(out_dim)
+        else:
+            self.head = nn.Linear(embed_dim, out_dim * patch_size * patch_size)
+        self._uv_cache = ConstantCache()
+        nn.init.xavier_uniform_(self.proj_in.weight)
+        nn.init.zeros_(self.proj_in.bias)
+
+    def forward(
+        self, x: Tensor, image_hw: tuple[int, int], num_special: int, rope: RopeTables
+    ) -> tuple[Tensor, Tensor]:
+        """x (N, P, C) → (raw output (N, o, H, W) float32, features (N, P, D))."""
+        x = self.proj_in(x)
+        for block in self.blocks:
+            x = block(x, rope)
+        features = x
+        x = self.norm(x)[:, num_special:]
+        with float32_region(x.device.type):
+            x = x.float()
+            if self.head_type == "conv":
+                return self._conv_stage(x, image_hw), features
+            return self._linear_stage(x, image_hw), features
+
+    def _linear_stage(self, x: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        H, W = image_hw
+        p = self.patch_size
+        x = self.head(x).transpose(1, 2).reshape(x.shape[0], -1, H // p, W // p)
+        return F.pixel_shuffle(x, p)
+
+    def _uv(self, height: int, width: int, image_hw: tuple[int, int], like: Tensor) -> Tensor:
+        H, W = image_hw
+        uv = self._uv_cache.get(
+            (height, width, H, W, like.device),
+            lambda: uv_grid(height, width, W / H).to(like.device),
+        )
+        return uv.unsqueeze(0).expand(like.shape[0], -1, -1, -1)
+
+    def _with_uv(self, x: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        return torch.cat([x, self._uv(x.shape[-2], x.shape[-1], image_hw, x)], dim=1)
+
+    def _conv_stage(self, x: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        H, W = image_hw
+        p = self.patch_size
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, H // p, W // p)
+        for stage in self.upsample_blocks:
+            x = self._with_uv(x, image_hw)
+            for layer in stage:
+                x = layer(x)
+        x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+        x = self._with_uv(x, image_hw)
+        return self.output_block(x)

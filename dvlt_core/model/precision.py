@@ -1,0 +1,48 @@
+"""Running the model at a named precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``.
+
+Reduced precision is autocast over the trunk (weights stay float32). The decoder output stages
+and the camera head always run in float32 with autocast disabled for the current device type,
+so depth/confidence exponentials are computed in float32 and cannot overflow the half range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def autocast_for(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` on ``device_type`` (a no-op for ``"fp32"``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def run_model(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    num_steps: int | None = None,
+) -> dict[str, Tensor]:
+    """Inference (``torch.inference_mode``) of ``model`` at ``precision`` on ``device``.
+
+    ``device`` defaults to the model's device; the model (in place) and the images are moved
+    there. Outputs are float32 tensors on that device.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    with torch.inference_mode(), autocast_for(precision, device.type):
+        return model(images.to(device), num_steps=num_steps)

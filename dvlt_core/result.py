@@ -1,0 +1,201 @@
+"""The reconstruction of a scene: per-view cameras, depth, confidence and points.
+
+Conventions: extrinsics are OpenCV camera-to-world 4×4 matrices (x right, y down, z
+forward) in the network's world frame (about the first view's camera frame, up to the
+network's scale). Intrinsics are 3×3 pixel matrices in the OpenCV/ROS convention: the
+centre of pixel (column u, row v) is at (u, v). Depth is z-depth along the camera axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dvlt_core.backends.base import BackendOutput, StageTimings
+from dvlt_core.geometry import unproject_depth
+from dvlt_core.io.images import PreprocessedBatch
+from dvlt_core.io.transforms import ViewTransform, network_to_opencv_intrinsics
+
+RESOLUTIONS = ("original", "network")
+
+
+@dataclass
+class ViewReconstruction:
+    """One view. Maps are (h, w) at the reconstruction's resolution.
+
+    ``valid`` marks pixels that have a prediction: at original resolution, pixels that
+    the centre crop removed are False (their depth, confidence and points are 0).
+    ``pose_valid`` is False when the pose fit failed for this view: its camera is then the
+    fitter's fallback and neither it nor the world points are to be trusted.
+    """
+
+    name: str
+    timestamp: float
+    image: np.ndarray
+    depth: np.ndarray
+    confidence: np.ndarray
+    valid: np.ndarray
+    world_points: np.ndarray
+    intrinsics: np.ndarray
+    extrinsics_c2w: np.ndarray
+    pose_valid: bool
+    transform: ViewTransform
+
+    @property
+    def extrinsics_w2c(self) -> np.ndarray:
+        return np.linalg.inv(self.extrinsics_c2w)
+
+
+@dataclass
+class Reconstruction:
+    """All views of one inference, plus how it was made."""
+
+    views: list[ViewReconstruction]
+    resolution: str
+    num_steps: int
+    pose_mode: str
+    pose_enc: np.ndarray | None
+    timings: StageTimings | None = None
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.views]
+
+    @property
+    def extrinsics_c2w(self) -> np.ndarray:
+        """(S, 4, 4) OpenCV camera-to-world poses."""
+        return np.stack([v.extrinsics_c2w for v in self.views])
+
+    @property
+    def failed_views(self) -> list[str]:
+        """Names of the views whose pose fit failed."""
+        return [v.name for v in self.views if not v.pose_valid]
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """(S, 3, 3) intrinsics at this reconstruction's resolution (OpenCV convention)."""
+        return np.stack([v.intrinsics for v in self.views])
+
+    def confidence_threshold(self, threshold: float | str) -> float:
+        """Resolve a threshold: a number is an absolute confidence (confidences are >= 1);
+        a string ``"P%"`` drops the P percent least confident valid pixels of all views."""
+        if isinstance(threshold, str):
+            text = threshold.strip()
+            if not text.endswith("%"):
+                return float(text)
+            percent = float(text[:-1])
+            if not 0.0 <= percent < 100.0:
+                raise ValueError(f"percentile threshold must be in [0, 100), got {threshold!r}")
+            values = np.concatenate([v.confidence[v.valid] for v in self.views])
+            return float(np.percentile(values, percent)) if values.size else 0.0
+        return float(threshold)
+
+    def point_cloud(
+        self, threshold: float | str = 0.0, include_failed: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Points (N, 3) float32 and their colours (N, 3) uint8, keeping valid pixels with
+        confidence >= ``threshold`` (see :meth:`confidence_threshold`) of the views whose
+        pose fit succeeded (of all views with ``include_failed``)."""
+        cut = self.confidence_threshold(threshold)
+        points, colors = [np.zeros((0, 3), np.float32)], [np.zeros((0, 3), np.uint8)]
+        for view in self.views:
+            if not (view.pose_valid or include_failed):
+                continue
+            keep = view.valid & (view.confidence >= cut) & np.isfinite(view.world_points).all(-1)
+            points.append(view.world_points[keep])
+            colors.append(view.image[keep])
+        return (
+            np.concatenate(points).astype(np.float32),
+            np.concatenate(colors).astype(np.uint8),
+        )
+
+
+def unproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """World points (h, w, 3) float32 of a z-depth map; ``K`` in the OpenCV convention, so
+    the integer pixel coordinates are the pixel centres."""
+    points = unproject_depth(
+        torch.from_numpy(np.ascontiguousarray(depth)),
+        torch.from_numpy(np.asarray(K)),
+        torch.from_numpy(np.asarray(c2w)),
+        pixel_offset=0.0,
+    )
+    return points.numpy()
+
+
+def build_reconstruction(
+    raw: BackendOutput,
+    extrinsics_c2w: np.ndarray,
+    network_intrinsics: np.ndarray,
+    pose_valid: np.ndarray,
+    batch: PreprocessedBatch,
+    originals: Sequence[np.ndarray],
+    *,
+    names: Sequence[str],
+    timestamps: Sequence[float],
+    num_steps: int,
+    pose_mode: str,
+    resolution: str = "original",
+    interpolation: str = "bilinear",
+) -> Reconstruction:
+    """Assemble a :class:`Reconstruction` from raw outputs and fitted cameras.
+
+    ``extrinsics_c2w`` (S, 4, 4) and ``network_intrinsics`` (S, 3, 3) are the cameras of
+    the network views as ``rays_to_pose`` returns them (intrinsics with pixel centres at
+    (u + 0.5, v + 0.5) of the network canvas); ``pose_valid`` (S,) flags the views whose
+    fit succeeded. With ``resolution="original"`` maps are
+    resampled (``interpolation`` "bilinear" or "nearest" for depth; confidence is always
+    bilinear) to each original image; with ``"network"`` they are each view's valid crop
+    of the network canvas, rotation undone, without any resampling.
+    """
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    depth = raw.depth[0, ..., 0].numpy()
+    conf = raw.depth_conf[0].numpy()
+    K_canvas = network_to_opencv_intrinsics(np.asarray(network_intrinsics, dtype=np.float64))
+    c2w_net = np.asarray(extrinsics_c2w, dtype=np.float64)
+    net_images = (batch.images[0].permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
+    views = []
+    for i, t in enumerate(batch.transforms):
+        c2w = t.extrinsics_to_original(c2w_net[i])
+        if resolution == "original":
+            K = t.intrinsics_to_original(K_canvas[i])
+            d, valid = t.resample_to_original(depth[i], mode=interpolation)
+            c, _ = t.resample_to_original(conf[i], mode="bilinear")
+            image = np.asarray(originals[i])
+        else:
+            K = t.network_crop_intrinsics(K_canvas[i])
+            d = t.crop_from_network(depth[i])
+            c = t.crop_from_network(conf[i])
+            valid = np.ones(d.shape, dtype=bool)
+            image = t.crop_from_network(net_images[i])
+        points = unproject(d, K, c2w)
+        points[~valid] = 0.0
+        views.append(
+            ViewReconstruction(
+                name=names[i],
+                timestamp=float(timestamps[i]),
+                image=image,
+                depth=d.astype(np.float32),
+                confidence=c.astype(np.float32),
+                valid=valid,
+                world_points=points,
+                intrinsics=K,
+                extrinsics_c2w=c2w,
+                pose_valid=bool(pose_valid[i]),
+                transform=t,
+            )
+        )
+    return Reconstruction(
+        views=views,
+        resolution=resolution,
+        num_steps=num_steps,
+        pose_mode=pose_mode,
+        pose_enc=None if raw.pose_enc is None else raw.pose_enc[0].numpy(),
+        timings=raw.timings,
+    )

@@ -1,0 +1,1 @@
+"""Command-line developer tools (``python -m dvlt_core.tools.<name>``)."""

@@ -1,0 +1,61 @@
+"""Structured reports of the pipeline core: what happened, how bad, and to which camera.
+
+The core never logs and never raises on bad *input*; it returns :class:`PipelineEvent`
+records that the ROS node turns into log lines and diagnostics. ``code`` is a stable
+machine-readable key (one of the ``EVENT_CODES``), ``message`` says what happened and what
+to do about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Level(IntEnum):
+    """Severity, ordered like ROS log levels and diagnostic_msgs statuses."""
+
+    INFO = 0
+    WARN = 1
+    ERROR = 2
+
+
+EVENT_CODES = frozenset(
+    {
+        "camera_info_invalid",  # NaN / zero / mismatched CameraInfo: predicted intrinsics used
+        "camera_info_distortion",  # non-zero distortion in CameraInfo; ignored (pinhole model)
+        "image_rejected",  # empty or too small to reconstruct; the frame is dropped
+        "image_downscaled",  # larger than max_pixels; resized (CameraInfo scaled to match)
+        "queue_overflow",  # a per-camera queue was full; the oldest frame was dropped
+        "out_of_order",  # a stamp not newer than the camera's last one; frame dropped
+        "time_jump_reset",  # stamps jumped back (looping bag): all state was reset
+        "camera_timeout",  # a camera stopped publishing; windows continue without it
+        "camera_recovered",  # a timed-out camera publishes again
+        "camera_unknown",  # a frame from a camera that is not configured; dropped
+        "resolution_mismatch",  # cameras differ in size (padded, or refused by policy)
+        "views_capped",  # more cameras than max_views: the extra cameras are left out
+        "no_shared_views",  # window shares no view with earlier ones: placement held
+        "scale_unreliable",  # shared views gave no usable scale; previous scale kept
+        "pose_fit_failed",  # some views got no pose; they are left out of the products
+        "over_budget",  # even k_min is predicted to exceed latency_budget_ms
+    }
+)
+
+
+@dataclass(frozen=True)
+class PipelineEvent:
+    """One thing the node should report (log line + diagnostic status)."""
+
+    code: str
+    level: Level
+    message: str
+    camera: str | None = None
+    stamp_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.code not in EVENT_CODES:
+            raise ValueError(f"unknown event code {self.code!r}; add it to EVENT_CODES")
+
+    def __str__(self) -> str:
+        where = f"[{self.camera}] " if self.camera else ""
+        return f"{self.level.name} {self.code}: {where}{self.message}"

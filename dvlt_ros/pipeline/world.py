@@ -1,0 +1,304 @@
+"""Placing each window's reconstruction in one persistent world frame.
+
+A reconstruction comes out in its reference view's camera frame at the network's arbitrary
+scale. :class:`WorldAligner` finds, per window, the similarity ``world_from_window``
+(rotation R, translation t, scale s: ``p_world = s * R @ p + t``) that makes it continue
+the earlier ones:
+
+1. The first window (and the first after a reset) defines the world: ``world_from_window``
+   is ``initial_world_from_reference`` (identity by default: the world is the first
+   reference camera's optical frame) with the window's metric scale if one is known, else 1.
+2. Later windows are anchored on *shared views*: views (same camera, same stamp) whose
+   world pose an earlier window already estimated (the most recent estimate is kept).
+   R is the chordal mean of ``R_world_i @ R_window_i^T``; s is the median ratio of the
+   remembered world-unit depth of the shared views to this window's depth at the same
+   pixels (falling back to the spread of the shared camera centres, then to the previous
+   scale); t is the mean of ``c_world_i - s * R @ c_window_i`` over the shared centres.
+3. Metric scale: when the backend is metric (``backend_metric``) s is fixed to 1 (world in
+   metres); when a :class:`MetricScale` source is given (e.g. :class:`RigBaselineScale`
+   from known rig extrinsics) and it yields a value, that value is used instead of the
+   chained scale, so the world is in metres and scale cannot drift.
+4. No shared view (``max_timesteps`` = 1, or pose fits failed): the previous placement is
+   held and a ``no_shared_views`` WARN is reported.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from dvlt_core.result import Reconstruction, ViewReconstruction
+from dvlt_ros.pipeline.events import Level, PipelineEvent
+from dvlt_ros.pipeline.window import ViewWindow
+
+
+@dataclass(frozen=True)
+class Sim3:
+    """``p -> scale * rotation @ p + translation``."""
+
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+    translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    scale: float = 1.0
+
+    @classmethod
+    def from_rigid(cls, matrix: np.ndarray, scale: float = 1.0) -> Sim3:
+        """``rigid ∘ (p -> scale * p)`` for a 4x4 rigid ``matrix``."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        return cls(matrix[:3, :3].copy(), matrix[:3, 3].copy(), float(scale))
+
+    def matrix(self) -> np.ndarray:
+        """4x4 ``[s R | t]``."""
+        out = np.eye(4)
+        out[:3, :3] = self.scale * self.rotation
+        out[:3, 3] = self.translation
+        return out
+
+    def apply_points(self, points: np.ndarray) -> np.ndarray:
+        """Transform (..., 3) points."""
+        return self.scale * (np.asarray(points) @ self.rotation.T) + self.translation
+
+    def apply_pose(self, c2w: np.ndarray) -> np.ndarray:
+        """A camera-to-window pose as a (rigid) camera-to-world pose."""
+        out = np.eye(4)
+        out[:3, :3] = self.rotation @ c2w[:3, :3]
+        out[:3, 3] = self.scale * self.rotation @ c2w[:3, 3] + self.translation
+        return out
+
+    def inverse(self) -> Sim3:
+        rot = self.rotation.T
+        return Sim3(rot, -(rot @ self.translation) / self.scale, 1.0 / self.scale)
+
+
+class MetricScale(Protocol):
+    """Source of metric scale: metres per window unit for a reconstruction, or None."""
+
+    def metres_per_unit(self, window: ViewWindow, reconstruction: Reconstruction) -> float | None:
+        """Metres per unit of ``reconstruction`` (None when this window gives no estimate)."""
+
+
+class RigBaselineScale:
+    """Metric scale from known rig extrinsics: the distance between the optical centres of
+    two cameras of the same snapshot is known in metres (``base_from_camera`` poses); its
+    ratio to the reconstructed distance, median over all such pairs of the window, is the
+    scale. Pairs closer than ``min_baseline`` metres are ignored (too little leverage)."""
+
+    def __init__(self, base_from_camera: dict[str, np.ndarray], min_baseline: float = 0.05):
+        self.centres = {
+            name: np.asarray(pose, dtype=np.float64)[:3, 3]
+            for name, pose in base_from_camera.items()
+        }
+        self.min_baseline = float(min_baseline)
+
+    def metres_per_unit(self, window: ViewWindow, reconstruction: Reconstruction) -> float | None:
+        by_step: dict[int, list[int]] = {}
+        for i, (frame, step) in enumerate(zip(window.frames, window.timesteps, strict=True)):
+            if frame.camera in self.centres and reconstruction.views[i].pose_valid:
+                by_step.setdefault(step, []).append(i)
+        ratios = []
+        for members in by_step.values():
+            for a_pos, a in enumerate(members):
+                for b in members[a_pos + 1 :]:
+                    known = np.linalg.norm(
+                        self.centres[window.frames[a].camera]
+                        - self.centres[window.frames[b].camera]
+                    )
+                    ca = reconstruction.views[a].extrinsics_c2w[:3, 3]
+                    cb = reconstruction.views[b].extrinsics_c2w[:3, 3]
+                    predicted = np.linalg.norm(ca - cb)
+                    if known >= self.min_baseline and predicted > 1e-9:
+                        ratios.append(known / predicted)
+        return float(np.median(ratios)) if ratios else None
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """``initial_world_from_reference``: 4x4 rigid pose (metres) of the first reference
+    camera in the world (identity: the world is that camera's optical frame; pass e.g.
+    ``world_from_base @ base_from_camera`` to anchor the world on the rig base).
+    ``history_size`` bounds the remembered view estimates; ``depth_grid`` is the number of
+    depth samples per image side used for scale alignment."""
+
+    initial_world_from_reference: np.ndarray | None = None
+    history_size: int = 64
+    depth_grid: int = 24
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one window was placed: ``world_from_window`` and on what it is based."""
+
+    world_from_window: Sim3
+    shared: tuple[tuple[str, int], ...]
+    scale_source: str
+    metric: bool
+    events: tuple[PipelineEvent, ...] = ()
+
+
+@dataclass
+class _ViewEstimate:
+    world_from_camera: np.ndarray
+    depth_world: np.ndarray
+
+
+class WorldAligner:
+    """Keeps the world: remembered view estimates and the last placement."""
+
+    def __init__(
+        self,
+        config: WorldConfig | None = None,
+        metric_scale: MetricScale | None = None,
+        backend_metric: bool = False,
+    ) -> None:
+        self.config = config or WorldConfig()
+        self.metric_scale = metric_scale
+        self.backend_metric = backend_metric
+        self._history: OrderedDict[tuple[str, int], _ViewEstimate] = OrderedDict()
+        self._last: Placement | None = None
+        self._epoch: int | None = None
+
+    @property
+    def last_placement(self) -> Placement | None:
+        return self._last
+
+    def reset(self) -> None:
+        """Start a new world with the next window."""
+        self._history.clear()
+        self._last = None
+
+    def place(self, window: ViewWindow, reconstruction: Reconstruction) -> Placement:
+        """Place ``reconstruction`` (of ``window``) in the world and remember its views."""
+        if self._epoch is not None and window.epoch != self._epoch:
+            self.reset()
+        self._epoch = window.epoch
+        metric_scale, metric = self._metric_scale(window, reconstruction)
+        if self._last is None:
+            initial = self.config.initial_world_from_reference
+            placement = Placement(
+                Sim3.from_rigid(np.eye(4) if initial is None else initial, metric_scale or 1.0),
+                (),
+                "initial",
+                metric,
+            )
+        else:
+            placement = self._align(window, reconstruction, metric_scale, metric)
+        self._remember(window, reconstruction, placement.world_from_window)
+        self._last = placement
+        return placement
+
+    def _metric_scale(
+        self, window: ViewWindow, reconstruction: Reconstruction
+    ) -> tuple[float | None, bool]:
+        if self.backend_metric:
+            return 1.0, True
+        if self.metric_scale is not None:
+            value = self.metric_scale.metres_per_unit(window, reconstruction)
+            if value is not None and np.isfinite(value) and value > 0:
+                return float(value), True
+        return None, bool(self._last.metric) if self._last is not None else False
+
+    def _align(
+        self,
+        window: ViewWindow,
+        reconstruction: Reconstruction,
+        metric_scale: float | None,
+        metric: bool,
+    ) -> Placement:
+        previous = self._last
+        shared = [
+            i
+            for i, key in enumerate(window.keys)
+            if key in self._history and reconstruction.views[i].pose_valid
+        ]
+        if not shared:
+            event = PipelineEvent(
+                "no_shared_views",
+                Level.WARN,
+                "this window shares no view with earlier ones: the previous placement is held "
+                "and the world may jump (use max_timesteps >= 2 so windows overlap)",
+                stamp_ns=window.stamp_ns,
+            )
+            return Placement(previous.world_from_window, (), "held", metric, (event,))
+        views = [reconstruction.views[i] for i in shared]
+        known = [self._history[window.keys[i]] for i in shared]
+        rotation = _mean_rotation(
+            [
+                k.world_from_camera[:3, :3] @ v.extrinsics_c2w[:3, :3].T
+                for k, v in zip(known, views, strict=True)
+            ]
+        )
+        events: list[PipelineEvent] = []
+        if metric_scale is not None:
+            scale, source = metric_scale, "metric"
+        else:
+            scale, source = self._shared_scale(known, views, rotation)
+            if scale is None:
+                scale, source = previous.world_from_window.scale, "held"
+                events.append(
+                    PipelineEvent(
+                        "scale_unreliable",
+                        Level.WARN,
+                        "shared views gave no usable depth or baseline: previous scale kept",
+                        stamp_ns=window.stamp_ns,
+                    )
+                )
+        centres_world = np.stack([k.world_from_camera[:3, 3] for k in known])
+        centres = np.stack([v.extrinsics_c2w[:3, 3] for v in views])
+        translation = (centres_world - scale * centres @ rotation.T).mean(axis=0)
+        keys = tuple(window.keys[i] for i in shared)
+        return Placement(Sim3(rotation, translation, scale), keys, source, metric, tuple(events))
+
+    def _shared_scale(
+        self, known: list[_ViewEstimate], views: list[ViewReconstruction], rotation: np.ndarray
+    ) -> tuple[float | None, str]:
+        ratios = []
+        for estimate, view in zip(known, views, strict=True):
+            current = self._depth_samples(view)
+            if current.shape != estimate.depth_world.shape:
+                continue
+            ok = (current > 0) & (estimate.depth_world > 0)
+            ratios.append(estimate.depth_world[ok] / current[ok])
+        ratios = np.concatenate(ratios) if ratios else np.empty(0)
+        if ratios.size >= 16:
+            return float(np.median(ratios)), "shared_depth"
+        if len(known) >= 2:
+            world = np.stack([k.world_from_camera[:3, 3] for k in known])
+            local = np.stack([v.extrinsics_c2w[:3, 3] for v in views]) @ rotation.T
+            spread_world = np.linalg.norm(world - world.mean(0), axis=1).sum()
+            spread_local = np.linalg.norm(local - local.mean(0), axis=1).sum()
+            if spread_local > 1e-9 and spread_world > 1e-9:
+                return float(spread_world / spread_local), "shared_centres"
+        return None, "held"
+
+    def _depth_samples(self, view: ViewReconstruction) -> np.ndarray:
+        """Depth on a fixed grid of the view's map (0 where invalid or non-finite)."""
+        grid = self.config.depth_grid
+        height, width = view.depth.shape
+        rows = np.linspace(0, height - 1, min(grid, height)).round().astype(int)
+        cols = np.linspace(0, width - 1, min(grid, width)).round().astype(int)
+        depth = view.depth[np.ix_(rows, cols)].astype(np.float64)
+        ok = view.valid[np.ix_(rows, cols)] & np.isfinite(depth) & (depth > 0)
+        return np.where(ok, depth, 0.0)
+
+    def _remember(
+        self, window: ViewWindow, reconstruction: Reconstruction, world_from_window: Sim3
+    ) -> None:
+        for key, view in zip(window.keys, reconstruction.views, strict=True):
+            if not view.pose_valid:
+                continue
+            self._history.pop(key, None)
+            self._history[key] = _ViewEstimate(
+                world_from_window.apply_pose(view.extrinsics_c2w),
+                self._depth_samples(view) * world_from_window.scale,
+            )
+        while len(self._history) > self.config.history_size:
+            self._history.popitem(last=False)
+
+
+def _mean_rotation(rotations: list[np.ndarray]) -> np.ndarray:
+    """Chordal L2 mean: the rotation closest to the sum of the matrices."""
+    u, _, vt = np.linalg.svd(np.sum(rotations, axis=0))
+    fix = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    return u @ fix @ vt

@@ -1,0 +1,71 @@
+"""The evaluation runner, its report files and the ``dvlt-eval`` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from dvlt_core.backends import create_backend
+from dvlt_core.eval.cli import main
+from dvlt_core.eval.datasets import REFERENCE_RESULTS, SyntheticEvalDataset
+from dvlt_core.eval.runner import (
+    BenchmarkReport,
+    DatasetResult,
+    results_table,
+    run_benchmark,
+    write_report,
+)
+from dvlt_core.io import save_checkpoint
+from dvlt_core.model import DVLTModel
+from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
+
+TINY = {"patch_embed": "dinov2_tiny_test", "embed_dim": 64, "num_heads": 1, "num_steps": 2,
+        "min_steps": 1, "decoder_depth": 1, "decoder_embed_dim": 64, "decoder_num_heads": 1,
+        "depth_head_type": "linear"}
+
+
+@pytest.fixture
+def model(monkeypatch):
+    monkeypatch.setitem(BACKBONE_SPECS, "dinov2_tiny_test", BackboneSpec(64, 1, 1))
+    torch.manual_seed(0)
+    return DVLTModel(**TINY)
+
+
+def test_run_benchmark_on_synthetic(model, tmp_path):
+    dataset = SyntheticEvalDataset(num_scenes=2, num_views=3, image_size=42)
+    report = run_benchmark(create_backend("torch", model=model), {"synthetic": dataset},
+                           num_steps=3, progress=False)
+    result = report.datasets["synthetic"]
+    assert len(result.per_sequence) == 2 and report.settings["num_steps"] == 3
+    for key in ("pose/Auc_3", "pose/Auc_30", "pointmap/inlier_depth@3%", "depth/AbsRel"):
+        assert key in result.aggregate and f"{key}_std" in result.aggregate
+    md = write_report(report, tmp_path)
+    assert "| synthetic |" in md.read_text()
+    rows = list(csv.reader((tmp_path / "results.csv").open()))
+    assert rows[0][0] == "dataset" and rows[1][0] == "synthetic"
+    assert len(list(csv.reader((tmp_path / "per_sequence.csv").open()))) == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["settings"]["backend"] == "torch"
+
+
+def test_table_sits_next_to_the_reference():
+    ours = {"pose/Auc_3": 0.8, "pose/Auc_30": 0.99, "pointmap/inlier_depth@3%": 0.97,
+            "depth/AbsRel": 0.01}
+    table = results_table(BenchmarkReport({"dtu": DatasetResult("dtu", {}, ours)}, {}))
+    header, _, row = table.splitlines()
+    assert "Pose AUC@3 (ref)" in header
+    assert f"{REFERENCE_RESULTS['dtu']['pose/Auc_3']:.4f}" in row
+    assert f"{0.8 - REFERENCE_RESULTS['dtu']['pose/Auc_3']:+.4f}" in row
+
+
+def test_dvlt_eval_command(model, tmp_path, capsys):
+    checkpoint = save_checkpoint(model, tmp_path / "ckpt")
+    code = main(["--benchmark", "synthetic", "--checkpoint", str(checkpoint), "--num-steps", "2",
+                 "--out", str(tmp_path / "out"), "--max-sequences", "2"])
+    assert code == 0 and (tmp_path / "out" / "results.md").is_file()
+    assert "synthetic" in capsys.readouterr().out
+    assert main(["--benchmark", "lite", "--out", str(tmp_path / "x")]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert main(["--benchmark", "lite", "--backend", "nope", "--out", str(tmp_path)]) == 2

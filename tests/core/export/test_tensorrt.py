@@ -1,0 +1,186 @@
+"""TensorRT path: build helpers on any machine; engines, parity and the loop on a GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+
+import onnx
+import pytest
+import torch
+
+from dvlt_core.backends import create_backend
+from dvlt_core.backends.tensorrt_backend import TensorRTBackend  # registers "tensorrt"
+from dvlt_core.export import EngineCacheError, ViewRange, check_backend, load_manifest
+from dvlt_core.export.cli import main as export_main
+from dvlt_core.export.tensorrt_build import (
+    BuildProgress,
+    EngineBuildError,
+    TensorRTUnavailableError,
+    fp32_reason,
+    import_tensorrt,
+    profile_shapes,
+)
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TRT_GPU = HAS_TRT and torch.cuda.is_available()
+# LayerType names the ONNX parser gives these ONNX operators.
+TRT_TYPES = {"LayerNormalization": "NORMALIZATION", "InstanceNormalization": "NORMALIZATION",
+             "Softmax": "SOFTMAX", "Conv": "CONVOLUTION", "MatMul": "MATRIX_MULTIPLY",
+             "Gemm": "MATRIX_MULTIPLY", "Exp": "UNARY", "Shape": "SHAPE"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_build_progress_prints_phases_steps_and_durations():
+    out, clock = io.StringIO(), FakeClock()
+    progress = BuildProgress("encoder", out, min_interval_s=1.0, clock=clock)
+    progress.note("encoder.onnx: 500 layers")
+    progress.phase_start("Building engine", None, 3)
+    progress.phase_start("Tactic selection", "Building engine", 100)
+    progress.phase_start("Layer 7", "Tactic selection", 4)  # deeper than max_depth: silent
+    clock.now = 0.5
+    assert progress.step_complete("Tactic selection", 9)  # within min_interval_s: silent
+    clock.now = 1.5
+    assert progress.step_complete("Tactic selection", 49)
+    progress.phase_finish("Layer 7")
+    progress.phase_finish("Tactic selection")
+    clock.now = 3.0
+    progress.phase_finish("Building engine")
+    progress.cancel()
+    assert not progress.step_complete("Building engine", 2)
+    assert out.getvalue().splitlines() == [
+        "[encoder] encoder.onnx: 500 layers",
+        "[encoder] Building engine (3 steps)",
+        "[encoder]   Tactic selection (100 steps)",
+        "[encoder]   Tactic selection: 50/100 (50%)",
+        "[encoder]   Tactic selection done in 1.5 s",
+        "[encoder] Building engine done in 3.0 s",
+    ]
+
+
+def _layer_reasons(path):
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {n.name: fp32_reason(TRT_TYPES.get(n.op_type, "ELEMENTWISE"), n.name)
+            for n in graph.node}
+
+
+def test_fp32_pinning_covers_norms_gates_and_heads_but_not_the_trunk(small_export):
+    decoder = _layer_reasons(small_export.out / "decoder.onnx")
+    step = _layer_reasons(small_export.out / "step.onnx")
+    encoder = _layer_reasons(small_export.out / "encoder.onnx")
+    norms = [n for n in decoder if n.endswith("/LayerNormalization")]
+    assert norms and all(decoder[n] == "normalisation" for n in norms)
+    head_convs = [n for n in decoder if "/upsample_blocks." in n and n.endswith("/Conv")]
+    assert head_convs and all(decoder[n] == "output head" for n in head_convs)
+    assert any(r == "camera head" for r in decoder.values())
+    assert [decoder[n] for n in decoder if n.startswith("/Exp")] == ["output arithmetic"] * 2
+    trunk = [n for n in step if "/attn/" in n and "MatMul" in n and "depth_scale" not in n]
+    assert trunk and all(step[n] is None for n in trunk)
+    assert any(r == "step gates" for r in step.values())
+    softmax = [n for n in encoder if n.endswith("/Softmax")]
+    assert softmax and all(encoder[n] is None for n in softmax)
+    assert fp32_reason("SOFTMAX", softmax[0], fp32_softmax=True) == "softmax"
+    assert fp32_reason("SHAPE", "/Shape") is None
+
+
+def test_profile_shapes_vary_only_the_view_axis():
+    views = ViewRange(1, 8, 16)
+    assert profile_shapes((1, -1, 3, 378, 504), views) == (
+        (1, 1, 3, 378, 504), (1, 8, 3, 378, 504), (1, 16, 3, 378, 504))
+    with pytest.raises(EngineBuildError, match="only axis 1"):
+        profile_shapes((-1, -1, 3, 378, 504), views)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_missing_tensorrt_is_reported_with_the_extra(small_export):
+    with pytest.raises(TensorRTUnavailableError, match=r"'tensorrt' extra.*dvlt_ros\[tensorrt\]"):
+        import_tensorrt()
+    with pytest.raises(TensorRTUnavailableError, match="'tensorrt' extra"):
+        create_backend("tensorrt", checkpoint=small_export.out, device="cuda")
+
+
+@pytest.mark.skipif(HAS_TRT_GPU, reason="TensorRT and a GPU are present here")
+def test_cli_fails_fast_without_tensorrt_or_gpu(tmp_path):
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        code = export_main(["--checkpoint", str(tmp_path / "absent"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "TensorRT" in log.getvalue() and "loading" not in log.getvalue()
+
+
+# ---- GPU + TensorRT ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engines(small_export, tmp_path_factory):
+    assert small_export.exit_code == 0, small_export.log
+    engine_dir = tmp_path_factory.mktemp("engines")
+    return small_export, engine_dir
+
+
+@pytest.mark.tensorrt
+def test_fp32_engines_match_pytorch_for_several_k_and_s(engines):
+    export, engine_dir = engines
+    backend = create_backend("tensorrt", checkpoint=export.out, device="cuda", precision="fp32",
+                             engine_dir=engine_dir)
+    assert isinstance(backend, TensorRTBackend) and backend.name == "tensorrt"
+    for num_views in (1, 2, 4):
+        for K in (1, 3, 8):
+            report = check_backend(backend, export.model, num_views=num_views, height=56,
+                                   width=70, num_steps=K, precision="fp32")
+            assert report.passed, report.table()
+    assert len(list(engine_dir.glob("*.engine"))) == 3
+
+
+@pytest.mark.tensorrt
+def test_cuda_graph_loop_equals_the_plain_loop_and_k_changes_per_call(engines):
+    export, engine_dir = engines
+    kwargs = dict(checkpoint=export.out, device="cuda", precision="fp32", engine_dir=engine_dir)
+    graphs = create_backend("tensorrt", cuda_graphs=True, **kwargs)
+    plain = create_backend("tensorrt", cuda_graphs=False, **kwargs)
+    images = torch.rand(1, 2, 3, 56, 70)
+    for K in (2, 5, 2, 12):
+        a, b = graphs.infer(images, num_steps=K), plain.infer(images, num_steps=K)
+        torch.testing.assert_close(a.depth, b.depth, rtol=0, atol=0)
+        assert a.timings.num_steps == K and all(ms > 0 for ms in a.timings.step_ms)
+    assert graphs.cuda_graphs
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_engines_pass_the_parity_gate(engines, precision):
+    export, engine_dir = engines
+    backend = create_backend("tensorrt", checkpoint=export.out, device="cuda",
+                             precision=precision, engine_dir=engine_dir)
+    report = check_backend(backend, export.model, num_views=2, height=56, width=70,
+                           num_steps=8, precision=precision)
+    assert report.passed, report.table()
+
+
+@pytest.mark.tensorrt
+def test_refuse_policy_names_the_missing_engine(engines, tmp_path):
+    export, _ = engines
+    with pytest.raises(EngineCacheError, match="no fp16 engine for graph 'encoder'"):
+        create_backend("tensorrt", checkpoint=export.out, device="cuda", precision="fp16",
+                       engine_dir=tmp_path, on_mismatch="refuse")
+
+
+@pytest.mark.tensorrt
+def test_cli_builds_engines_and_passes_the_gate(engines, tmp_path):
+    export, _ = engines
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        code = export_main(["--checkpoint", str(export.checkpoint), "--out", str(tmp_path),
+                            "--height", "56", "--width", "70", "--views", "1:2:4",
+                            "--precision", "fp16"])
+    assert code == 0, log.getvalue()
+    assert "parity fp16" in log.getvalue() and "engine built" in log.getvalue()
+    assert load_manifest(tmp_path).views == ViewRange(1, 2, 4)
