@@ -88,6 +88,8 @@ setup(
     zip_safe=False,
     entry_points={
         "console_scripts": [
+            "reconstruct_node = dvlt_ros.nodes.reconstruct_node:main",
+            "dvlt-ros = dvlt_ros.cli.main:main",
             "dvlt-reconstruct = dvlt_core.cli.reconstruct:main",
             "dvlt-export = dvlt_core.export.cli:main",
             "export = dvlt_core.export.cli:main",

@@ -156,6 +156,9 @@ def _export_graph(
     for name, arg in zip(input_names, args, strict=True):
         if arg.dim() == 0:
             dynamic.pop(name)
+    # The exporter restores the wrapper's mode afterwards, recursively: a wrapper left in
+    # training mode would switch the model's drop-path on for the outputs computed below.
+    module.eval()
     with _quiet_tracing(), torch.no_grad():
         torch.onnx.export(
             module,

@@ -11,12 +11,16 @@ camera-to-world rotation ``R`` that map is the homography ``H ∝ R·M`` with
 an orthogonal matrix times an upper-triangular one, so a QR factorisation of ``H`` recovers
 ``R``, ``fx``, ``fy``, ``cx`` and ``cy``. Upstream splits ``H`` with a QL factorisation instead,
 which is exact only for a centred principal point (kept here for parity).
+
+Everything here works on small patch-level arrays (a few hundred points, ~100 hypotheses per
+frame), where the cost is per-operation overhead, not arithmetic. It therefore runs in numpy
+float64 (about a microsecond per operation, against several for a torch dispatch) with closed
+forms for the 3×3 algebra; the caller moves the patch data off the device once.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import numpy as np
 
 # Relative shift added to the normal matrix so that it is always invertible; it moves every
 # eigenvalue by the same amount and so leaves the eigenvectors unchanged.
@@ -27,63 +31,100 @@ _POWER_SQUARINGS = 4
 FOCAL_CLAMP = (0.1, 10.0)  # in units of the half image size: fx ∈ [W/20, 5W]
 
 
-def normal_matrix(src: Tensor, dst: Tensor, weights: Tensor) -> Tensor:
-    """Normal matrix ``AᵀA`` of the weighted DLT system of point pairs, in float64.
+def _homogeneous(points: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` → ``(..., 3)`` with a trailing 1."""
+    return np.concatenate([points, np.ones_like(points[..., :1])], axis=-1)
+
+
+def dlt_moments(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The four weighted moments that make up the normal matrix ``AᵀA`` of a weighted DLT.
 
     Each pair ``(x, y) → (u, v)`` with weight ``w`` contributes the rows
     ``√w·[−p, 0, u·p]`` and ``√w·[0, −p, v·p]`` with ``p = (x, y, 1)``, so
 
-        AᵀA = Σ w·[[ppᵀ, 0, −u·ppᵀ], [0, ppᵀ, −v·ppᵀ], [−u·ppᵀ, −v·ppᵀ, (u² + v²)·ppᵀ]],
+        AᵀA = [[M₀, 0, −M_u], [0, M₀, −M_v], [−M_u, −M_v, M_uv]]
 
-    built here from four weighted moments of ``ppᵀ`` (one batched product) instead of the
-    (2n, 9) design matrix.
+    with ``M₀ = Σ w·ppᵀ``, ``M_u = Σ w·u·ppᵀ``, ``M_v = Σ w·v·ppᵀ``, ``M_uv = Σ w·(u² + v²)·ppᵀ``.
 
     Args:
         src, dst: (..., n, 2) point pairs.
         weights: (..., n) non-negative weights.
 
     Returns:
-        (..., 9, 9) float64.
+        (..., 4, 3, 3) float64 ``[M₀, M_u, M_v, M_uv]``.
     """
-    src, dst, weights = src.double(), dst.double(), weights.double()
-    p = torch.cat([src, torch.ones_like(src[..., :1])], dim=-1)
-    outer = (p[..., :, None] * p[..., None, :]).flatten(-2)  # (..., n, 9)
+    p = _homogeneous(np.asarray(src, dtype=np.float64))
+    outer = (p[..., :, None] * p[..., None, :]).reshape(*p.shape[:-1], 9)  # (..., n, 9)
+    dst = np.asarray(dst, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
     u, v = dst[..., 0], dst[..., 1]
-    coef = weights[..., None] * torch.stack([torch.ones_like(u), u, v, u * u + v * v], dim=-1)
-    m0, mu, mv, muv = (coef.mT @ outer).unflatten(-1, (3, 3)).unbind(-3)
-    zero = torch.zeros_like(m0)
-    return torch.cat(
-        [
-            torch.cat([m0, zero, -mu], dim=-1),
-            torch.cat([zero, m0, -mv], dim=-1),
-            torch.cat([-mu, -mv, muv], dim=-1),
-        ],
-        dim=-2,
-    )
+    coef = np.stack([w, w * u, w * v, w * (u * u + v * v)], axis=-2)  # (..., 4, n)
+    return (coef @ outer).reshape(*coef.shape[:-1], 3, 3)
 
 
-def smallest_eigenvector(gram: Tensor) -> Tensor:
-    """Unit eigenvector of the smallest eigenvalue of (..., 9, 9) float64 PSD matrices, float32.
+# The 3×3 algebra of `dlt_solution` runs on "batch-last" stacks (3, 3, B): every matrix entry is
+# then a contiguous length-B vector, and one elementwise numpy operation serves the whole batch.
 
-    For ``gram = AᵀA`` this is the DLT solution, the last row of ``Vᴴ`` in an SVD of ``A`` (up to
-    sign). It is computed as the dominant eigenvector of the inverse by repeated squaring: a few
-    batched 9×9 products instead of one LAPACK SVD per matrix, which is what makes 100
-    hypotheses per frame cheap on CPU. Float64 keeps at least float32 SVD accuracy.
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Matrix products of batch-last stacks (..., 3, 3, B)."""
+    return (a[..., :, :, None, :] * b[..., None, :, :, :]).sum(-3)
+
+
+def _inverse(m: np.ndarray) -> np.ndarray:
+    """Inverses of a batch-last stack (3, 3, B): adjugate (cross products of rows) / det."""
+    rows_1, rows_2 = m[[1, 2, 0]], m[[2, 0, 1]]  # rows i+1 and i+2 next to each row i
+    cof = rows_1[:, [1, 2, 0]] * rows_2[:, [2, 0, 1]] - rows_1[:, [2, 0, 1]] * rows_2[:, [1, 2, 0]]
+    return cof.swapaxes(0, 1) / (m[0] * cof[0]).sum(0)
+
+
+def dlt_solution(moments: np.ndarray) -> np.ndarray:
+    """Unit eigenvector of the smallest eigenvalue of the DLT normal matrix given its moments.
+
+    This is the DLT solution, the last row of ``Vᴴ`` in an SVD of the design matrix (up to
+    sign). It is the dominant eigenvector of the inverse, taken by repeated squaring. The
+    inverse is assembled from 3×3 closed forms through the block structure of the normal matrix
+    (the Schur complement of its block-diagonal ``diag(M₀, M₀)`` part), so a batch of 100
+    hypotheses costs a few dozen vectorised operations instead of one LAPACK call each.
+
+    Args:
+        moments: (..., 4, 3, 3) from :func:`dlt_moments`.
+
+    Returns:
+        (..., 9) float64 unit vectors, the homography's rows concatenated.
     """
-    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
-    eye = torch.eye(9, dtype=gram.dtype, device=gram.device)
+    batch = moments.shape[:-3]
+    m = np.ascontiguousarray(moments.reshape(-1, 36).T).reshape(4, 3, 3, -1)  # batch-last
+    diag = np.arange(3)
+    trace = 2 * m[0, diag, diag].sum(0) + m[3, diag, diag].sum(0)
     # Unit trace bounds the inverse by 1/_GRAM_SHIFT, so the powers stay far from overflow.
-    power, _ = torch.linalg.inv_ex(gram / trace.clamp_min(1e-300) + _GRAM_SHIFT * eye)
+    m = m / np.maximum(trace, 1e-300)
+    m[0, diag, diag] += _GRAM_SHIFT
+    m[3, diag, diag] += _GRAM_SHIFT
+    a_inv = _inverse(m[0])
+    pq = _mm(a_inv, m[1:3])  # M₀⁻¹·M_u, M₀⁻¹·M_v (M_u, M_v are symmetric)
+    s_inv = _inverse(m[3] - _mm(m[1:3], pq).sum(0))  # inverse Schur complement
+    pq_s = _mm(pq, s_inv)
+    # Block (i, j) of the top-left 6×6 of the inverse: δᵢⱼ·M₀⁻¹ + (PQ·S⁻¹)ᵢ·(PQ)ⱼᵀ.
+    top_left = _mm(pq_s[:, None], pq[None].swapaxes(-3, -2))  # (2, 2, 3, 3, B)
+    top_left[diag[:2], diag[:2]] += a_inv
+    power = np.empty((9, 9, m.shape[-1]))
+    power[:6, :6] = top_left.swapaxes(1, 2).reshape(6, 6, -1)
+    power[:6, 6:] = pq_s.reshape(6, 3, -1)
+    power[6:, :6] = power[:6, 6:].swapaxes(0, 1)
+    power[6:, 6:] = s_inv
+    power = np.ascontiguousarray(power.transpose(2, 0, 1))  # (B, 9, 9) for batched matmul
     for _ in range(_POWER_SQUARINGS):
         power = power @ power
-    power = power / power.abs().amax(dim=(-2, -1), keepdim=True)
-    # The power is ≈ λ·h·hᵀ: its largest column is parallel to h.
-    best_col = power.square().sum(-2).argmax(dim=-1)
-    h = torch.take_along_dim(power, best_col[..., None, None], dim=-1).squeeze(-1)
-    return (h * h.square().sum(-1, keepdim=True).rsqrt()).float()
+    # The power is ≈ λ·h·hᵀ: its column with the largest diagonal entry is parallel to h.
+    best_col = np.diagonal(power, axis1=-2, axis2=-1).argmax(-1)
+    h = power[np.arange(power.shape[0]), :, best_col]  # entries up to 1e160: rescale first
+    h /= np.abs(h).max(-1, keepdims=True)
+    h /= np.sqrt(np.square(h).sum(-1, keepdims=True))
+    return h.reshape(*batch, 9)
 
 
-def fit_homography(src: Tensor, dst: Tensor, weights: Tensor) -> Tensor:
+def fit_homography(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted DLT homography for a batch of point sets, normalised so that ``H[2, 2] = 1``.
 
     Args:
@@ -91,89 +132,98 @@ def fit_homography(src: Tensor, dst: Tensor, weights: Tensor) -> Tensor:
         weights: (..., n) non-negative weights; zero-weight pairs do not count.
 
     Returns:
-        (..., 3, 3) float32 homographies.
+        (..., 3, 3) float64 homographies.
     """
-    hom = smallest_eigenvector(normal_matrix(src, dst, weights)).unflatten(-1, (3, 3))
-    return hom / hom[..., 2:3, 2:3]
+    hom = dlt_solution(dlt_moments(src, dst, weights)).reshape(*weights.shape[:-1], 3, 3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return hom / hom[..., 2:3, 2:3]
 
 
-def homography_from_four_points(src: Tensor, dst: Tensor) -> Tensor:
+def _cross_rows(x: np.ndarray, y: np.ndarray, j: int, k: int) -> np.ndarray:
+    """``p_j × p_k`` for points ``p = (x, y, 1)`` indexed on the last axis, as (..., 3)."""
+    return np.stack(
+        [
+            y[..., j] - y[..., k],
+            x[..., k] - x[..., j],
+            x[..., j] * y[..., k] - x[..., k] * y[..., j],
+        ],
+        axis=-1,
+    )
+
+
+def _triple(x: np.ndarray, y: np.ndarray, i: int, j: int, k: int) -> np.ndarray:
+    """Determinant ``p_i · (p_j × p_k)`` for points ``p = (x, y, 1)``."""
+    return (x[..., j] - x[..., i]) * (y[..., k] - y[..., i]) - (x[..., k] - x[..., i]) * (
+        y[..., j] - y[..., i]
+    )
+
+
+def homography_from_four_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Exact homographies through 4 point pairs, in closed form, normalised to ``H[2, 2] = 1``.
 
-    ``H ∝ B·adj(A)``, where ``A`` (``B``) maps the projective basis onto the source (target)
-    points: its columns are the first three points scaled by the Cramer coefficients of the
-    fourth. Degenerate samples (three collinear points) give non-finite or zero matrices.
+    With ``A`` (``B``) the map of the projective basis onto the source (target) points (its
+    columns are the first three points scaled by the Cramer coefficients ``s_i`` (``t_i``) of
+    the fourth), ``H ∝ B·adj(A) ∝ Q·diag(t_i·s_j·s_k)·X``, where ``Q``'s columns are the first
+    three targets and ``X``'s rows the cross products ``p_j × p_k`` of the sources
+    (``(i, j, k)`` cyclic). Degenerate samples (three collinear points) give non-finite or zero
+    matrices.
 
     Args:
         src, dst: (..., 4, 2) point pairs.
 
     Returns:
-        (..., 3, 3) float32 homographies.
+        (..., 3, 3) float64 homographies.
     """
-
-    def basis_map(points: Tensor) -> Tensor:
-        p = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1).unbind(-2)
-        scales = [
-            torch.linalg.vecdot(p[3], torch.linalg.cross(p[1], p[2])),
-            torch.linalg.vecdot(p[0], torch.linalg.cross(p[3], p[2])),
-            torch.linalg.vecdot(p[0], torch.linalg.cross(p[1], p[3])),
-        ]
-        return torch.stack(
-            [col * s[..., None] for col, s in zip(p[:3], scales, strict=True)], dim=-1
-        )
-
-    a, b = basis_map(src.float()), basis_map(dst.float())
-    cols = a.unbind(-1)
-    adjugate = torch.stack(
-        [
-            torch.linalg.cross(cols[1], cols[2]),
-            torch.linalg.cross(cols[2], cols[0]),
-            torch.linalg.cross(cols[0], cols[1]),
-        ],
-        dim=-2,
+    x, y = src[..., 0].astype(np.float64), src[..., 1].astype(np.float64)
+    u, v = dst[..., 0].astype(np.float64), dst[..., 1].astype(np.float64)
+    s = [_triple(x, y, 3, 1, 2), _triple(x, y, 0, 3, 2), _triple(x, y, 0, 1, 3)]
+    t = [_triple(u, v, 3, 1, 2), _triple(u, v, 0, 3, 2), _triple(u, v, 0, 1, 3)]
+    scale = np.stack([t[0] * s[1] * s[2], t[1] * s[2] * s[0], t[2] * s[0] * s[1]], axis=-1)
+    targets = np.stack([u[..., :3], v[..., :3], np.ones_like(u[..., :3])], axis=-2)
+    cross = np.stack(
+        [_cross_rows(x, y, 1, 2), _cross_rows(x, y, 2, 0), _cross_rows(x, y, 0, 1)], axis=-2
     )
-    hom = b @ adjugate
-    return hom / hom[..., 2:3, 2:3]
+    hom = (targets * scale[..., None, :]) @ cross
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return hom / hom[..., 2:3, 2:3]
 
 
 def transfer_errors(
-    hom: Tensor, src: Tensor, dst: Tensor, min_depth: float = 1e-8
-) -> tuple[Tensor, Tensor]:
+    hom: np.ndarray, src: np.ndarray, dst: np.ndarray, min_depth: float = 1e-8
+) -> tuple[np.ndarray, np.ndarray]:
     """Squared transfer errors ``‖H(src) − dst‖²`` of every point under every homography.
 
     Args:
         hom: (F, M, 3, 3) homographies (M per frame), or (F, 3, 3).
-        src, dst: (F, N, 2) point pairs.
+        src: (F, N, 2) or (N, 2) source points.
+        dst: (F, N, 2) target points.
         min_depth: the projective denominator is clamped to at least this value.
 
     Returns:
         ``(squared errors, denominators before clamping)``, each (F, M, N) (or (F, N)).
     """
-    frames, num_points = src.shape[:2]
-    src_h = torch.cat([src, torch.ones_like(src[..., :1])], dim=-1)
-    # One (3M × 3) @ (3 × N) product per frame, with N last for the elementwise steps.
-    proj = (hom.reshape(frames, -1, 3) @ src_h.mT).reshape(*hom.shape[:-1], num_points)
-    x, y, denom = proj.unbind(-2)
-    denom_c = denom.clamp(min=min_depth)
-    u, v = dst.unbind(-1)
+    frames, num_points = dst.shape[:2]
+    u, v = dst[..., 0], dst[..., 1]
     if hom.ndim == 4:
         u, v = u[:, None], v[:, None]
-    return (x / denom_c - u).square() + (y / denom_c - v).square(), denom
+    # Degenerate (non-finite) hypotheses give NaN errors, which the callers handle.
+    with np.errstate(invalid="ignore", over="ignore"):
+        # One (3M × 3) @ (3 × N) product per frame, with N last for the elementwise steps.
+        proj = hom.reshape(frames, -1, 3) @ np.swapaxes(_homogeneous(src), -1, -2)
+        proj = proj.reshape(*hom.shape[:-1], num_points)
+        x, y, denom = proj[..., 0, :], proj[..., 1, :], proj[..., 2, :]
+        denom_c = np.maximum(denom, min_depth)
+        return np.square(x / denom_c - u) + np.square(y / denom_c - v), denom
 
 
-def _intrinsics_matrix(fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
-    zeros, ones = torch.zeros_like(fx), torch.ones_like(fx)
-    return torch.stack(
-        [
-            torch.stack([fx, zeros, cx], -1),
-            torch.stack([zeros, fy, cy], -1),
-            torch.stack([zeros, zeros, ones], -1),
-        ],
-        dim=-2,
-    )
+def intrinsics_matrix(fx: np.ndarray, fy: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """(F, 3, 3) pinhole matrices from (F,) focal lengths and principal point."""
+    k = np.zeros((*fx.shape, 3, 3))
+    k[..., 0, 0], k[..., 0, 2], k[..., 1, 1], k[..., 1, 2], k[..., 2, 2] = fx, cx, fy, cy, 1.0
+    return k
 
 
-def decompose_ql(hom: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+def decompose_ql(hom: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Upstream's split of ``H`` into rotation and intrinsics (exact only for a centred pp).
 
     ``H·P = Q̃·R̃`` (``P`` the exchange matrix), ``Q = Q̃·P``, ``L = P·R̃·P``, signs moved so that
@@ -186,17 +236,16 @@ def decompose_ql(hom: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     Returns:
         ``(rotation (F, 3, 3), intrinsics (F, 3, 3))``.
     """
-    exchange = torch.flip(torch.eye(3, dtype=hom.dtype, device=hom.device), dims=[1])
-    q_tilde, r_tilde = torch.linalg.qr(hom @ exchange)
-    q = q_tilde @ exchange
-    lower = exchange @ r_tilde @ exchange
-    signs = torch.sign(lower.diagonal(dim1=-2, dim2=-1))
+    q_tilde, r_tilde = np.linalg.qr(hom[..., ::-1])  # H·P reverses the columns
+    q = q_tilde[..., ::-1]
+    lower = r_tilde[..., ::-1, ::-1]
+    signs = np.sign(np.diagonal(lower, axis1=-2, axis2=-1))
     q = q * signs[..., None, :]
     lower = lower * signs[..., :, None]
     lower = lower / lower[..., 2:3, 2:3]
-    inv_fx = 1.0 / lower[..., 0, 0].clamp(*FOCAL_CLAMP)
-    inv_fy = 1.0 / lower[..., 1, 1].clamp(*FOCAL_CLAMP)
-    intrinsics = _intrinsics_matrix(
+    inv_fx = 1.0 / np.clip(lower[..., 0, 0], *FOCAL_CLAMP)
+    inv_fy = 1.0 / np.clip(lower[..., 1, 1], *FOCAL_CLAMP)
+    intrinsics = intrinsics_matrix(
         inv_fx * width / 2,
         inv_fy * height / 2,
         (lower[..., 2, 0] + 1.0) * width / 2,
@@ -205,26 +254,26 @@ def decompose_ql(hom: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     return q, intrinsics
 
 
-def decompose_qr(hom: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+def decompose_qr(hom: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``H ∝ R·M`` (``M`` upper-triangular, see module doc) into ``R`` and intrinsics.
 
     Works for any principal point. Skew in ``M`` (zero for a pinhole camera) is ignored, and
     the focal lengths are clamped to ``[W/20, 5W]`` (``[H/20, 5H]``) like upstream.
 
     Args:
-        hom: (F, 3, 3) homographies (any sign).
+        hom: (F, 3, 3) finite homographies (any sign).
 
     Returns:
         ``(rotation (F, 3, 3) with det +1, intrinsics (F, 3, 3))``.
     """
-    det_sign = torch.where(torch.linalg.det(hom) < 0, -1.0, 1.0).to(hom.dtype)
-    q, upper = torch.linalg.qr(hom * det_sign[..., None, None])
-    signs = torch.where(upper.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(hom.dtype)
+    det_sign = np.where(np.linalg.det(hom) < 0, -1.0, 1.0)
+    q, upper = np.linalg.qr(hom * det_sign[..., None, None])
+    signs = np.where(np.diagonal(upper, axis1=-2, axis2=-1) < 0, -1.0, 1.0)
     q = q * signs[..., None, :]
     upper = upper * signs[..., :, None]
     upper = upper / upper[..., 2:3, 2:3]
-    fx = (width / 2) / upper[..., 0, 0].clamp(*FOCAL_CLAMP)
-    fy = (height / 2) / upper[..., 1, 1].clamp(*FOCAL_CLAMP)
+    fx = (width / 2) / np.clip(upper[..., 0, 0], *FOCAL_CLAMP)
+    fy = (height / 2) / np.clip(upper[..., 1, 1], *FOCAL_CLAMP)
     cx = width / 2 - upper[..., 0, 2] * fx
     cy = height / 2 - upper[..., 1, 2] * fy
-    return q, _intrinsics_matrix(fx, fy, cx, cy)
+    return q, intrinsics_matrix(fx, fy, cx, cy)

@@ -13,9 +13,11 @@ direction (cameras facing anywhere), and a decomposition valid for any principal
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -126,9 +128,8 @@ def rays_to_pose(
 
     with torch.no_grad(), torch.autocast(rays.device.type, enabled=False):
         flat_rays = rays.detach().float().reshape(batch * frames, height, width, 6)
-        if weights is None:
-            flat_w = torch.ones(flat_rays.shape[:3], device=rays.device)
-        else:
+        flat_w = None
+        if weights is not None:
             flat_w = weights.detach().float().reshape(flat_rays.shape[:3])
             if bool((flat_w < 0).any()):
                 raise ValueError("weights must be non-negative confidences")
@@ -136,56 +137,61 @@ def rays_to_pose(
             fitted = _fit_upstream(flat_rays, flat_w, patch_size)
         else:
             fitted = _fit_robust(flat_rays, flat_w, patch_size, options or RobustOptions())
-        extrinsics, intrinsics, count, valid = fitted
+    extrinsics, intrinsics, count, valid = (torch.from_numpy(x) for x in fitted)
     shape = (batch, frames)
     return PoseFit(
-        extrinsics.reshape(*shape, 4, 4),
-        intrinsics.reshape(*shape, 3, 3),
-        count.reshape(shape),
-        valid.reshape(shape),
+        extrinsics.to(rays.device, torch.float32).reshape(*shape, 4, 4),
+        intrinsics.to(rays.device, torch.float32).reshape(*shape, 3, 3),
+        count.to(rays.device, torch.int64).reshape(shape),
+        valid.to(rays.device).reshape(shape),
     )
 
 
-def _fit_upstream(
-    rays: Tensor, weights: Tensor, patch_size: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Upstream's pipeline on (F, H, W, 6) rays and (F, H, W) weights."""
+# The fit itself runs in numpy float64 on patch-level data (see the homography module for why):
+# only the reduction of the full-resolution ray maps to the patch grid runs in torch, on the
+# input's device, and its (F, N, ...) result is moved to the host once.
+_Fit = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _fit_upstream(rays: Tensor, weights: Tensor | None, patch_size: int) -> _Fit:
+    """Upstream's pipeline on (F, H, W, 6) rays and (F, H, W) weights (None: uniform)."""
     height, width = rays.shape[1:3]
     grid = (height // patch_size, width // patch_size)
     patch_rays = _resample_corners(rays.permute(0, 3, 1, 2), grid).flatten(2).mT  # (F, N, 6)
-    patch_w = _resample_corners(weights[:, None], grid).flatten(1)  # (F, N)
-    usable = patch_rays.isfinite().all(-1) & patch_w.isfinite()
-    filler = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], device=rays.device)
-    patch_rays = torch.where(usable[..., None], patch_rays, filler)
-    patch_w = torch.where(usable, patch_w, 0.0)
+    patch_rays = patch_rays.cpu().numpy()
+    if weights is None:
+        patch_w = np.broadcast_to(_resampled_ones(height, width, grid), patch_rays.shape[:2])
+    else:
+        patch_w = _resample_corners(weights[:, None], grid).flatten(1).cpu().numpy()  # (F, N)
+    usable = np.isfinite(patch_rays).all(-1) & np.isfinite(patch_w)
+    patch_rays = np.where(usable[..., None], patch_rays, _FILLER_RAY)
+    patch_w = np.where(usable, patch_w, np.float32(0))  # float32: upstream's sort tie order
 
-    dirs = F.normalize(patch_rays[..., :3], dim=-1)
     hom, count = ransac_upstream(
-        _upstream_source_grid(grid, height, width, rays.device), dirs, patch_w
+        _upstream_source_grid(grid, height, width), _unit(patch_rays[..., :3]), patch_w
     )
-    hom = torch.where((torch.linalg.det(hom) < 0)[:, None, None], -hom, hom)
+    hom = np.where((np.linalg.det(hom) < 0)[:, None, None], -hom, hom)
     rotation, intrinsics = decompose_ql(hom, height, width)
-    origin_sum = (patch_rays[..., 3:] * patch_w[..., None]).sum(1)
-    translation = origin_sum / (patch_w.sum(-1, keepdim=True) + 1e-8)
+    origin_sum = (patch_rays[..., 3:] * patch_w[..., None].astype(np.float64)).sum(1)
+    translation = origin_sum / (patch_w.sum(-1, keepdims=True, dtype=np.float64) + 1e-8)
     return _assemble(rotation, translation), intrinsics, count, count >= UPSTREAM_MIN_INLIERS
 
 
 def _fit_robust(
-    rays: Tensor, weights: Tensor, patch_size: int, options: RobustOptions
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Robust pipeline on (F, H, W, 6) rays and (F, H, W) weights."""
+    rays: Tensor, weights: Tensor | None, patch_size: int, options: RobustOptions
+) -> _Fit:
+    """Robust pipeline on (F, H, W, 6) rays and (F, H, W) weights (None: uniform)."""
     height, width = rays.shape[1:3]
     patch_rays, src, patch_w = _patch_summaries(rays, weights, patch_size)
-    dirs = F.normalize(patch_rays[..., :3], dim=-1)
+    dirs = _unit(patch_rays[..., :3])
 
     # Rotate every frame so that its mean ray direction is +z: the plane z = 1 then holds all
     # rays of any camera orientation, and a homography with H[2, 2] = 1 maps them there.
-    mean_dir = (dirs * patch_w[..., None]).sum(1)
-    pre_rotation = _rotation_to_z(mean_dir)  # (F, 3, 3)
-    dirs = dirs @ pre_rotation.mT
+    pre_rotation = _rotation_to_z((dirs * patch_w[..., None]).sum(1))  # (F, 3, 3)
+    dirs = dirs @ pre_rotation.swapaxes(-1, -2)
     usable = (patch_w > 0) & (dirs[..., 2] > _MIN_VIEW_COSINE)
-    patch_w = torch.where(usable, patch_w, 0.0)
-    dst = torch.where(usable[..., None], dirs[..., :2] / dirs[..., 2:3].clamp_min(1e-6), 0.0)
+    patch_w = np.where(usable, patch_w, 0.0)
+    dst = np.where(usable[..., None], dirs[..., :2] / np.maximum(dirs[..., 2:3], 1e-6), 0.0)
 
     hom, inliers = ransac_robust(
         src,
@@ -197,23 +203,30 @@ def _fit_robust(
         seed=options.seed,
     )
     count = inliers.sum(-1)
-    valid = (count >= options.min_inliers) & hom.flatten(1).isfinite().all(-1)
-    if not bool(valid.all()):
+    valid = (count >= options.min_inliers) & np.isfinite(hom).all((-2, -1))
+    if not valid.all():
         # Best effort for failed frames: a least-squares fit to every usable patch, else the
         # identity camera. Finite either way; `valid` tells the caller not to trust it.
-        inliers = torch.where(valid[:, None], inliers, patch_w > 0)
-        hom = torch.where(
-            valid[:, None, None], hom, fit_homography(src.expand_as(dst), dst, patch_w)
-        )
-        finite = hom.flatten(1).isfinite().all(-1)
-        hom = torch.where(finite[:, None, None], hom, torch.eye(3, device=hom.device))
+        inliers = np.where(valid[:, None], inliers, patch_w > 0)
+        hom = np.where(valid[:, None, None], hom, fit_homography(src, dst, patch_w))
+        hom = np.where(np.isfinite(hom).all((-2, -1))[:, None, None], hom, np.eye(3))
 
     rotation, intrinsics = decompose_qr(hom, height, width)
-    rotation = pre_rotation.mT @ rotation
+    rotation = pre_rotation.swapaxes(-1, -2) @ rotation
     inlier_w = patch_w * inliers
     origin_sum = (patch_rays[..., 3:] * inlier_w[..., None]).sum(1)
-    translation = origin_sum / inlier_w.sum(-1, keepdim=True).clamp_min(1e-12)
+    translation = origin_sum / np.maximum(inlier_w.sum(-1, keepdims=True), 1e-12)
     return _assemble(rotation, translation), intrinsics, count, valid
+
+
+_FILLER_RAY = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Float64 unit vectors along the last axis (zero vectors stay zero)."""
+    vectors = vectors.astype(np.float64)
+    norm = np.sqrt(np.square(vectors).sum(-1, keepdims=True))
+    return vectors / np.maximum(norm, 1e-12)
 
 
 def _resample_corners(x: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -221,25 +234,54 @@ def _resample_corners(x: Tensor, grid: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=grid, mode="bilinear", align_corners=True)
 
 
-def _upstream_source_grid(
-    grid: tuple[int, int], height: int, width: int, device: torch.device
-) -> Tensor:
+@functools.lru_cache(maxsize=32)
+def _resampled_ones(height: int, width: int, grid: tuple[int, int]) -> np.ndarray:
+    """Upstream's patch weights for uniform pixel weights (float32 rounding and all). Read-only.
+
+    The bilinear weights need not sum to exactly 1 in float32, and those last-bit differences
+    decide upstream's candidate order, so they are reproduced rather than assumed to be 1.
+    """
+    ones = _resample_corners(torch.ones(1, 1, height, width), grid).flatten().numpy()
+    ones.flags.writeable = False
+    return ones
+
+
+@functools.lru_cache(maxsize=32)
+def _upstream_source_grid(grid: tuple[int, int], height: int, width: int) -> np.ndarray:
     """(N, 2) normalised identity-camera points of upstream's align-corners sample positions."""
 
-    def axis(n: int, size: int) -> Tensor:
-        if n > 1:
-            pixel = torch.linspace(0, size - 1, n, dtype=torch.float32, device=device)
-        else:
-            pixel = torch.tensor([(size - 1) / 2], dtype=torch.float32, device=device)
+    def axis(n: int, size: int) -> np.ndarray:
+        pixel = np.linspace(0, size - 1, n) if n > 1 else np.array([(size - 1) / 2])
         return (pixel + 0.5) * 2.0 / size - 1.0
 
-    y, x = torch.meshgrid(axis(grid[0], height), axis(grid[1], width), indexing="ij")
-    return torch.stack([x, y], dim=-1).reshape(-1, 2)
+    y, x = np.meshgrid(axis(grid[0], height), axis(grid[1], width), indexing="ij")
+    points = np.stack([x, y], axis=-1).reshape(-1, 2)
+    points.flags.writeable = False
+    return points
+
+
+@functools.lru_cache(maxsize=32)
+def _lattice(
+    height: int, width: int, patch_size: int, device: torch.device
+) -> tuple[Tensor, np.ndarray]:
+    """Lattice samples of every patch: flat pixel indices (N·K,) on ``device`` and their
+    pixel-centre positions on the normalised image, (N, K, 2) float64 (read-only)."""
+    grid_h, grid_w = height // patch_size, width // patch_size
+    offsets = np.array(_lattice_offsets(patch_size))
+    k = offsets.size
+    rows = (np.arange(grid_h)[:, None] * patch_size + offsets)[:, None, :, None]  # (gh,1,k,1)
+    cols = (np.arange(grid_w)[:, None] * patch_size + offsets)[None, :, None, :]  # (1,gw,1,k)
+    rows, cols = np.broadcast_arrays(rows, cols)  # (gh, gw, k, k)
+    flat = (rows * width + cols).reshape(-1)
+    centres = np.stack([(cols + 0.5) * 2.0 / width - 1.0, (rows + 0.5) * 2.0 / height - 1.0], -1)
+    centres = centres.reshape(grid_h * grid_w, k * k, 2)
+    centres.flags.writeable = False
+    return torch.from_numpy(flat).to(device), centres
 
 
 def _patch_summaries(
-    rays: Tensor, weights: Tensor, patch_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    rays: Tensor, weights: Tensor | None, patch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Outlier-resistant per-patch rays, their image positions, and mean pixel weights.
 
     Each patch is sampled on a 4×4 pixel lattice. Samples with non-finite rays or a zero (or
@@ -250,46 +292,43 @@ def _patch_summaries(
     missing, and pixel outliers in fewer than half of the samples have no influence.
 
     Returns:
-        ``(rays (F, N, 6), points (F, N, 2) on the normalised 2×2 image, weights (F, N))``: the
-        weight is the patch's mean finite pixel weight, 0 if it has no usable sample.
+        ``(rays (F, N, 6), points (F, N, 2) on the normalised 2×2 image, weights (F, N))``,
+        float64: the weight is the patch's mean finite pixel weight (1 for ``weights=None``),
+        0 if it has no usable sample.
     """
     frames, height, width, _ = rays.shape
-    grid_h, grid_w = height // patch_size, width // patch_size
-    rays = rays[:, : grid_h * patch_size, : grid_w * patch_size]
-    weights = weights[:, : grid_h * patch_size, : grid_w * patch_size]
-    pixel_w = torch.where(weights.isfinite(), weights, 0.0)
-    patch_w = F.avg_pool2d(pixel_w[:, None], patch_size).flatten(1)
-
-    offsets = torch.tensor(_lattice_offsets(patch_size), device=rays.device)
-
-    def lattice(x: Tensor) -> Tensor:
-        """(F, H', W', C) → (F, N, C, K): the K lattice samples of every patch."""
-        x = x.reshape(frames, grid_h, patch_size, grid_w, patch_size, -1)
-        x = x.index_select(2, offsets).index_select(4, offsets).permute(0, 1, 3, 5, 2, 4)
-        return x.reshape(frames, grid_h * grid_w, x.shape[3], -1)
-
-    samples = lattice(rays)  # (F, N, 6, K)
-    # Only the samples' rays need to be finite: NaN and ±inf propagate through the sum.
-    usable = lattice((pixel_w > 0)[..., None])[:, :, 0] & samples.sum(-2).isfinite()  # (F, N, K)
-    median = masked_median(samples, usable[:, :, None])  # (F, N, 6)
-    dist = (samples - median[..., None]).square().sum(-2)  # (F, N, K)
-    keep = usable & (dist <= 4 * masked_median(dist, usable, upper=True)[..., None])
-    keep_w = keep.float()
-    count = keep_w.sum(-1)
-    mean = torch.where(keep[:, :, None], samples, 0.0).sum(-1) / count[..., None].clamp_min(1)
-
-    # Pixel centres of the lattice samples on the normalised image, averaged over kept samples.
-    centre = offsets.float() + 0.5
-    k = offsets.numel()
-    row = torch.arange(grid_h, device=rays.device)[:, None] * patch_size + centre  # (gh, k)
-    col = torch.arange(grid_w, device=rays.device)[:, None] * patch_size + centre  # (gw, k)
-    u = col[None, :, None, :].expand(grid_h, grid_w, k, k).reshape(-1, k * k)
-    v = row[:, None, :, None].expand(grid_h, grid_w, k, k).reshape(-1, k * k)
-    uv = torch.stack([(keep_w * u).sum(-1), (keep_w * v).sum(-1)], dim=-1) / count[
-        ..., None
-    ].clamp_min(1)
-    points = uv * torch.tensor([2.0 / width, 2.0 / height], device=rays.device) - 1.0
-    return mean, points, torch.where(count > 0, patch_w, 0.0)
+    index, centres = _lattice(height, width, patch_size, rays.device)
+    num_patches, k = centres.shape[:2]
+    samples = rays.reshape(frames, height * width, 6).index_select(1, index)
+    samples = samples.cpu().numpy().reshape(frames, num_patches, k, 6)
+    samples = np.ascontiguousarray(samples.transpose(0, 1, 3, 2))  # (F, N, 6, K) for the sorts
+    finite = np.isfinite(samples)
+    if weights is None:
+        patch_w = np.ones((frames, num_patches))
+        usable = None if finite.all() else finite.all(-2)  # None: every sample is usable
+    else:
+        pixel_w = torch.where(weights.isfinite(), weights, 0.0)
+        patch_w = F.avg_pool2d(pixel_w[:, None], patch_size).reshape(frames, -1)  # floors
+        patch_w = patch_w.cpu().numpy().astype(np.float64)
+        sampled_w = pixel_w.reshape(frames, height * width).index_select(1, index)
+        usable = (sampled_w > 0).cpu().numpy().reshape(frames, num_patches, k)
+        usable &= finite.all(-2)
+    if usable is not None:
+        samples = np.where(usable[:, :, None], samples, np.float32(0))  # no NaN in the sums
+    median = masked_median(samples, None if usable is None else usable[:, :, None])  # (F, N, 6)
+    with np.errstate(invalid="ignore"):  # inf − inf for patches without usable samples
+        dist = np.square(samples - median[..., None]).sum(-2)  # (F, N, K)
+        keep = dist <= 4 * masked_median(dist, usable, upper=True)[..., None]
+    if usable is not None:
+        keep &= usable
+    keep_w = keep.astype(np.float32)
+    count = keep_w.sum(-1)  # (F, N)
+    scale = 1.0 / np.maximum(count, 1.0)[..., None]
+    # Sums over the kept samples as small matrix products (much cheaper in numpy than a
+    # reduction over a short axis).
+    mean = (samples @ keep_w[..., None])[..., 0] * scale
+    points = (keep_w[..., None, :].astype(np.float64) @ centres)[..., 0, :] * scale
+    return mean.astype(np.float64), points, np.where(count > 0, patch_w, 0.0)
 
 
 def _lattice_offsets(patch_size: int, per_axis: int = 4) -> list[int]:
@@ -298,37 +337,28 @@ def _lattice_offsets(patch_size: int, per_axis: int = 4) -> list[int]:
     return [int((i + 0.5) * patch_size / per_axis) for i in range(per_axis)]
 
 
-def _rotation_to_z(vectors: Tensor) -> Tensor:
+def _rotation_to_z(vectors: np.ndarray) -> np.ndarray:
     """(F, 3, 3) rotations taking each (F, 3) vector's direction to +z (identity for zero).
 
     Rodrigues' formula for the shortest rotation, applied after a half-turn about x when the
     vector points backwards, so the formula never meets its singularity at −z.
     """
-    norm = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
-    z_axis = torch.tensor([0.0, 0.0, 1.0], device=vectors.device)
-    unit = torch.where(norm > 1e-12, vectors / norm.clamp_min(1e-12), z_axis)
+    norm = np.sqrt(np.square(vectors).sum(-1, keepdims=True))
+    unit = np.where(norm > 1e-12, vectors / np.maximum(norm, 1e-12), [0.0, 0.0, 1.0])
     flip = unit[:, 2] < 0
-    half_turn = torch.diag(torch.tensor([1.0, -1.0, -1.0], device=vectors.device))
-    unit = torch.where(flip[:, None], unit @ half_turn, unit)
-    axis = torch.linalg.cross(unit, z_axis.expand_as(unit))  # sin(θ)·k
-    cos = unit[:, 2]
-    zeros = torch.zeros_like(cos)
-    skew = torch.stack(
-        [
-            torch.stack([zeros, -axis[:, 2], axis[:, 1]], -1),
-            torch.stack([axis[:, 2], zeros, -axis[:, 0]], -1),
-            torch.stack([-axis[:, 1], axis[:, 0], zeros], -1),
-        ],
-        dim=-2,
-    )
-    eye = torch.eye(3, device=vectors.device)
-    rotation = eye + skew + skew @ skew / (1 + cos)[:, None, None]
-    return torch.where(flip[:, None, None], rotation @ half_turn, rotation)
+    half_turn = np.array([1.0, -1.0, -1.0])  # diagonal of the half-turn about x
+    unit = np.where(flip[:, None], unit * half_turn, unit)
+    kx, ky, cos = unit[:, 1], -unit[:, 0], unit[:, 2]  # sin(θ)·axis = unit × z
+    zeros = np.zeros_like(cos)
+    skew = np.stack([zeros, zeros, ky, zeros, zeros, -kx, -ky, kx, zeros], -1).reshape(-1, 3, 3)
+    rotation = np.eye(3) + skew + skew @ skew / (1 + cos)[:, None, None]
+    return np.where(flip[:, None, None], rotation * half_turn, rotation)
 
 
-def _assemble(rotation: Tensor, translation: Tensor) -> Tensor:
+def _assemble(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """(F, 3, 3) and (F, 3) → (F, 4, 4) ``[[R, t], [0, 0, 0, 1]]``."""
-    extrinsics = torch.eye(4, device=rotation.device).repeat(rotation.shape[0], 1, 1)
+    extrinsics = np.zeros((rotation.shape[0], 4, 4))
     extrinsics[:, :3, :3] = rotation
     extrinsics[:, :3, 3] = translation
+    extrinsics[:, 3, 3] = 1.0
     return extrinsics

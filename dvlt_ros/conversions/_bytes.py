@@ -14,5 +14,14 @@ def as_uint8_array(data: np.ndarray) -> array.array:
     ``array.array`` is a plain copy.
     """
     out = array.array("B")
-    out.frombytes(np.ascontiguousarray(data).reshape(-1).view(np.uint8).tobytes())
+    # frombytes reads the array through the buffer protocol: one copy, no bytes object.
+    out.frombytes(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
     return out
+
+
+def uint8_buffer(nbytes: int) -> tuple[array.array, np.ndarray]:
+    """A zeroed ``array.array('B')`` of ``nbytes`` and a writable numpy view of it: fill
+    the view, assign the array to a message field, and the data is copied only once, by
+    ``publish``."""
+    out = array.array("B", [0]) * nbytes
+    return out, np.frombuffer(out, dtype=np.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 
-from dvlt_ros.conversions._bytes import as_uint8_array
+from dvlt_ros.conversions._bytes import uint8_buffer
 
 # RViz reads colour from a float32 field named "rgb" holding 0x00RRGGBB bit-packed.
 CLOUD_DTYPE = np.dtype(
@@ -41,10 +41,14 @@ def points_to_cloud(
             f"points {points.shape}, colors {colors.shape} and confidence {confidence.shape} "
             "must be (N,3), (N,3) and (N,)"
         )
-    cloud = np.empty(n, dtype=CLOUD_DTYPE)
-    cloud["x"], cloud["y"], cloud["z"] = points[:, 0], points[:, 1], points[:, 2]
-    cloud["rgb"] = pack_rgb(colors)
-    cloud["confidence"] = confidence
+    # Fill the message's own buffer in place: the only other copy is the one publish makes.
+    data, raw = uint8_buffer(n * CLOUD_DTYPE.itemsize)
+    floats = raw.view(np.float32).reshape(n, len(CLOUD_DTYPE.names))
+    # x, y, z as one 12-byte item per point: a much faster strided copy than 3 floats.
+    xyz = np.ascontiguousarray(points, dtype=np.float32)
+    raw.reshape(n, CLOUD_DTYPE.itemsize)[:, :12].view("V12")[:, 0] = xyz.view("V12")[:, 0]
+    floats[:, 3] = pack_rgb(colors)
+    floats[:, 4] = confidence
     msg = PointCloud2()
     if header is not None:
         msg.header = header
@@ -58,7 +62,7 @@ def points_to_cloud(
     msg.point_step = CLOUD_DTYPE.itemsize
     msg.row_step = CLOUD_DTYPE.itemsize * n
     msg.is_dense = True
-    msg.data = as_uint8_array(cloud.view(np.uint8))
+    msg.data = data
     return msg
 
 

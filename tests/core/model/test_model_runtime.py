@@ -244,10 +244,11 @@ def test_each_stage_exports_to_onnx_opset17(model):
     x = images()
     with torch.inference_mode():
         tokens = model.encode(x)
+    # eval(): the exporter restores each wrapper's mode (recursively) after tracing.
     stages = [
-        (Stage("encode"), (x,)),
-        (Stage("step"), (tokens, torch.tensor(0.0), torch.tensor(0.5))),
-        (Stage("decode"), (tokens,)),
+        (Stage("encode").eval(), (x,)),
+        (Stage("step").eval(), (tokens, torch.tensor(0.0), torch.tensor(0.5))),
+        (Stage("decode").eval(), (tokens,)),
     ]
     for stage, args in stages:
         buffer = io.BytesIO()

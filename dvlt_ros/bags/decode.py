@@ -1,0 +1,66 @@
+"""Camera messages read from a bag -> pipeline :class:`CameraFrame` s, with the node's own
+conversion (:func:`dvlt_ros.node_support.inputs.frame_from_image`): the latest CameraInfo
+of a camera goes with its next image, conversion failures become ``image_rejected``
+events, an empty ``frame_id`` becomes ``<camera>_optical_frame``.
+
+Messages are deserialised with ``rclpy.serialization`` into the very classes a live
+subscription receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from dvlt_ros.bags.msgtypes import COMPRESSED_IMAGE, IMAGE
+from dvlt_ros.node_support.inputs import camera_info_data, frame_from_image
+from dvlt_ros.node_support.parameters import camera_label
+from dvlt_ros.pipeline import CameraFrame, CameraInfoData, PipelineEvent
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    """The topics of one camera namespace: ``image`` (raw or compressed) and ``info``."""
+
+    camera: str
+    image: str
+    info: str
+    compressed: bool
+
+
+def camera_topics(namespace: str, transport: str) -> CameraTopics:
+    """Topics the node subscribes to for camera ``namespace`` (node in the root namespace)."""
+    base = "/" + namespace.strip("/")
+    compressed = transport == "compressed"
+    image = f"{base}/image_raw/compressed" if compressed else f"{base}/image_raw"
+    return CameraTopics(camera_label(namespace), image, f"{base}/camera_info", compressed)
+
+
+class FrameDecoder:
+    """Turns serialised image and CameraInfo messages into frames (one per image)."""
+
+    def __init__(self, use_camera_info: bool) -> None:
+        self.use_camera_info = use_camera_info
+        self._infos: dict[str, CameraInfoData] = {}
+
+    def camera_info(self, camera: str, raw: bytes) -> None:
+        """Remember the latest CameraInfo of ``camera``."""
+        self._infos[camera] = camera_info_data(deserialize_message(raw, CameraInfo))
+
+    def image(self, camera: str, raw: bytes, compressed: bool
+              ) -> tuple[CameraFrame | None, PipelineEvent | None]:
+        """The frame of one image message, or the event saying why it was rejected."""
+        msg = deserialize_message(raw, CompressedImage if compressed else Image)
+        info = self._infos.get(camera) if self.use_camera_info else None
+        return frame_from_image(msg, camera, compressed, info)
+
+
+def detect_cameras(topics: dict, transport: str) -> list[str]:
+    """Camera namespaces of a bag: every ``<ns>/image_raw`` (or ``.../compressed``) topic
+    of the matching image type, sorted by name."""
+    suffix, kind = (("/image_raw/compressed", COMPRESSED_IMAGE) if transport == "compressed"
+                    else ("/image_raw", IMAGE))
+    return sorted(name[: -len(suffix)].lstrip("/") for name, info in topics.items()
+                  if name.endswith(suffix) and info.msgtype == kind and name != suffix)

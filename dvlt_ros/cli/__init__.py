@@ -1,0 +1,1 @@
+"""The ``dvlt-ros`` command line: one module per subcommand (``demo``, ...)."""

@@ -1,0 +1,212 @@
+"""``dvlt-ros process BAG --out DIR``: reconstruct a recorded rosbag2 offline.
+
+Reads the bag directly (no DDS, no rosbag2 install), runs the reconstruction node's
+pipeline on every rig snapshot in order, and writes an mcap bag of the node's outputs at
+the source stamps, a fused point cloud (``cloud.ply``), per-camera TUM trajectories and
+``summary.json``; optionally scores the trajectories against ground truth. Settings are
+the node's parameters (``--params-file config/reconstruct.yaml``, ``-p name:=value``).
+See docs/replay.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bag", type=Path, help="rosbag2 directory, .mcap or .db3 file")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output directory (created; must be new or empty unless "
+                             "--overwrite)")
+    parser.add_argument("--params-file", type=Path,
+                        help="reconstruct_node parameter file (e.g. config/reconstruct.yaml)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="override one node parameter, e.g. -p num_steps:=8 (repeatable)")
+    parser.add_argument("--cameras", nargs="+", metavar="NS",
+                        help="camera namespaces (<ns>/image_raw), reference first; default: "
+                             "the parameter file's, else every <ns>/image_raw in the bag")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                        help="rename a bag topic, e.g. /front/color/image:=/cam0/image_raw")
+    parser.add_argument("--backend", help="inference backend (parameter 'backend'); "
+                        "'ground_truth' reconstructs a `dvlt-ros sample-bag` bag exactly")
+    parser.add_argument("--checkpoint", help="model checkpoint (parameter 'checkpoint')")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (parameter 'device')")
+    parser.add_argument("--fuse-voxel", type=float, default=0.02,
+                        help="voxel size of the fused cloud in world units (0: keep all "
+                             "points; default 0.02)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output directory (only once finished)")
+    gt = parser.add_argument_group("evaluation against ground truth")
+    gt.add_argument("--gt-tf-topic", metavar="TOPIC",
+                    help="TF topic of the bag with ground-truth poses (chained with "
+                         "/tf_static up to its root), e.g. /ground_truth/tf")
+    gt.add_argument("--gt-tum", action="append", default=[], metavar="[CAMERA=]FILE",
+                    help="TUM file of a camera's optical-frame poses (no CAMERA: the "
+                         "reference camera); repeatable")
+    gt.add_argument("--align", choices=("sim3", "se3"), default="sim3",
+                    help="alignment before ATE/RPE (se3 for metric models)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parameters(args: argparse.Namespace, bag) -> dict[str, object]:
+    from dvlt_ros.bags.decode import detect_cameras
+    from dvlt_ros.bags.sample import SCENE_TOPIC, camera_names, read_sample_config
+    from dvlt_ros.bags.settings import file_parameters, load_parameters, parse_override
+
+    overrides = dict(parse_override(item) for item in args.param)
+    for flag in ("backend", "checkpoint", "device"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    if args.cameras:
+        overrides["cameras"] = list(args.cameras)
+    file_sets_cameras = args.params_file is not None and "cameras" in file_parameters(
+        args.params_file)
+    if "cameras" not in overrides and not file_sets_cameras:
+        transport = overrides.get("image_transport", "raw")
+        cameras = (camera_names(read_sample_config(bag)) if SCENE_TOPIC in bag.topics
+                   else detect_cameras(bag.topics, str(transport)))
+        if cameras:
+            overrides["cameras"] = cameras
+    if overrides.get("backend") == "ground_truth" and "img_size" not in overrides:
+        overrides["img_size"] = 224
+    return load_parameters(args.params_file, overrides)
+
+
+def _backend(params: dict[str, object], bag):
+    from dvlt_ros.bags.sample import ground_truth_backend
+    from dvlt_ros.node_support.model import ModelSettings, load_backend
+
+    if params["backend"] == "ground_truth":
+        return ground_truth_backend(bag, int(params["img_size"]))
+    settings = ModelSettings(str(params["backend"]), str(params["checkpoint"]),
+                             str(params["device"]), str(params["precision"]))
+    return load_backend(settings).backend
+
+
+def _ground_truth(args: argparse.Namespace, cameras: list[str]):
+    from dvlt_ros.bags.issues import BagError
+    from dvlt_ros.bags.processor import GroundTruth
+    from dvlt_ros.node_support.parameters import camera_label
+
+    if args.gt_tf_topic is None and not args.gt_tum:
+        return None
+    tum = {}
+    for item in args.gt_tum:
+        camera, _, path = item.rpartition("=")
+        camera = camera_label(camera) if camera else camera_label(cameras[0])
+        if not Path(path).is_file():
+            raise BagError(f"--gt-tum file {path} does not exist")
+        tum[camera] = Path(path)
+    topic = None if args.gt_tf_topic is None else "/" + args.gt_tf_topic.lstrip("/")
+    return GroundTruth(tf_topic=topic, tum_files=tum, align=args.align)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dvlt-ros process``; returns the exit status."""
+    from tqdm import tqdm
+
+    from dvlt_ros.bags.issues import BagError, IssueLog
+    from dvlt_ros.bags.processor import BagProcessor, ProcessOptions
+    from dvlt_ros.bags.source import BagSource, parse_remaps
+
+    def say(level: str, text: str) -> None:
+        tqdm.write(f"[{level}] {text}", file=sys.stderr)  # keeps the progress bar intact
+
+    issues = IssueLog(lambda issue: say(issue.level, f"{issue.code}: "
+                                        + (f"[{issue.topic}] " if issue.topic else "")
+                                        + issue.message))
+    try:
+        bag = BagSource(args.bag, issues, parse_remaps(args.remap))
+        params = _parameters(args, bag)
+        options = ProcessOptions(fuse_voxel=args.fuse_voxel, overwrite=args.overwrite,
+                                 ground_truth=_ground_truth(args, list(params["cameras"])))
+        backend = _backend(params, bag)
+        bar = None if args.quiet else _ProgressBar()
+        processor = BagProcessor(bag, backend, params, args.out, options, issues=issues,
+                                 log=say, progress=bar)
+    except BagError as exc:
+        say("error", str(exc))
+        return EXIT_FAILED
+    cameras = ", ".join(processor.session.cameras)
+    say("info", f"processing {args.bag} -> {args.out}: cameras {cameras}, "
+        f"K {params['num_steps_mode']} (num_steps={params['num_steps']}), "
+        f"window {params['window_timesteps']} timesteps / {params['max_views']} views")
+
+    def on_sigint(signum, frame):
+        say("warning", "interrupted: finishing the current window and keeping what was done "
+            "(Ctrl-C again to abort without output)")
+        processor.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = processor.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    _print_summary(summary, say)
+    if summary["interrupted"]:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary["error"] else 0
+
+
+class _ProgressBar:
+    """tqdm bar over the bag's images, with the number of windows made so far."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, done: int, total: int, windows: int) -> None:
+        self._bar.total = total
+        self._bar.n = done
+        self._bar.set_postfix(windows=windows, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _print_summary(summary: dict, say) -> None:
+    frames = summary["frames"]
+    timings = summary["timings_ms"]["total_ms"]
+    first = summary["time_to_first_output_s"]
+    state = ("complete" if summary["complete"] else
+             "INTERRUPTED, partial result kept" if summary["interrupted"] else
+             "PARTIAL result kept (see the warnings above)")
+    lines = [
+        f"{state}: {summary['windows']} windows from {frames['read']} of {frames['in_bag']} "
+        f"images in {summary['wall_s']:.1f} s"
+        + (f" (first output after {first:.2f} s, {timings['mean']:.0f} ms per window)"
+           if first is not None and timings else ""),
+        f"K: {summary['k']['mode']} {summary['k']['counts']}; outputs in {summary['output']}: "
+        f"{summary['files']['bag']}/, {', '.join(summary['files']['clouds'])}, "
+        f"{len(summary['files']['trajectories'])} TUM files, summary.json",
+    ]
+    if summary["error"]:
+        lines.append(f"stopped by an error: {summary['error']}")
+    for evaluation in summary["evaluation"] or []:
+        lines.append(f"ATE rmse {evaluation['ate_rmse']:.4g} over {evaluation['matched']} poses "
+                     f"(world epoch {evaluation['epoch']}, {evaluation['align']}, scale "
+                     f"{evaluation['scale']:.4g})")
+    for line in lines:
+        say("info", line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dvlt-ros process", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The pipeline-core configurations of the node's parameters: one place, so the live node
+and offline tools (``dvlt-ros process``) build identical pipelines from the same values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from dvlt_ros.node_support.parameters import camera_label
+from dvlt_ros.pipeline import (
+    CloudConfig,
+    KPolicyConfig,
+    PipelineConfig,
+    SyncConfig,
+    WindowConfig,
+    WorldConfig,
+)
+
+# Rotation of an optical frame (x right, y down, z forward) in its REP 103 body frame.
+BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+Params = Mapping[str, object]
+
+
+def seconds_to_ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def sync_config(p: Params) -> SyncConfig:
+    return SyncConfig(
+        cameras=tuple(camera_label(ns) for ns in p["cameras"]),
+        slop_ns=seconds_to_ns(p["sync_slop"]),
+        queue_size=p["sync_queue_size"],
+        camera_timeout_ns=seconds_to_ns(p["camera_timeout"]),
+        jump_back_ns=seconds_to_ns(p["time_jump_threshold"]),
+        resolution_policy=p["resolution_policy"],
+        max_pixels=p["max_pixels"],
+    )
+
+
+def window_config(p: Params) -> WindowConfig:
+    return WindowConfig(
+        max_timesteps=p["window_timesteps"],
+        max_views=p["max_views"],
+        keyframe_min_spacing_ns=seconds_to_ns(p["keyframe_min_spacing"]),
+        keyframe_min_change=p["keyframe_min_change"],
+    )
+
+
+def k_policy_config(p: Params) -> KPolicyConfig:
+    return KPolicyConfig(
+        mode=p["num_steps_mode"],
+        num_steps=p["num_steps"],
+        k_min=p["budget_min_num_steps"],
+        k_max=p["budget_max_num_steps"],
+        latency_budget_ms=p["latency_budget_ms"],
+    )
+
+
+def pipeline_config(p: Params) -> PipelineConfig:
+    return PipelineConfig(
+        img_size=p["img_size"] or None,
+        use_input_camera_info=p["use_input_camera_info"],
+        frame_suffix=p["frame_suffix"],
+        cloud=CloudConfig(
+            confidence_threshold=p["confidence_threshold"],
+            stride=p["cloud_stride"],
+            max_points=p["max_points"],
+        ),
+        frustum_size=p["frustum_scale"],
+        trajectory_length=p["trajectory_length"],
+    )
+
+
+def world_config(p: Params) -> WorldConfig:
+    """``world_axes: body`` puts the world in the first reference camera's REP 103 body
+    frame; ``optical`` in its optical frame."""
+    initial = np.eye(4)
+    if p["world_axes"] == "body":
+        initial[:3, :3] = BODY_FROM_OPTICAL
+    return WorldConfig(initial_world_from_reference=initial)

@@ -1,0 +1,141 @@
+"""Camera subscriptions: sensor_msgs images (and CameraInfo) -> pipeline CameraFrames.
+
+Each configured camera namespace ``<ns>`` gets ``<ns>/image_raw`` (``Image``) or
+``<ns>/image_raw/compressed`` (``CompressedImage``), and ``<ns>/camera_info`` when the
+input intrinsics are used. Names are relative, so they follow the node's namespace and
+ordinary ``--ros-args -r`` remapping. Conversion failures become ``image_rejected``
+events; nothing here raises into the executor.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
+from dvlt_ros.conversions.image import ImageConversionError, compressed_to_rgb8, image_to_rgb8
+from dvlt_ros.conversions.transforms import ns_from_stamp
+from dvlt_ros.node_support.parameters import camera_label
+from dvlt_ros.pipeline.events import Level, PipelineEvent
+from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData
+
+FrameSink = Callable[[CameraFrame], None]
+EventSink = Callable[[PipelineEvent], None]
+
+
+def optical_frame_id(frame_id: str, label: str) -> str:
+    """The image's frame, without a leading slash (tf2 refuses those); when the driver
+    leaves it empty, ``<camera>_optical_frame``."""
+    frame_id = frame_id.lstrip("/")
+    return frame_id or f"{label.replace('/', '_')}_optical_frame"
+
+
+def camera_info_data(msg: CameraInfo) -> CameraInfoData:
+    """The parts of a CameraInfo message the pipeline uses (checked later, per frame)."""
+    return CameraInfoData(
+        k=intrinsics_from_camera_info(msg),
+        width=int(msg.width),
+        height=int(msg.height),
+        distortion_model=msg.distortion_model,
+        d=tuple(float(v) for v in msg.d),
+    )
+
+
+def frame_from_image(
+    msg, camera: str, compressed: bool, info: CameraInfoData | None
+) -> tuple[CameraFrame | None, PipelineEvent | None]:
+    """The pipeline frame of an Image/CompressedImage message, or the ``image_rejected``
+    event saying why there is none. Shared by the subscriptions and offline bag
+    processing (``dvlt_ros.bags``), so both turn messages into identical frames."""
+    stamp = ns_from_stamp(msg.header.stamp)
+    try:
+        rgb = compressed_to_rgb8(msg) if compressed else image_to_rgb8(msg)
+    except ImageConversionError as exc:
+        return None, PipelineEvent("image_rejected", Level.ERROR, f"{exc}; frame dropped",
+                                   camera, stamp)
+    return CameraFrame(
+        camera=camera,
+        stamp_ns=stamp,
+        frame_id=optical_frame_id(msg.header.frame_id, camera),
+        rgb=rgb,
+        info=info,
+    ), None
+
+
+class CameraInputs:
+    """Subscribes to every camera and hands valid frames to ``on_frame``; ``after_image``
+    runs after every image message, whatever became of it."""
+
+    def __init__(
+        self,
+        node,
+        cameras: Sequence[str],
+        *,
+        transport: str,
+        use_camera_info: bool,
+        qos,
+        on_frame: FrameSink,
+        on_event: EventSink,
+        after_image: Callable[[], None] | None = None,
+        callback_group=None,
+    ) -> None:
+        self._on_frame = on_frame
+        self._after_image = after_image
+        self._on_event = on_event
+        self._logger = node.get_logger()
+        self._lock = threading.Lock()
+        self._infos: dict[str, CameraInfoData] = {}
+        self._empty_frame_reported: set[str] = set()
+        self.subscriptions = []
+        for namespace in cameras:
+            label = camera_label(namespace)
+            base = namespace.rstrip("/")
+            if transport == "compressed":
+                self.subscriptions.append(node.create_subscription(
+                    CompressedImage, f"{base}/image_raw/compressed",
+                    lambda msg, c=label: self._on_image(msg, c, compressed=True),
+                    qos, callback_group=callback_group,
+                ))
+            else:
+                self.subscriptions.append(node.create_subscription(
+                    Image, f"{base}/image_raw",
+                    lambda msg, c=label: self._on_image(msg, c, compressed=False),
+                    qos, callback_group=callback_group,
+                ))
+            if use_camera_info:
+                self.subscriptions.append(node.create_subscription(
+                    CameraInfo, f"{base}/camera_info",
+                    lambda msg, c=label: self._on_camera_info(msg, c),
+                    qos, callback_group=callback_group,
+                ))
+        self._use_camera_info = use_camera_info
+
+    def _on_camera_info(self, msg: CameraInfo, camera: str) -> None:
+        info = camera_info_data(msg)
+        with self._lock:
+            self._infos[camera] = info
+
+    def _on_image(self, msg, camera: str, compressed: bool) -> None:
+        try:
+            self._handle_image(msg, camera, compressed)
+        finally:
+            if self._after_image is not None:
+                self._after_image()
+
+    def _handle_image(self, msg, camera: str, compressed: bool) -> None:
+        with self._lock:
+            info = self._infos.get(camera) if self._use_camera_info else None
+        frame, event = frame_from_image(msg, camera, compressed, info)
+        if event is not None:
+            self._on_event(event)
+            return
+        if not msg.header.frame_id and camera not in self._empty_frame_reported:
+            self._empty_frame_reported.add(camera)
+            self._logger.warning(
+                f"[{camera}] image header.frame_id is empty; using "
+                f"'{optical_frame_id('', camera)}' (set the driver's frame_id to the camera's "
+                "optical frame)"
+            )
+        self._on_frame(frame)

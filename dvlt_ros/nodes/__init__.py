@@ -1,0 +1,1 @@
+"""Executable ROS 2 nodes of dvlt_ros."""

@@ -1,0 +1,457 @@
+"""``reconstruct_node``: live multi-camera reconstruction with DVLT.
+
+    ros2 run dvlt_ros reconstruct_node --ros-args --params-file config/reconstruct.yaml
+
+Subscribes to the configured cameras, matches their frames into rig snapshots, and at
+``rate`` Hz reconstructs the newest window on a worker thread with K loop steps, then
+publishes the cloud, per-camera depth/confidence/camera_info, TF, the trajectory, frusta
+and /diagnostics. Parameters: :mod:`dvlt_ros.node_support.parameters` and
+``config/reconstruct.yaml``; topics and frames: docs/node.md.
+
+The node can also run in-process (tests, the ``dvlt-ros demo`` tool): pass ``backend=`` to
+use an already built inference backend instead of loading ``checkpoint``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import asdict
+
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import UInt64
+
+from dvlt_core.backends import InferenceBackend
+from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.node_support import configs
+from dvlt_ros.node_support import diagnostics as diag
+from dvlt_ros.node_support.health import ERROR, OK, WARN, ProblemBoard
+from dvlt_ros.node_support.inputs import CameraInputs
+from dvlt_ros.node_support.model import (
+    LoadedModel,
+    ModelSettings,
+    describe,
+    load_backend,
+)
+from dvlt_ros.node_support.outputs import OutputPublishers
+from dvlt_ros.node_support.parameters import (
+    RELOAD_PARAMETERS,
+    camera_label,
+    check_parameters,
+    declare_parameters,
+)
+from dvlt_ros.node_support.qos import LATCHED_QOS, input_qos
+from dvlt_ros.node_support.report import CycleReport
+from dvlt_ros.node_support.worker import CycleWorker
+from dvlt_ros.pipeline import (
+    CameraFrame,
+    CycleResult,
+    KPolicy,
+    Level,
+    MetricScale,
+    PipelineEvent,
+    ReconstructionPipeline,
+    RigSnapshot,
+    RigSynchronizer,
+    WindowSelector,
+)
+
+NODE_NAME = "reconstruct_node"
+# Seconds a reported problem stays in diagnostics unless reported again (a bad stream
+# re-reports it with every frame); timeouts and model errors last until resolved.
+PROBLEM_TTL_S = 5.0
+_PERSISTENT = {"camera_timeout"}
+# Lossless mode: images waiting for reconstruction and acknowledgement (the replay tool
+# keeps one in flight; the bound only matters when lossless is misused on live cameras).
+LOSSLESS_QUEUE = 64
+_DIAG_LEVELS = {Level.INFO: OK, Level.WARN: WARN, Level.ERROR: ERROR}
+CycleListener = Callable[[CycleReport, CycleResult], None]
+
+
+class ReconstructNode(Node):
+    """The live reconstruction node (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        backend: InferenceBackend | None = None,
+        metric_scale: MetricScale | None = None,
+        node_name: str = NODE_NAME,
+        **node_kwargs,
+    ) -> None:
+        super().__init__(node_name, **node_kwargs)
+        self._lock = threading.Lock()
+        self._pending: dict[str, object] = {}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.params = declare_parameters(self)
+        p = self.params
+        self.cameras = [camera_label(ns) for ns in p["cameras"]]
+        self.problems = ProblemBoard()
+
+        self.sync = RigSynchronizer(configs.sync_config(p))
+        self.windows = WindowSelector(configs.window_config(p))
+        self.k_policy = KPolicy(configs.k_policy_config(p))
+        self._pipeline_config = configs.pipeline_config(p)
+        self._metric_scale = metric_scale
+        self._injected = backend
+        self._model: LoadedModel | None = None
+        self._reload = True
+        self.pipeline: ReconstructionPipeline | None = None
+        self._arrivals: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._max_arrivals = 8 * len(self.cameras) * p["sync_queue_size"]
+        self._listeners: list[CycleListener] = []
+        self.last_report: CycleReport | None = None
+        self._last_diagnostics = 0.0
+        self._cycle_index = 0
+
+        self.outputs = OutputPublishers(
+            self, self.cameras, p["world_frame"], p["trajectory_length"]
+        )
+        self.lossless = p["lossless"]
+        self._images_received = 0
+        self._lossless_queue: deque[tuple[RigSnapshot | None, int]] = deque(
+            maxlen=LOSSLESS_QUEUE)
+        # Only a lossless node offers the acknowledgement topic: the replay tool takes its
+        # presence as the sign that it may wait for acknowledgements.
+        self._consumed = (
+            self.create_publisher(UInt64, "~/consumed", LATCHED_QOS) if self.lossless else None
+        )
+        if self._consumed is not None:
+            self._consumed.publish(UInt64(data=0))
+        self.inputs = CameraInputs(
+            self, p["cameras"], transport=p["image_transport"],
+            use_camera_info=p["use_input_camera_info"], qos=input_qos(p["input_qos"]),
+            on_frame=self._on_frame, on_event=self._report, after_image=self._after_image,
+        )
+        self.worker = CycleWorker(self._cycle, on_error=self._on_cycle_error)
+        # The timer wakes the worker at `rate`; in lossless mode every image wakes it too.
+        self._timer = self.create_timer(1.0 / p["rate"], self.worker.wake)
+        self._diag_timer = self.create_timer(p["diagnostics_period"], self._diagnostics_tick)
+        self.get_logger().info(
+            f"reconstructing {', '.join(self.cameras)} at {p['rate']:g} Hz in frame "
+            f"'{p['world_frame']}' (K {p['num_steps_mode']}, num_steps={p['num_steps']}); "
+            f"model: {'injected ' + backend.name if backend else p['checkpoint']}"
+        )
+
+    # ----------------------------------------------------------------- parameters
+    def _on_set_parameters(self, params: list[Parameter]):
+        result = check_parameters(params)
+        if not result.successful:
+            return result
+        changes = {param.name: param.value for param in params}
+        current = getattr(self, "params", None)
+        if current is None:  # declaration: values are read after declare_parameters
+            return result
+        merged = {**current, **self._pending, **changes}
+        if merged["budget_min_num_steps"] > merged["budget_max_num_steps"]:
+            result.successful = False
+            result.reason = (
+                f"budget_min_num_steps ({merged['budget_min_num_steps']}) must be <= "
+                f"budget_max_num_steps ({merged['budget_max_num_steps']})"
+            )
+            return result
+        with self._lock:
+            self._pending.update(changes)
+        return result
+
+    def _apply_pending(self) -> None:
+        """Apply parameter changes made since the last cycle (worker thread)."""
+        with self._lock:
+            changes, self._pending = self._pending, {}
+        if not changes:
+            return
+        self.params.update(changes)
+        p = self.params
+        self.k_policy.update(**asdict(configs.k_policy_config(p)))
+        self._pipeline_config = configs.pipeline_config(p)
+        if self.pipeline is not None:
+            self.pipeline.config = self._pipeline_config
+        if any(name in changes for name in RELOAD_PARAMETERS):
+            self._reload = True
+        self.get_logger().info(
+            "applied " + ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items()))
+        )
+
+    # ----------------------------------------------------------------- inputs
+    def _on_frame(self, frame: CameraFrame) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        with self._lock:
+            events = self.sync.add(frame, now_ns)
+            self._arrivals[frame.key] = time.perf_counter()
+            while len(self._arrivals) > self._max_arrivals:
+                self._arrivals.popitem(last=False)
+        for event in events:
+            self._report(event)
+
+    def _after_image(self) -> None:
+        """Lossless mode: after each image message (used or rejected), queue the snapshot
+        it completed (or None) with the image count, for the worker to reconstruct and
+        acknowledge in order."""
+        if not self.lossless:
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        with self._lock:
+            self._images_received += 1
+            snapshot, events = self.sync.poll(now_ns)
+            if len(self._lossless_queue) == self._lossless_queue.maxlen:
+                dropped, _ = self._lossless_queue[0]
+                if dropped is not None:
+                    events.append(PipelineEvent(
+                        "queue_overflow", Level.WARN,
+                        f"lossless queue full ({self._lossless_queue.maxlen} images): the "
+                        "oldest snapshot was dropped; lossless mode is for `dvlt-ros replay "
+                        "--lossless`, which waits for each acknowledgement",
+                    ))
+            self._lossless_queue.append((snapshot, self._images_received))
+        for event in events:
+            self._report(event)
+        self.worker.wake()
+
+    def _report(self, event: PipelineEvent) -> None:
+        """Log an event (once while it persists) and show it in diagnostics."""
+        source = event.camera or "pipeline"
+        if event.code == "camera_recovered":
+            self.problems.clear(source, "camera_timeout")
+        if event.level == Level.INFO:
+            self.get_logger().info(str(event))
+            return
+        ttl = None if event.code in _PERSISTENT else PROBLEM_TTL_S
+        if not self.problems.report(source, event.code, _DIAG_LEVELS[event.level],
+                                    event.message, ttl):
+            return
+        # rclpy fixes the severity of each logging call site: one call per level.
+        if event.level == Level.ERROR:
+            self.get_logger().error(str(event))
+        else:
+            self.get_logger().warning(str(event))
+
+    # ----------------------------------------------------------------- model
+    @property
+    def model(self) -> LoadedModel | None:
+        """The loaded backend with its identity and licence (None until loaded)."""
+        return self._model
+
+    def _ensure_model(self) -> bool:
+        """Load (or reload) the backend if needed; False while there is none."""
+        if not self._reload:
+            return self.pipeline is not None
+        self._reload = False
+        p = self.params
+        if self._injected is not None:
+            if self.pipeline is not None:
+                self.get_logger().warning(
+                    "the backend was passed in by the caller: backend/checkpoint/device/"
+                    "precision changes are ignored"
+                )
+                return True
+            identity, licence = describe(self._injected, p["checkpoint"])
+            model = LoadedModel(self._injected, identity, licence, 0.0)
+        else:
+            settings = ModelSettings(p["backend"], p["checkpoint"], p["device"], p["precision"])
+            self.get_logger().info(f"loading model: {settings}")
+            try:
+                model = load_backend(settings)
+            except Exception as exc:  # every loader failure keeps the node up
+                message = (
+                    f"cannot load {settings.backend} model from checkpoint "
+                    f"'{settings.checkpoint}': {exc}. Set the checkpoint parameter (ros2 param "
+                    "set <node> checkpoint <Hub id | directory | file>) to retry"
+                )
+                self.problems.report("model", "checkpoint", ERROR, message)
+                self.get_logger().error(message)
+                return self.pipeline is not None
+            self.get_logger().info(f"model loaded in {model.load_ms:.0f} ms: {model.identity}")
+        self.problems.clear("model")
+        self._model = model
+        self.pipeline = ReconstructionPipeline(
+            model.backend, self._pipeline_config, world=configs.world_config(self.params),
+            metric_scale=self._metric_scale,
+        )
+        self.k_policy.model.reset()
+        return True
+
+    # ----------------------------------------------------------------- cycle
+    def add_cycle_listener(self, listener: CycleListener) -> None:
+        """Call ``listener(report, result)`` on the worker thread after each cycle."""
+        self._listeners.append(listener)
+
+    def _cycle(self) -> None:
+        """One wake-up of the worker: apply parameter changes, make sure there is a
+        model, then reconstruct the newest snapshot (or, lossless, every queued one)."""
+        self._apply_pending()
+        if not self._ensure_model():
+            return
+        if self.lossless:
+            self._drain_lossless()
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        with self._lock:
+            snapshot, events = self.sync.poll(now_ns)
+        for event in events:
+            self._report(event)
+        if snapshot is not None:
+            self._reconstruct(snapshot)
+
+    def _drain_lossless(self) -> None:
+        """Reconstruct queued snapshots in arrival order, acknowledging each image once
+        everything it completed has been published."""
+        while True:
+            with self._lock:
+                if not self._lossless_queue:
+                    return
+                snapshot, count = self._lossless_queue.popleft()
+            if snapshot is not None:
+                self._reconstruct(snapshot)
+            self._consumed.publish(UInt64(data=count))
+
+    def _reconstruct(self, snapshot) -> None:
+        with self._lock:
+            arrived = [self._arrivals.get(f.key) for f in snapshot.frames]
+        start = time.perf_counter()
+        known = [a for a in arrived if a is not None]
+        sync_wait_ms = (start - max(known)) * 1e3 if known else 0.0
+        window = self.windows.select(snapshot)
+        decision = self.k_policy.choose(len(window))
+        if decision.event is not None:
+            self._report(decision.event)
+        result = self.pipeline.submit(window, decision.num_steps)
+        publish_start = time.perf_counter()
+        points = self.outputs.publish(result)
+        end = time.perf_counter()
+        publish_ms = (end - publish_start) * 1e3
+        self.k_policy.observe(len(window), result.backend_timings,
+                              result.timings.post_ms + publish_ms)
+        for event in result.events:
+            self._report(event)
+        self._cycle_index += 1
+        report = self._make_report(result, decision, sync_wait_ms, publish_ms,
+                                   (end - start) * 1e3, points, window)
+        self.last_report = report
+        self.get_logger().info(report.summary())
+        self._publish_diagnostics()
+        for listener in self._listeners:
+            listener(report, result)
+
+    def _make_report(self, result, decision, sync_wait_ms, publish_ms, total_ms, points,
+                     window) -> CycleReport:
+        t, b = result.timings, result.backend_timings
+        with self._lock:
+            drops = sum(s.dropped for s in self.sync.stats().values())
+        return CycleReport(
+            cycle=self._cycle_index,
+            stamp_ns=result.stamp_ns,
+            epoch=result.epoch,
+            num_steps=result.num_steps,
+            num_steps_mode=decision.mode,
+            predicted_ms=decision.predicted_ms,
+            num_views=result.num_views,
+            num_cameras=len(window.newest),
+            num_timesteps=max(window.timesteps) + 1,
+            points=points,
+            units=result.units,
+            sync_wait_ms=sync_wait_ms,
+            preprocess_ms=t.preprocess_ms,
+            inference_ms=t.inference_ms,
+            pose_fit_ms=t.pose_fit_ms,
+            world_ms=t.world_ms,
+            products_ms=t.products_ms,
+            publish_ms=publish_ms,
+            total_ms=total_ms,
+            encode_ms=b.encode_ms,
+            step_ms=sum(b.step_ms) / len(b.step_ms) if b.step_ms else 0.0,
+            decode_ms=b.decode_ms,
+            drops=drops,
+            overruns=self.worker.overruns,
+        )
+
+    def _on_cycle_error(self, exc: BaseException) -> None:
+        message = f"cycle failed: {type(exc).__name__}: {exc}"
+        if self.problems.report("pipeline", "cycle_error", ERROR, message, PROBLEM_TTL_S):
+            self.get_logger().error(message)
+
+    # ----------------------------------------------------------------- diagnostics
+    def _diagnostics_tick(self) -> None:
+        """Keep /diagnostics alive when no cycle publishes (no input, no model)."""
+        if time.monotonic() - self._last_diagnostics >= 0.5 * self.params["diagnostics_period"]:
+            self._publish_diagnostics()
+
+    def _publish_diagnostics(self) -> None:
+        self._last_diagnostics = time.monotonic()
+        name = self.get_fully_qualified_name()
+        report, model = self.last_report, self._model
+        values: dict[str, object] = {
+            "num_steps_mode": self.params["num_steps_mode"],
+            "num_steps_setting": self.params["num_steps"],
+            "cycles": self._cycle_index,
+            "overruns": self.worker.overruns,
+        }
+        if report is not None:
+            values.update({
+                "num_steps": report.num_steps,
+                "views": report.num_views,
+                "cameras_in_window": report.num_cameras,
+                "timesteps_in_window": report.num_timesteps,
+                "points": report.points,
+                "units": "metres" if report.units == "m" else
+                         "arbitrary (network scale; not metres)",
+                "latency_budget_ms": self.params["latency_budget_ms"],
+                "predicted_ms": report.predicted_ms if report.predicted_ms is not None
+                else "n/a",
+            })
+            values.update({f"latency_{k}": v for k, v in report.as_dict().items()
+                           if k.endswith("_ms") and k != "predicted_ms"})
+            values["drops"] = report.drops
+        if model is not None:
+            values.update({"model": model.identity, "licence": model.licence})
+            values.update(diag.gpu_memory_values(model.backend.device))
+        else:
+            values["model"] = "not loaded"
+        statuses = [diag.status(
+            f"{name}: pipeline", name, values,
+            self.problems.active("pipeline") + self.problems.active("model"),
+        )]
+        with self._lock:
+            stats = {
+                camera: {"input_rate_hz": s.rate_hz, "received": s.received, "used": s.used,
+                         "dropped": s.dropped, "rejected": s.rejected,
+                         "timed_out": s.timed_out}
+                for camera, s in self.sync.stats().items()
+            }
+        for camera in self.cameras:
+            statuses.append(diag.status(
+                f"{name}: camera {camera}", camera, stats[camera], self.problems.active(camera)
+            ))
+        stamp = self.get_clock().now().nanoseconds
+        self.outputs.diagnostics.publish(diag.diagnostic_array(stamp_from_ns(stamp), statuses))
+
+    def destroy_node(self) -> None:
+        self.worker.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point ``reconstruct_node``."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ReconstructNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""``dvlt-ros process`` on generated sample bags (sqlite3 and mcap) with the ground-truth
+backend: the outputs exist, are readable with rosbags alone, carry the source stamps, and
+the trajectories match the ground truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from bag_helpers import SAMPLE, make_sample, process
+from rosbags.highlevel import AnyReader
+
+from dvlt_ros.bags.evaluation import read_tum
+from dvlt_ros.bags.msgtypes import typestore
+from dvlt_ros.bags.processor import GroundTruth, ProcessOptions
+from dvlt_ros.bags.sample import GT_TOPIC, ground_truth_poses
+from dvlt_ros.cli import process as process_cli
+
+CAMERAS = ("cam_front_left", "cam_front_right")
+STAMPS = [SAMPLE.stamp_ns(i) for i in range(SAMPLE.frames)]
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bags")
+    return {storage: make_sample(root / storage, storage) for storage in ("mcap", "sqlite3")}
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_process_writes_readable_outputs_at_source_stamps(bags, storage, tmp_path):
+    out = tmp_path / "out"
+    options = ProcessOptions(ground_truth=GroundTruth(tf_topic=GT_TOPIC))
+    summary, issues = process(bags[storage], out, options)
+
+    assert summary["complete"] and summary["error"] is None and not issues.issues
+    assert summary["windows"] == SAMPLE.frames  # lossless: one window per snapshot
+    assert summary["frames"]["read"] == 2 * SAMPLE.frames
+    assert summary["k"]["counts"] == {"2": SAMPLE.frames}
+    assert summary["time_to_first_output_s"] > 0
+    assert json.loads((out / "summary.json").read_text())["windows"] == SAMPLE.frames
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # staging gone
+
+    # The output bag: readable by rosbags without rclpy, stamped with the source stamps.
+    expected = {"/reconstruct_node/points", "/tf", "/diagnostics", "/reconstruct_node/trajectory"}
+    expected |= {f"/reconstruct_node/{c}/{k}" for c in CAMERAS
+                 for k in ("depth", "confidence", "camera_info")}
+    with AnyReader([out / "reconstruction"], default_typestore=typestore()) as reader:
+        assert expected <= {c.topic for c in reader.connections}
+        seen: dict[str, list[int]] = {}
+        for conn, log_ns, raw in reader.messages():
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == "/reconstruct_node/frusta":
+                header = msg.markers[0].header
+            else:
+                header = msg.transforms[0].header if conn.topic == "/tf" else msg.header
+            stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+            assert stamp == log_ns
+            seen.setdefault(conn.topic, []).append(stamp)
+            if conn.topic == "/reconstruct_node/cam_front_left/depth":
+                assert (msg.encoding, msg.height, msg.width) == ("32FC1", 120, 160)
+                assert header.frame_id == "cam_front_left_optical_frame_dvlt"
+            if conn.topic == "/reconstruct_node/points":
+                assert msg.width > 1000 and header.frame_id == "dvlt_world"
+    for topic in expected - {"/diagnostics"}:
+        assert sorted(seen[topic]) == STAMPS, topic
+
+    # Fused cloud, TUM trajectories, evaluation against the ground-truth TF: exact.
+    header = (out / "cloud.ply").read_bytes()[:300].decode("ascii", "replace")
+    assert f"element vertex {summary['files']['clouds']['cloud.ply']}" in header
+    assert summary["files"]["clouds"]["cloud.ply"] > 1000
+    for camera in CAMERAS:
+        stamps, poses = read_tum(out / f"trajectory_{camera}.tum")
+        assert np.allclose(stamps, STAMPS, atol=1000)
+        _, truth = ground_truth_poses(SAMPLE, camera)
+        # World = first reference camera; its relative motion is the ground truth's.
+        rel_est = np.linalg.inv(poses[0]) @ poses[-1]
+        rel_gt = np.linalg.inv(truth[0]) @ truth[-1]
+        assert np.allclose(rel_est, rel_gt, atol=1e-5)
+    (evaluation,) = summary["evaluation"]
+    assert evaluation["matched"] == 2 * SAMPLE.frames and evaluation["unmatched"] == 0
+    assert evaluation["ate_rmse"] < 1e-5 and abs(evaluation["scale"] - 1) < 1e-6
+    for scores in evaluation["cameras"].values():
+        assert scores["rpe_trans_rmse"] < 1e-5 and scores["rpe_rot_mean_deg"] < 1e-3
+
+
+def test_cli_process_refuses_existing_output_and_overwrites_on_request(bags, tmp_path, capsys):
+    out = tmp_path / "result"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    args = [str(bags["mcap"]), "--out", str(out), "--backend", "ground_truth", "--quiet",
+            "-p", "img_size:=112", "-p", "num_steps:=3", "-p", "window_timesteps:=2",
+            "-p", "keyframe_min_spacing:=0.0"]
+    assert process_cli.main(args) == 1
+    assert "already holds files" in capsys.readouterr().err
+    assert (out / "old.txt").exists()
+
+    tum = tmp_path / "gt.tum"
+    stamps, poses = ground_truth_poses(SAMPLE, CAMERAS[1])
+    from dvlt_core.io.writers import write_tum
+
+    write_tum(tum, [s / 1e9 for s in stamps], poses)
+    assert process_cli.main([*args, "--overwrite", "--gt-tum", f"{CAMERAS[1]}={tum}"]) == 0
+    err = capsys.readouterr().err
+    assert "complete: 6 windows" in err and "ATE rmse" in err
+    assert not (out / "old.txt").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["k"]["counts"] == {"3": SAMPLE.frames}
+    (evaluation,) = summary["evaluation"]
+    assert list(evaluation["cameras"]) == [CAMERAS[1]] and evaluation["ate_rmse"] < 1e-5
+
+
+def test_sigint_keeps_a_valid_partial_result(tmp_path):
+    """Ctrl-C: the run stops after the current window, finalises the outputs it has and
+    says so (exit 130)."""
+    bag = make_sample(tmp_path / "long", frames=12)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvlt_ros.cli.process", str(bag), "--out", str(out),
+         "--backend", "ground_truth", "-p", "img_size:=112", "-p", "num_steps:=1",
+         "-p", "window_timesteps:=1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen = ""
+    while "windows=2" not in seen:
+        char = proc.stderr.read(1)
+        assert char, f"process ended early: {seen[-2000:]}"
+        seen += char
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(60) == 130, rest
+    assert "INTERRUPTED, partial result kept" in rest
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and not summary["complete"]
+    assert 2 <= summary["windows"] < 12
+    assert summary["files"]["trajectories"]["trajectory_cam_front_left.tum"] == summary["windows"]
+    with AnyReader([out / "reconstruction"], default_typestore=typestore()) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts["/reconstruct_node/points"] == summary["windows"]
+
+
+def test_fused_cloud_keeps_the_most_confident_point_per_voxel():
+    from dvlt_ros.bags.outputs import FusedCloud
+
+    rng = np.random.default_rng(0)
+    cloud = FusedCloud(0.1)
+    batches = [(rng.uniform(-1, 1, (500, 3)).astype(np.float32),
+                rng.integers(0, 255, (500, 3), dtype=np.uint8),
+                rng.uniform(1, 5, 500).astype(np.float32)) for _ in range(4)]
+    for points, colors, confidence in batches:
+        cloud.add(0, points, colors, confidence)
+    points = np.concatenate([b[0] for b in batches])
+    confidence = np.concatenate([b[2] for b in batches])
+    best: dict[tuple, int] = {}
+    for i, cell in enumerate(map(tuple, np.floor(points / 0.1).astype(int))):
+        if cell not in best or confidence[i] > confidence[best[cell]]:
+            best[cell] = i
+    kept = cloud.arrays(0)[0]
+    assert len(cloud) == len(best)
+    assert {tuple(p) for p in kept.tolist()} == {tuple(points[i].tolist())
+                                                 for i in best.values()}

@@ -1,0 +1,104 @@
+"""The node's building blocks without DDS: problem board, cycle worker, diagnostics
+statuses, and the CameraInfo, frusta and path conversions."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
+
+from dvlt_ros.conversions.camera_info import (
+    camera_info_from_intrinsics,
+    intrinsics_from_camera_info,
+)
+from dvlt_ros.conversions.markers import frusta_markers
+from dvlt_ros.conversions.path import path_message
+from dvlt_ros.conversions.transforms import ns_from_stamp
+from dvlt_ros.node_support.diagnostics import status
+from dvlt_ros.node_support.health import ERROR, OK, WARN, ProblemBoard
+from dvlt_ros.node_support.worker import CycleWorker
+
+
+def test_problem_board_logs_once_and_expires():
+    now = [0.0]
+    board = ProblemBoard(clock=lambda: now[0])
+    assert board.report("cam0", "out_of_order", WARN, "stamp 10 is older than 12", ttl=5)
+    assert not board.report("cam0", "out_of_order", WARN, "stamp 11 is older than 13", ttl=5)
+    assert board.report("cam0", "out_of_order", ERROR, "stamp 11 is older than 13", ttl=5)
+    assert board.report("model", "checkpoint", ERROR, "cannot load")
+    assert board.level() == ERROR and board.level("cam1") == OK
+    now[0] = 6.0
+    assert [p.kind for p in board.active()] == ["checkpoint"]  # the ttl one expired
+    assert [p.kind for p in board.clear("model")] == ["checkpoint"]
+    assert board.active() == []
+
+
+def test_cycle_worker_coalesces_wakeups_and_survives_errors():
+    release = threading.Event()
+    runs, errors = [], []
+
+    def cycle():
+        runs.append(1)
+        if len(runs) == 1:
+            release.wait(5)
+        if len(runs) == 2:
+            raise RuntimeError("boom")
+
+    worker = CycleWorker(cycle, on_error=errors.append)
+    try:
+        worker.wake()
+        while not runs:
+            threading.Event().wait(0.01)
+        for _ in range(5):  # while busy: one is kept, four are overruns
+            worker.wake()
+        release.set()
+        assert worker.wait_idle(5)
+        assert len(runs) == 2 and worker.overruns == 4
+        assert [str(e) for e in errors] == ["boom"]
+        worker.wake()
+        assert worker.wait_idle(5) and len(runs) == 3
+    finally:
+        worker.stop()
+
+
+def test_status_takes_the_worst_problem():
+    board = ProblemBoard()
+    board.report("cam0", "a", WARN, "late")
+    board.report("cam0", "b", ERROR, "broken")
+    msg = status("node: camera cam0", "cam0", {"rate": 1.5}, board.active("cam0"))
+    assert msg.level == bytes([ERROR]) and msg.message == "broken; late"
+    assert [(kv.key, kv.value) for kv in msg.values] == [
+        ("rate", "1.500"), ("problem: b", "broken"), ("problem: a", "late")]
+    assert status("n", "h", {}, []).level == bytes([OK])
+
+
+def test_camera_info_round_trip():
+    K = np.array([[500.0, 0.0, 319.5], [0.0, 505.0, 239.5], [0.0, 0.0, 1.0]])
+    msg = camera_info_from_intrinsics(K, 640, 480, Header(frame_id="cam_dvlt"))
+    assert (msg.width, msg.height, msg.header.frame_id) == (640, 480, "cam_dvlt")
+    np.testing.assert_array_equal(intrinsics_from_camera_info(msg), K)
+    np.testing.assert_array_equal(np.reshape(msg.p, (3, 4))[:, :3], K)
+    assert list(msg.d) == [0.0] * 5 and msg.distortion_model == "plumb_bob"
+    with pytest.raises(ValueError, match="finite"):
+        camera_info_from_intrinsics(np.full((3, 3), np.nan), 640, 480)
+
+
+def test_frusta_and_path_messages():
+    vertices = np.array([[0, 0, 0], [1, 1, 1], [2, 1, 1], [2, 2, 1], [1, 2, 1]], float)
+    edges = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4], [4, 1]])
+    header = Header(frame_id="dvlt_world")
+    markers = frusta_markers(header, [(vertices, edges), (vertices * np.nan, edges)],
+                             colors=[3, 0])
+    assert [m.action for m in markers.markers] == [Marker.DELETEALL, Marker.ADD]
+    line = markers.markers[1]
+    assert line.type == Marker.LINE_LIST and len(line.points) == 16
+    assert (line.points[1].x, line.points[1].y, line.points[1].z) == (1.0, 1.0, 1.0)
+
+    pose = np.eye(4)
+    pose[:3, 3] = (1.0, 2.0, 3.0)
+    path = path_message(header, [(5, np.eye(4)), (7_000_000_001, pose)])
+    assert [ns_from_stamp(p.header.stamp) for p in path.poses] == [5, 7_000_000_001]
+    assert path.poses[1].pose.position.z == 3.0 and path.poses[1].header.frame_id == "dvlt_world"
