@@ -16,6 +16,7 @@ import torch
 
 from dvlt_core.geometry.homography import (
     fit_homography,
+    fit_homography_hypotheses,
     homography_from_four_points,
     transfer_errors,
 )
@@ -127,7 +128,9 @@ def ransac_upstream(
     dst, weights = _upstream_targets(dirs, weights)
     candidates = _top_candidates(weights)
     sample_idx = candidates[:, upstream_sample_table(candidates.shape[1])]  # (F, 100, 8)
-    hyps = fit_homography(src[sample_idx], _take(dst, sample_idx), _take(weights, sample_idx))
+    hyps = fit_homography_hypotheses(
+        src[sample_idx], _take(dst, sample_idx), _take(weights, sample_idx)
+    )
 
     sq_err, _ = transfer_errors(hyps, src, dst)  # (F, 100, N)
     inliers = sq_err < UPSTREAM_THRESHOLD**2

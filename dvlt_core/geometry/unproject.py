@@ -8,6 +8,8 @@ Rays and intrinsics use that pixel-centre convention. Upstream's postprocessed
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -78,10 +80,16 @@ def _inverse_intrinsics(intrinsics: Tensor) -> Tensor:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _homogeneous_pixels(height: int, width: int, offset: float, device: torch.device) -> Tensor:
+    """(H, W, 3) ``[u + offset, v + offset, 1]``, cached per size (callers must not modify it)."""
+    u, v = pixel_grid(height, width, offset, device)
+    return torch.stack([u, v, torch.ones_like(u)], dim=-1)
+
+
 def _pixel_directions(pixel_to_world: Tensor, height: int, width: int, offset: float) -> Tensor:
     """(..., H, W, 3) ``A·[u + offset, v + offset, 1]ᵀ`` for (..., 3, 3) matrices ``A``."""
-    u, v = pixel_grid(height, width, offset, pixel_to_world.device)
-    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)
+    pix = _homogeneous_pixels(height, width, offset, pixel_to_world.device)
     return torch.einsum("...ij,hwj->...hwi", pixel_to_world, pix)
 
 
