@@ -39,7 +39,7 @@ from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
 from dvlt_ros.conversions.transforms import stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
-from dvlt_ros.node_support.health import ERROR, OK, WARN, Problem
+from dvlt_ros.node_support.health import Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
 from dvlt_ros.pipeline.products import build_cloud
@@ -48,7 +48,6 @@ OUTPUT_BAG = "reconstruction"
 SUMMARY = "summary.json"
 STAGES = ("preprocess_ms", "inference_ms", "pose_fit_ms", "world_ms", "products_ms",
           "write_ms", "total_ms")
-_DIAG_LEVELS = {Level.INFO: OK, Level.WARN: WARN, Level.ERROR: ERROR}
 
 
 @dataclass(frozen=True)
@@ -264,19 +263,18 @@ class BagProcessor:
         values: dict[str, object] = {
             "num_steps": result.num_steps, "num_steps_mode": cycle.decision.mode,
             "views": result.num_views, "points": points,
-            "units": "metres" if result.units == "m" else "arbitrary (network scale; not metres)",
+            "units": diag.units_text(result.units),
             "cycles": self.stats.windows + 1, "mode": "offline (dvlt-ros process)",
         }
         values.update({f"latency_{k}": v for k, v in result.timings.as_dict().items()})
-        problems = [Problem(e.camera or "pipeline", e.code, _DIAG_LEVELS[e.level], e.message,
+        problems = [Problem(e.camera or "pipeline", e.code, diag.LEVELS[e.level], e.message,
                             0.0, None)
                     for e in result.events if e.level >= Level.WARN]
         statuses = [diag.status(f"{name}: pipeline", name, values, problems)]
         for camera, s in self.session.sync.stats().items():
             statuses.append(diag.status(
                 f"{name}: camera {camera}", camera,
-                {"input_rate_hz": s.rate_hz, "received": s.received, "used": s.used,
-                 "dropped": s.dropped, "rejected": s.rejected, "timed_out": s.timed_out}, []))
+                diag.camera_values(s), []))
         return diag.diagnostic_array(stamp_from_ns(result.stamp_ns), statuses)
 
     # ------------------------------------------------------------------ finish

@@ -96,7 +96,11 @@ class LosslessSession:
         snapshot = self.pending.popleft()
         window = self.windows.select(snapshot)
         decision = self.k_policy.choose(len(window))
-        result = self.pipeline.submit(window, decision.num_steps)
+        try:
+            result = self.pipeline.submit(window, decision.num_steps)
+        except Exception:
+            self.windows.forget(snapshot)
+            raise
         return Cycle(window, decision, result)
 
     def observe(self, cycle: Cycle, publish_ms: float) -> None:

@@ -12,7 +12,12 @@ from collections.abc import Mapping, Sequence
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from dvlt_ros.node_support.health import OK, Problem
+from dvlt_ros.node_support.health import ERROR, OK, WARN, Problem
+from dvlt_ros.pipeline.events import Level
+from dvlt_ros.pipeline.sync import CameraStats
+
+#: DiagnosticStatus level of each pipeline event level.
+LEVELS = {Level.INFO: OK, Level.WARN: WARN, Level.ERROR: ERROR}
 
 
 def _format(value: object) -> str:
@@ -39,6 +44,17 @@ def status(
         level=bytes([worst]), name=name, message=message, hardware_id=hardware_id,
         values=pairs,
     )
+
+
+def units_text(units: str) -> str:
+    """The ``units`` value of the pipeline status for a cycle's ``units`` (``m`` or not)."""
+    return "metres" if units == "m" else "arbitrary (network scale; not metres)"
+
+
+def camera_values(stats: CameraStats) -> dict[str, object]:
+    """The values of a camera's status."""
+    return {"input_rate_hz": stats.rate_hz, "received": stats.received, "used": stats.used,
+            "dropped": stats.dropped, "rejected": stats.rejected, "timed_out": stats.timed_out}
 
 
 def diagnostic_array(stamp: Time, statuses: Sequence[DiagnosticStatus]) -> DiagnosticArray:

@@ -120,6 +120,12 @@ class CameraInputs:
     def _on_image(self, msg, camera: str, compressed: bool) -> None:
         try:
             self._handle_image(msg, camera, compressed)
+        except Exception as exc:  # an exception here would end the executor's spin
+            self._on_event(PipelineEvent(
+                "image_rejected", Level.ERROR,
+                f"cannot use the image: {type(exc).__name__}: {exc}; frame dropped", camera,
+                ns_from_stamp(msg.header.stamp),
+            ))
         finally:
             if self._after_image is not None:
                 self._after_image()

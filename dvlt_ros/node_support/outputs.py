@@ -66,6 +66,10 @@ class OutputPublishers:
         """(stamp ns, world_from_camera 4x4) of the reference camera since the last reset."""
         return list(self._path)
 
+    def reset_trajectory(self) -> None:
+        """Start a new trajectory (the world was replaced, e.g. by a model reload)."""
+        self._path.clear()
+
     def publish(self, result: CycleResult) -> int:
         """Publish every product of ``result``; return the number of cloud points."""
         if self._epoch is not None and result.epoch != self._epoch:

@@ -36,6 +36,12 @@ class CycleWorker:
         with self._cond:
             return self._busy
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: a long cycle should end early."""
+        with self._cond:
+            return self._stopped
+
     def wake(self) -> None:
         """Ask for a cycle; coalesced with one already pending, counted if overrun."""
         with self._cond:

@@ -28,7 +28,7 @@ from dvlt_core.backends import InferenceBackend
 from dvlt_ros.conversions.transforms import stamp_from_ns
 from dvlt_ros.node_support import configs
 from dvlt_ros.node_support import diagnostics as diag
-from dvlt_ros.node_support.health import ERROR, OK, WARN, ProblemBoard
+from dvlt_ros.node_support.health import ERROR, ProblemBoard
 from dvlt_ros.node_support.inputs import CameraInputs
 from dvlt_ros.node_support.model import (
     LoadedModel,
@@ -67,7 +67,6 @@ _PERSISTENT = {"camera_timeout"}
 # Lossless mode: images waiting for reconstruction and acknowledgement (the replay tool
 # keeps one in flight; the bound only matters when lossless is misused on live cameras).
 LOSSLESS_QUEUE = 64
-_DIAG_LEVELS = {Level.INFO: OK, Level.WARN: WARN, Level.ERROR: ERROR}
 CycleListener = Callable[[CycleReport, CycleResult], None]
 
 
@@ -142,18 +141,19 @@ class ReconstructNode(Node):
         if not result.successful:
             return result
         changes = {param.name: param.value for param in params}
-        current = getattr(self, "params", None)
-        if current is None:  # declaration: values are read after declare_parameters
+        if getattr(self, "params", None) is None:  # declaration: read after declaring
             return result
-        merged = {**current, **self._pending, **changes}
-        if merged["budget_min_num_steps"] > merged["budget_max_num_steps"]:
-            result.successful = False
-            result.reason = (
-                f"budget_min_num_steps ({merged['budget_min_num_steps']}) must be <= "
-                f"budget_max_num_steps ({merged['budget_max_num_steps']})"
-            )
-            return result
+        # Under the lock, so that the worker cannot apply pending changes between this
+        # check and the update (the check must see every accepted value).
         with self._lock:
+            merged = {**self.params, **self._pending, **changes}
+            if merged["budget_min_num_steps"] > merged["budget_max_num_steps"]:
+                result.successful = False
+                result.reason = (
+                    f"budget_min_num_steps ({merged['budget_min_num_steps']}) must be <= "
+                    f"budget_max_num_steps ({merged['budget_max_num_steps']})"
+                )
+                return result
             self._pending.update(changes)
         return result
 
@@ -161,9 +161,9 @@ class ReconstructNode(Node):
         """Apply parameter changes made since the last cycle (worker thread)."""
         with self._lock:
             changes, self._pending = self._pending, {}
+            self.params.update(changes)
         if not changes:
             return
-        self.params.update(changes)
         p = self.params
         self.k_policy.update(**asdict(configs.k_policy_config(p)))
         self._pipeline_config = configs.pipeline_config(p)
@@ -215,11 +215,16 @@ class ReconstructNode(Node):
         source = event.camera or "pipeline"
         if event.code == "camera_recovered":
             self.problems.clear(source, "camera_timeout")
+        elif event.code == "time_jump_reset":
+            # The synchroniser forgets time-outs when it resets (a camera still silent
+            # times out again), so no camera_recovered event would ever clear them.
+            for camera in self.cameras:
+                self.problems.clear(camera, "camera_timeout")
         if event.level == Level.INFO:
             self.get_logger().info(str(event))
             return
         ttl = None if event.code in _PERSISTENT else PROBLEM_TTL_S
-        if not self.problems.report(source, event.code, _DIAG_LEVELS[event.level],
+        if not self.problems.report(source, event.code, diag.LEVELS[event.level],
                                     event.message, ttl):
             return
         # rclpy fixes the severity of each logging call site: one call per level.
@@ -266,6 +271,8 @@ class ReconstructNode(Node):
             self.get_logger().info(f"model loaded in {model.load_ms:.0f} ms: {model.identity}")
         self.problems.clear("model")
         self._model = model
+        if self.pipeline is not None:  # a reloaded model starts a new world
+            self.outputs.reset_trajectory()
         self.pipeline = ReconstructionPipeline(
             model.backend, self._pipeline_config, world=configs.world_config(self.params),
             metric_scale=self._metric_scale,
@@ -298,14 +305,16 @@ class ReconstructNode(Node):
     def _drain_lossless(self) -> None:
         """Reconstruct queued snapshots in arrival order, acknowledging each image once
         everything it completed has been published."""
-        while True:
+        while not self.worker.stopping:
             with self._lock:
                 if not self._lossless_queue:
                     return
                 snapshot, count = self._lossless_queue.popleft()
-            if snapshot is not None:
-                self._reconstruct(snapshot)
-            self._consumed.publish(UInt64(data=count))
+            try:
+                if snapshot is not None:
+                    self._reconstruct(snapshot)
+            finally:  # a failed cycle is handled too: the player must not wait for it
+                self._consumed.publish(UInt64(data=count))
 
     def _reconstruct(self, snapshot) -> None:
         with self._lock:
@@ -317,7 +326,11 @@ class ReconstructNode(Node):
         decision = self.k_policy.choose(len(window))
         if decision.event is not None:
             self._report(decision.event)
-        result = self.pipeline.submit(window, decision.num_steps)
+        try:
+            result = self.pipeline.submit(window, decision.num_steps)
+        except Exception:
+            self.windows.forget(snapshot)
+            raise
         publish_start = time.perf_counter()
         points = self.outputs.publish(result)
         end = time.perf_counter()
@@ -395,8 +408,7 @@ class ReconstructNode(Node):
                 "cameras_in_window": report.num_cameras,
                 "timesteps_in_window": report.num_timesteps,
                 "points": report.points,
-                "units": "metres" if report.units == "m" else
-                         "arbitrary (network scale; not metres)",
+                "units": diag.units_text(report.units),
                 "latency_budget_ms": self.params["latency_budget_ms"],
                 "predicted_ms": report.predicted_ms if report.predicted_ms is not None
                 else "n/a",
@@ -414,12 +426,7 @@ class ReconstructNode(Node):
             self.problems.active("pipeline") + self.problems.active("model"),
         )]
         with self._lock:
-            stats = {
-                camera: {"input_rate_hz": s.rate_hz, "received": s.received, "used": s.used,
-                         "dropped": s.dropped, "rejected": s.rejected,
-                         "timed_out": s.timed_out}
-                for camera, s in self.sync.stats().items()
-            }
+            stats = {camera: diag.camera_values(s) for camera, s in self.sync.stats().items()}
         for camera in self.cameras:
             statuses.append(diag.status(
                 f"{name}: camera {camera}", camera, stats[camera], self.problems.active(camera)

@@ -143,6 +143,12 @@ class WindowSelector:
         self._thumbs = {k: v for k, v in self._thumbs.items() if k in live}
         return self._build(snapshot)
 
+    def forget(self, snapshot: RigSnapshot) -> None:
+        """Never promote ``snapshot`` to a keyframe: its cycle failed, so later windows
+        must not carry it."""
+        if self._last is snapshot:
+            self._last = None
+
     def _qualifies(self, candidate: RigSnapshot) -> bool:
         if self.config.max_timesteps < 2:
             return False

@@ -60,6 +60,16 @@ def test_keyframes_need_time_spacing_and_image_change():
     assert sel.image_change(_snapshot(0, level=0), _snapshot(1, level=255)) == pytest.approx(1.0)
 
 
+def test_a_failed_snapshot_never_becomes_a_keyframe():
+    sel = WindowSelector(WindowConfig(max_timesteps=3, max_views=8, keyframe_min_spacing_ns=0))
+    sel.select(_snapshot(0))
+    failed = _snapshot(100)
+    sel.select(failed)
+    sel.forget(failed)  # its cycle raised
+    window = sel.select(_snapshot(200))
+    assert [k[1] // MS for k in window.keys] == [200, 200, 0, 0]
+
+
 def test_max_views_caps_timesteps_then_cameras():
     sel = WindowSelector(WindowConfig(max_timesteps=4, max_views=5, keyframe_min_spacing_ns=0))
     for t in (0, 100, 200):

@@ -172,3 +172,22 @@ def test_camera_stops_publishing(setup, rig):
     report = _still_works(graph, node, publisher, TIMES[3])
     assert report.num_cameras == 2
     assert collector.wait_status(f"camera {cam1}", lambda s: level(s) == 0) is not None
+
+
+def test_time_jump_clears_a_camera_timeout(setup, rig):
+    """A camera times out, then the stamps jump back (looping bag) and it publishes
+    again: the reset forgets the time-out, and so must /diagnostics."""
+    graph, node, publisher, collector = setup
+    cam0, cam1 = rig.names
+    _still_works(graph, node, publisher, TIMES[2])
+    for i in range(1, round(CAMERA_TIMEOUT / 0.2) + 3):
+        publisher.publish(TIMES[2], cameras=[cam0], stamp_ns=stamp_of(TIMES[2] + 0.01 * i))
+        graph.spin_for(0.2)
+    _problem(collector, f"camera {cam1}", "camera_timeout", "windows continue without it")
+    collector.msgs["diagnostics"].clear()  # from here on, camera 1 shows the time-out
+    report = _still_works(graph, node, publisher, TIMES[0])
+    assert report.num_cameras == 2 and report.epoch == 1
+    status = collector.wait_status(
+        f"camera {cam1}",
+        lambda s: not any(kv.key == "problem: camera_timeout" for kv in s.values))
+    assert status is not None, collector.statuses(f"camera {cam1}")[0].message

@@ -19,7 +19,8 @@ RVIZ = REPO / "config" / "reconstruct.rviz"
 
 
 def _node_params() -> dict:
-    return yaml.safe_load(CONFIG.read_text())["reconstruct_node"]["ros__parameters"]
+    # "/**": the file must apply to a renamed or namespaced node too.
+    return yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
 
 
 def test_config_file_holds_every_parameter_with_its_default_and_a_comment():
