@@ -16,6 +16,7 @@ CORE = [
     "torch>=2.4",
     "safetensors>=0.4",
     "huggingface_hub>=0.23",
+    "accelerate>=0.30",
     "pillow>=9.0",
     "av>=12.0",
     "tqdm>=4.60",
@@ -53,7 +54,7 @@ EXTRAS = {
     "bags": ["rosbags>=0.10"],
     "export": ["onnx>=1.16", "onnxruntime>=1.18"],
     "tensorrt": ["tensorrt>=10.0"],
-    "train": ["accelerate>=0.30", "tensorboard>=2.14"],
+    "train": ["tensorboard>=2.14"],
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "dev": [
         "pytest>=8.0",

@@ -31,11 +31,15 @@ EXECUTION_PROVIDERS = {
 }
 
 
+class OnnxRuntimeUnavailableError(RuntimeError):
+    """ONNX Runtime is not installed; the message says how to get it."""
+
+
 def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise RuntimeError(
+        raise OnnxRuntimeUnavailableError(
             "the onnxruntime backend needs ONNX Runtime: install the 'export' extra "
             "(pip install 'dvlt_ros[export]'), or onnxruntime-gpu for the CUDA/TensorRT providers"
         ) from exc

@@ -132,13 +132,14 @@ class TensorRTBackend(InferenceBackend):
         self.cuda_graphs = cuda_graphs
         self.manifest = load_manifest(export_dir)
         self.cache = EngineCache(engine_dir or self.manifest.root / "engines")
-        engines = ensure_engines(self.manifest, self.cache, precision=precision,
-                                 device=self._device, on_mismatch=on_mismatch,
-                                 workspace_bytes=workspace_bytes, fp32_softmax=fp32_softmax,
-                                 say=say)
-        self.engine_keys = {name: key for name, (key, _) in engines.items()}
         self._trt = trt
+        # TensorRT builds and deserialises on the calling thread's current CUDA device.
         with torch.cuda.device(self._device):
+            engines = ensure_engines(self.manifest, self.cache, precision=precision,
+                                     device=self._device, on_mismatch=on_mismatch,
+                                     workspace_bytes=workspace_bytes, fp32_softmax=fp32_softmax,
+                                     say=say)
+            self.engine_keys = {name: key for name, (key, _) in engines.items()}
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             loaded = {name: _Engine(trt, self._runtime, data, name)
                       for name, (_, data) in engines.items()}

@@ -17,6 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from dvlt_core.backends import available_backends, create_backend
+from dvlt_core.backends.onnxruntime_backend import OnnxRuntimeUnavailableError
+from dvlt_core.export.engine_cache import EngineCacheError
+from dvlt_core.export.manifest import ExportError
+from dvlt_core.export.tensorrt_build import TensorRTUnavailableError
 from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
 from dvlt_core.io.checkpoint import CheckpointError, default_checkpoint
 from dvlt_core.io.download import DownloadError
@@ -32,6 +36,16 @@ from dvlt_core.io.writers import (
 from dvlt_core.result import RESOLUTIONS, Reconstruction
 
 EXIT_USAGE = 2
+USER_ERRORS = (
+    CheckpointError,
+    DownloadError,
+    ExportError,
+    EngineCacheError,
+    OnnxRuntimeUnavailableError,
+    TensorRTUnavailableError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         default=None,
-        help="local folder/file, https URL or Hugging Face repo id[@revision] "
-        "(default: $DVLT_CHECKPOINT, else nvidia/dvlt)",
+        help="torch backend: local folder/file, https URL or Hugging Face repo id[@revision] "
+        "(default: $DVLT_CHECKPOINT, else nvidia/dvlt); onnxruntime/tensorrt backends: the "
+        "folder written by dvlt-export (required)",
     )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="download cache folder")
@@ -115,6 +130,23 @@ def _pick_device(device: str) -> str:
     return device
 
 
+def _backend_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """The checkpoint and the options ``create_backend`` takes for ``args.backend``."""
+    if args.backend == "torch":
+        options = {
+            "revision": args.revision,
+            "cache_dir": args.cache_dir,
+            "allow_pickle": args.allow_pickle,
+        }
+        return args.checkpoint or default_checkpoint(), options
+    if args.checkpoint is None:
+        raise ValueError(
+            f"--backend {args.backend} runs an export folder: pass --checkpoint <folder written "
+            "by dvlt-export>, or use --backend torch"
+        )
+    return args.checkpoint, {}
+
+
 def _source(inputs: Sequence[str]) -> str | list[str]:
     return inputs[0] if len(inputs) == 1 else list(inputs)
 
@@ -157,19 +189,18 @@ def write_outputs(
 def reconstruct(args: argparse.Namespace) -> Reconstruction:
     """Load the inputs and the model and run the pipeline.
 
-    Raises the errors a user can fix (bad input, checkpoint, options) as
-    :class:`CheckpointError`, :class:`DownloadError`, ``FileNotFoundError`` or ``ValueError``.
+    Raises the errors a user can fix (bad input, checkpoint or export folder, options, a
+    missing runtime) as one of :data:`USER_ERRORS`.
     """
     sequence = load_sequence(_source(args.inputs), fps=args.fps)
     print(f"{len(sequence)} view(s) loaded", file=sys.stderr)
+    checkpoint, options = _backend_options(args)
     backend = create_backend(
         args.backend,
-        args.checkpoint or default_checkpoint(),
+        checkpoint,
         device=_pick_device(args.device),
         precision=args.precision,
-        revision=args.revision,
-        cache_dir=args.cache_dir,
-        allow_pickle=args.allow_pickle,
+        **options,
     )
     reconstructor = Reconstructor(
         backend,
@@ -211,13 +242,18 @@ def report(recon: Reconstruction, args: argparse.Namespace) -> None:
 
 
 def _unique(names: Sequence[str]) -> list[str]:
-    """Make view names unique (two folders may hold files with the same stem)."""
-    seen: dict[str, int] = {}
+    """Make view names unique (two folders may hold files with the same stem); a suffix
+    ``_N`` is chosen so that it collides with no other name either."""
+    taken = set(names)
+    used: set[str] = set()
     out = []
     for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        out.append(name if count == 0 else f"{name}_{count}")
+        candidate, count = name, 0
+        while candidate in used or (count and candidate in taken):
+            count += 1
+            candidate = f"{name}_{count}"
+        used.add(candidate)
+        out.append(candidate)
     return out
 
 
@@ -227,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         recon = reconstruct(args)
-    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"dvlt-reconstruct: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

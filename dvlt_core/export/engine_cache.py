@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvlt_core.export.manifest import write_atomic
+from dvlt_core.atomic import write_atomic
 
 ENGINE_SCHEMA = "dvlt-tensorrt-engine"
 ENGINE_SCHEMA_VERSION = 1

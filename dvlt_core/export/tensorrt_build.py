@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import torch
 
+from dvlt_core.atomic import write_atomic
 from dvlt_core.export.engine_cache import (
     ENGINE_PRECISIONS,
     MISMATCH_POLICIES,
@@ -35,7 +36,7 @@ from dvlt_core.export.engine_cache import (
     EngineKey,
     EngineMissingError,
 )
-from dvlt_core.export.manifest import VIEW_AXIS, ExportManifest, GraphFile, ViewRange, write_atomic
+from dvlt_core.export.manifest import VIEW_AXIS, ExportManifest, GraphFile, ViewRange
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 _FP32_SCOPES = (

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dvlt_core.atomic import write_atomic
 from dvlt_core.backends.device import resolve_device
 from dvlt_core.io.download import (
     DownloadError,
     RemoteFileNotFoundError,
     cached_download,
     default_cache_dir,
+    url_file_name,
 )
 from dvlt_core.model import DVLTConfig, DVLTModel
 
@@ -210,8 +211,8 @@ def _resolve_url(url: str, cache_dir: str | Path | None, allow_pickle: bool) -> 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     try:
         if url.lower().split("?")[0].endswith((".safetensors", *PICKLE_SUFFIXES)):
+            _check_weights_suffix(Path(url_file_name(url)), allow_pickle)  # before downloading
             weights = cached_download(url, cache)
-            _check_weights_suffix(weights, allow_pickle)
             return ResolvedCheckpoint(weights, None, url, released)
         base = url.rstrip("/") + "/"
         weights = cached_download(base + WEIGHTS_NAME, cache)
@@ -337,19 +338,8 @@ def save_checkpoint(model: DVLTModel, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config_text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    _write_atomic(
+    write_atomic(
         directory / WEIGHTS_NAME, lambda p: save_file(state_dict, str(p), {"format": "pt"})
     )
-    _write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(config_text))
+    write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(config_text))
     return directory
-
-
-def _write_atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -59,7 +59,7 @@ def cached_download(url: str, cache_dir: str | Path | None = None, timeout: floa
     treated as immutable: delete the cached file to fetch it again.
     """
     check_url(url)
-    name = Path(urllib.parse.urlsplit(url).path).name or "download"
+    name = url_file_name(url)
     folder = Path(cache_dir or default_cache_dir()) / "urls" / _url_key(url)
     target = folder / name
     if target.is_file():
@@ -76,10 +76,27 @@ def cached_download(url: str, cache_dir: str | Path | None = None, timeout: floa
     return target
 
 
+def url_file_name(url: str) -> str:
+    """The last path segment of ``url`` as a safe file name (``download`` if it has none)."""
+    name = Path(urllib.parse.urlsplit(url).path).name
+    return name if name not in ("", ".", "..") else "download"
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL that :func:`check_url` accepts (no https → http)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_CheckedRedirects)
+
+
 def _fetch(url: str, out, timeout: float, label: str) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "dvlt_core"})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise RemoteFileNotFoundError(f"{url} does not exist (HTTP 404)") from exc

@@ -1,5 +1,5 @@
 """Writing reconstructions: NPZ arrays, binary PLY point clouds, PNG previews, cameras as
-JSON and trajectories in the TUM format."""
+JSON and trajectories in the TUM format. Every file is written atomically."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dvlt_core.atomic import write_atomic
 from dvlt_core.geometry import rotation_to_quaternion
 from dvlt_core.result import Reconstruction
 
@@ -48,8 +49,9 @@ def colorize(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write a uint8 RGB image (h, w, 3)."""
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(path)
+    """Write a uint8 RGB image (h, w, 3) as PNG."""
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
+    write_atomic(path, lambda p: image.save(p, format="PNG"))
 
 
 def write_depth_preview(path: str | Path, depth: np.ndarray, valid: np.ndarray) -> None:
@@ -88,9 +90,7 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -> None:
         "property float x\nproperty float y\nproperty float z\n"
         "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
     )
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(data.tobytes())
+    write_atomic(path, lambda p: p.write_bytes(header.encode("ascii") + data.tobytes()))
 
 
 def write_tum(
@@ -105,14 +105,14 @@ def write_tum(
     """
     c2w = np.asarray(c2w, dtype=np.float64)
     valid = [True] * len(c2w) if valid is None else list(valid)
-    with open(path, "w") as f:
-        f.write("# timestamp tx ty tz qx qy qz qw (camera-to-world, OpenCV camera axes)\n")
-        for t, pose, ok in zip(timestamps, c2w, valid, strict=True):
-            if not (ok and np.isfinite(pose).all()):
-                continue
-            q = rotation_to_quaternion(np.ascontiguousarray(pose[:3, :3]))
-            values = [*pose[:3, 3], *q]
-            f.write(f"{t:.6f} " + " ".join(f"{v:.9g}" for v in values) + "\n")
+    lines = ["# timestamp tx ty tz qx qy qz qw (camera-to-world, OpenCV camera axes)\n"]
+    for t, pose, ok in zip(timestamps, c2w, valid, strict=True):
+        if not (ok and np.isfinite(pose).all()):
+            continue
+        q = rotation_to_quaternion(np.ascontiguousarray(pose[:3, :3]))
+        values = [*pose[:3, 3], *q]
+        lines.append(f"{t:.6f} " + " ".join(f"{v:.9g}" for v in values) + "\n")
+    write_atomic(path, lambda p: p.write_text("".join(lines)))
 
 
 def cameras_dict(recon: Reconstruction) -> dict:
@@ -149,7 +149,8 @@ def _finite_or_none(matrix: np.ndarray) -> list | None:
 
 
 def write_cameras_json(path: str | Path, recon: Reconstruction) -> None:
-    Path(path).write_text(json.dumps(cameras_dict(recon), indent=2) + "\n")
+    text = json.dumps(cameras_dict(recon), indent=2) + "\n"
+    write_atomic(path, lambda p: p.write_text(text))
 
 
 def write_npz(path: str | Path, recon: Reconstruction) -> None:
@@ -173,4 +174,8 @@ def write_npz(path: str | Path, recon: Reconstruction) -> None:
             arrays[field] = np.stack(maps)
         else:
             arrays.update({f"{field}_{i}": m for i, m in enumerate(maps)})
-    np.savez_compressed(path, **arrays)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: numpy must not append ".npz"
+            np.savez_compressed(handle, **arrays)
+
+    write_atomic(path, save)

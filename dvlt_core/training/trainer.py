@@ -230,7 +230,10 @@ class Trainer:
             with acc.accumulate(forward):
                 predictions = forward(batch["images"], plan.t_pairs, plan.blocks)
                 out = loss_fn(predictions, batch)
-                if not torch.isfinite(out.total):
+                # One process only: a rank raising alone would leave the others blocked in
+                # the gradient all-reduce; with several, the gathered check in _metrics fails
+                # on every rank together.
+                if acc.num_processes == 1 and not torch.isfinite(out.total):
                     raise FloatingPointError(
                         f"non-finite training loss {out.total.item()} at step {global_step} "
                         f"({ {k: v.item() for k, v in out.per_loss.items()} }); lower the "

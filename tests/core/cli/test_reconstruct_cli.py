@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvlt_core.cli.reconstruct import main
+from dvlt_core.cli.reconstruct import _unique, main
 from dvlt_core.io.checkpoint import save_checkpoint
 from dvlt_core.model import DVLTModel
 from dvlt_core.testing import load_deterministic_weights
@@ -118,6 +118,16 @@ def test_bad_input_exits_2_with_a_message(args, message, scene, tmp_path, capsys
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "dvlt-reconstruct: error:" in err and message in err
+
+
+def test_export_backends_need_an_export_folder(scene, tmp_path, capsys):
+    folder, _ = scene
+    assert main([str(folder), "--backend", "onnxruntime", "--out", str(tmp_path / "o")]) == 2
+    assert "pass --checkpoint <folder written by dvlt-export>" in capsys.readouterr().err
+
+
+def test_view_names_are_made_unique_without_new_collisions():
+    assert _unique(["a", "a", "a_1", "b", "a"]) == ["a", "a_2", "a_1", "b", "a_3"]
 
 
 def test_bad_threshold_is_a_usage_error(scene, capsys):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from dvlt_core.atomic import write_atomic
 from dvlt_core.export.engine_cache import (
     EngineCache,
     EngineCacheError,
@@ -15,7 +16,6 @@ from dvlt_core.export.engine_cache import (
     EngineMetadata,
     EngineMissingError,
 )
-from dvlt_core.export.manifest import write_atomic
 from dvlt_core.export.tensorrt_build import GpuInfo, engine_key, ensure_engine, graph_name
 
 ENGINE = b"serialized-engine-bytes" * 100

@@ -122,6 +122,28 @@ def test_backend_through_the_common_interface(small_export):
     assert t.encode_ms + sum(t.step_ms) + t.decode_ms <= t.total_ms + 1e-6
 
 
+def test_reconstruct_cli_runs_an_export_folder(small_export, tmp_path, capsys):
+    from PIL import Image
+
+    from dvlt_core.cli.reconstruct import main
+
+    rng = np.random.default_rng(0)
+    inputs = []
+    for i in range(2):  # 40x50 scales to the export's fixed 56x70 canvas
+        inputs.append(tmp_path / f"v{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(inputs[-1])
+    out = tmp_path / "out"
+    argv = [*map(str, inputs), "--backend", "onnxruntime", "--checkpoint", str(small_export.out),
+            "--device", "cpu", "--num-steps", "2", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    with np.load(out / "reconstruction.npz") as z:
+        assert z["depth"].shape == (2, 40, 50) and int(z["num_steps"]) == 2
+    # A checkpoint instead of an export folder: a clear error and exit code 2.
+    argv[argv.index(str(small_export.out))] = str(small_export.checkpoint)
+    assert main(argv) == 2
+    assert "not a DVLT export" in capsys.readouterr().err
+
+
 def test_backend_refuses_inputs_the_export_does_not_cover(backend):
     with pytest.raises(ValueError, match=r"fixed to 56x70.*--height 84 --width 70"):
         backend.infer(torch.rand(1, 2, 3, 84, 70))

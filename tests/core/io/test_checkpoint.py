@@ -28,7 +28,7 @@ from dvlt_core.io.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from dvlt_core.io.download import DownloadError, check_url
+from dvlt_core.io.download import DownloadError, check_url, url_file_name
 from dvlt_core.model import DVLTModel
 from dvlt_core.testing import load_deterministic_weights
 
@@ -262,6 +262,51 @@ def test_only_https_except_for_localhost():
         check_url("http://example.org/model.safetensors")
     with pytest.raises(CheckpointError, match="only https"):
         resolve_checkpoint("http://example.org/ckpt/")
+
+
+class _RedirectHandler(http.server.BaseHTTPRequestHandler):
+    """Redirects every request to ``server.location``."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", self.server.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_redirects_may_not_leave_https(tmp_path):
+    server = _Server(("127.0.0.1", 0), _RedirectHandler)
+    server.requests, server.location = [], "http://example.org/model.safetensors"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(CheckpointError, match="only https"):
+            resolve_checkpoint(base + "/w/model.safetensors", cache_dir=tmp_path)
+        assert server.requests == ["/w/model.safetensors"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_pickled_url_is_refused_before_downloading(saved, tmp_path):
+    _, folder = saved
+    with _serve({"/w/model.pt": folder / "model.safetensors"}) as (server, base):
+        with pytest.raises(CheckpointError, match="allow_pickle=True"):
+            resolve_checkpoint(base + "/w/model.pt", cache_dir=tmp_path)
+        assert server.requests == []
+
+
+def test_url_file_names_stay_inside_the_cache():
+    assert url_file_name("https://h/a/model.safetensors?x=1") == "model.safetensors"
+    for url in ("https://h/a/..", "https://h/", "https://h"):
+        assert url_file_name(url) == "download"
 
 
 def test_unreachable_url_says_what_to_do(tmp_path):
