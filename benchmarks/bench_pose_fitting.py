@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pose_fitting.py [--upstream /tmp/dvlt_upstream/src]
                                             [--reference /work/shared/reference]
+                                            [--threads 1,2] [--repeats 25]
 
 ``--upstream`` points at a local export of upstream's ``src`` folder (never committed), e.g.
 ``git -C <mirror> archive HEAD src | tar -x -C /tmp/dvlt_upstream``. Only its
@@ -9,9 +10,15 @@
 ``open3d`` at module level without using it for unprojection, so an empty placeholder module
 stands in for it when open3d is not installed.
 
-Inputs are synthetic rays of random pinhole cameras (Gaussian noise and 5 % outlier pixels) and
-a random depth map. Each configuration is timed with the implementations interleaved; the table
-shows medians (and minima) and the speed-up over upstream, both measured in the same run.
+Inputs: with ``--reference``, the stored rays and depth of the golden model cases
+(``case_released_public.npz``, ``case_small_public.npz``: uniform weights, what the evaluation
+fits) and the rays and confidences of the synthetic pose-fitting goldens
+(``rays_to_pose_golden.npz``, confidence-weighted); always, synthetic rays of random pinhole
+cameras (noise and 5 % outlier pixels) at growing sizes. Each input is timed with the
+implementations interleaved, for each thread count. Cells are ``median (min) [first]`` in ms:
+median and minimum of the timed runs, and the first call on that input (before any warm-up;
+the first input's first call also pays the process's one-time initialisation). The speed-ups
+are ratios of medians measured in the same run.
 
 ``--reference`` also prints the accuracy of both modes on the golden synthetic cases
 (``rays_to_pose_golden.npz``) against their ground-truth cameras.
@@ -42,7 +49,8 @@ from dvlt_core.geometry import (
 )
 
 PATCH_SIZE = 14
-CONFIGS = [(2, 126, 168), (8, 126, 168), (2, 252, 336), (2, 518, 686)]
+SYNTHETIC_CONFIGS = [(2, 126, 168), (8, 126, 168), (2, 252, 336), (2, 518, 686)]
+Inputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]  # rays, weights, depth
 
 
 def make_inputs(frames: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -64,17 +72,33 @@ def make_inputs(frames: int, height: int, width: int, seed: int = 0) -> tuple[to
     return rays, depth
 
 
-def ours(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def reference_inputs(reference: Path) -> dict[str, Inputs]:
+    """The golden model cases' stored rays and depth, and the synthetic goldens' rays."""
+    inputs: dict[str, Inputs] = {}
+    for name in ("released", "small"):
+        case = np.load(reference / f"case_{name}_public.npz")
+        depth = torch.from_numpy(case["raw_depth"][..., 0])
+        inputs[f"model case {name}"] = (torch.from_numpy(case["raw_rays"]), None, depth)
+    golden = np.load(reference / "rays_to_pose_golden.npz")
+    rng = np.random.RandomState(0)
+    for case in json.loads(str(golden["cases"])):
+        rays = torch.from_numpy(golden[f"{case}__rays"])
+        depth = torch.from_numpy(rng.uniform(0.5, 5.0, rays.shape[:4]).astype(np.float32))
+        inputs[f"golden {case[:2]}"] = (rays, torch.from_numpy(golden[f"{case}__conf"]), depth)
+    return inputs
+
+
+def ours(mode: str) -> Callable[..., torch.Tensor]:
     offset = UPSTREAM_PIXEL_OFFSET if mode == "upstream" else PIXEL_CENTRE_OFFSET
 
-    def run(rays: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        fit = rays_to_pose(rays, None, mode, patch_size=PATCH_SIZE)
+    def run(rays: torch.Tensor, weights: torch.Tensor | None, depth: torch.Tensor) -> torch.Tensor:
+        fit = rays_to_pose(rays, weights, mode, patch_size=PATCH_SIZE)
         return unproject_depth(depth, fit.intrinsics, fit.extrinsics_c2w, pixel_offset=offset)
 
     return run
 
 
-def load_upstream(src: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def load_upstream(src: Path) -> Callable[..., torch.Tensor]:
     """Upstream's postprocessing (rays_to_pose + depth_to_world_coords_points) from ``src``."""
     if not (src / "dvlt" / "common" / "rays.py").is_file():
         raise SystemExit(f"--upstream {src}: expected <src>/dvlt/common/rays.py (upstream's src)")
@@ -84,20 +108,20 @@ def load_upstream(src: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     from dvlt.common.geometry import depth_to_world_coords_points
     from dvlt.common.rays import rays_to_pose as upstream_rays_to_pose
 
-    def run(rays: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    def run(rays: torch.Tensor, weights: torch.Tensor | None, depth: torch.Tensor) -> torch.Tensor:
         height, width = rays.shape[2:4]
-        weights = torch.ones(rays.shape[:4])
+        weights = torch.ones(rays.shape[:4]) if weights is None else weights
         c2w, intr = upstream_rays_to_pose(rays, weights, height, width, PATCH_SIZE)
         return depth_to_world_coords_points(depth, c2w, intr)[0]
 
     return run
 
 
-def time_once(fn: Callable[..., object], rays, depth, samples: list[float]) -> None:
-    """Append the milliseconds of one ``fn(rays, depth)`` call to ``samples``."""
+def time_once(fn: Callable[..., object], inputs: Inputs) -> float:
+    """Milliseconds of one ``fn(*inputs)`` call."""
     start = time.perf_counter()
-    fn(rays, depth)
-    samples.append((time.perf_counter() - start) * 1e3)
+    fn(*inputs)
+    return (time.perf_counter() - start) * 1e3
 
 
 def accuracy_table(reference: Path) -> None:
@@ -130,14 +154,42 @@ def accuracy_table(reference: Path) -> None:
         )
 
 
+def timing_table(
+    impls: dict[str, Callable[..., object]], inputs: dict[str, Inputs], repeats: int
+) -> None:
+    """One row per input: ``median (min) [first]`` per implementation and the speed-ups."""
+    header = ["input", "S x H x W", *impls]
+    if "upstream" in impls:
+        header += [f"x vs upstream ({name[5:]})" for name in impls if name != "upstream"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, args in inputs.items():
+        first = {name: time_once(fn, args) for name, fn in impls.items()}
+        for _ in range(2):  # warm-up beyond the first call
+            for fn in impls.values():
+                fn(*args)
+        times: dict[str, list[float]] = {name: [] for name in impls}
+        for _ in range(repeats):
+            for name, fn in impls.items():
+                times[name].append(time_once(fn, args))
+        med = {name: statistics.median(t) for name, t in times.items()}
+        cells = (f"{med[n]:.2f} ({min(times[n]):.2f}) [{first[n]:.1f}]" for n in impls)
+        frames, height, width = args[0].shape[1:4]
+        row = [label, f"{frames} x {height} x {width}", *cells]
+        if "upstream" in impls:
+            row += [f"{med['upstream'] / med[n]:.1f}" for n in impls if n != "upstream"]
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", type=Path, help="upstream src folder to compare against")
     parser.add_argument("--repeats", type=int, default=25, help="timed runs per implementation")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--reference", type=Path, help="folder with rays_to_pose_golden.npz")
+    parser.add_argument(
+        "--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)"
+    )
+    parser.add_argument("--reference", type=Path, help="folder with the golden npz files")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     if args.reference:
         accuracy_table(args.reference)
         print()
@@ -145,31 +197,19 @@ def main() -> None:
     impls = {"ours upstream": ours("upstream"), "ours robust": ours("robust")}
     if args.upstream:
         impls = {"upstream": load_upstream(args.upstream), **impls}
-    print(
-        f"torch {torch.__version__}, {args.threads} threads; pose fit + unprojection, "
-        f"median (min) of {args.repeats} runs in ms"
-    )
-    header = ["S", "H x W", *impls]
-    if args.upstream:
-        header += [f"x vs upstream ({name[5:]})" for name in impls if name != "upstream"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    with torch.no_grad():
-        for frames, height, width in CONFIGS:
-            rays, depth = make_inputs(frames, height, width)
-            times: dict[str, list[float]] = {name: [] for name in impls}
-            for _ in range(3):  # warm-up: caches, lazy LAPACK and thread-pool start-up
-                for fn in impls.values():
-                    fn(rays, depth)
-            for _ in range(args.repeats):
-                for name, fn in impls.items():
-                    time_once(fn, rays, depth, times[name])
-            med = {name: statistics.median(t) for name, t in times.items()}
-            cells = (f"{med[n]:.2f} ({min(times[n]):.2f})" for n in impls)
-            row = [str(frames), f"{height} x {width}", *cells]
-            if args.upstream:
-                row += [f"{med['upstream'] / med[n]:.1f}" for n in impls if n != "upstream"]
-            print("| " + " | ".join(row) + " |")
+    inputs = reference_inputs(args.reference) if args.reference else {}
+    for frames, height, width in SYNTHETIC_CONFIGS:
+        rays, depth = make_inputs(frames, height, width)
+        inputs[f"synthetic {frames}x{height}x{width}"] = (rays, None, depth)
+    for threads in (int(n) for n in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        print(
+            f"torch {torch.__version__}, {threads} thread(s); pose fit + unprojection, "
+            f"median (min) [first call] of {args.repeats} runs in ms"
+        )
+        with torch.no_grad():
+            timing_table(impls, inputs, args.repeats)
+        print()
 
 
 if __name__ == "__main__":

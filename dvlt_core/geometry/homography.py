@@ -36,30 +36,33 @@ def _homogeneous(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points, np.ones_like(points[..., :1])], axis=-1)
 
 
-def dlt_moments(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The four weighted moments that make up the normal matrix ``AᵀA`` of a weighted DLT.
+def point_moments(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each point pair's contribution to the four moments that make up a DLT normal matrix.
 
-    Each pair ``(x, y) → (u, v)`` with weight ``w`` contributes the rows
+    A pair ``(x, y) → (u, v)`` with weight ``w`` contributes the design rows
     ``√w·[−p, 0, u·p]`` and ``√w·[0, −p, v·p]`` with ``p = (x, y, 1)``, so
 
         AᵀA = [[M₀, 0, −M_u], [0, M₀, −M_v], [−M_u, −M_v, M_uv]]
 
     with ``M₀ = Σ w·ppᵀ``, ``M_u = Σ w·u·ppᵀ``, ``M_v = Σ w·v·ppᵀ``, ``M_uv = Σ w·(u² + v²)·ppᵀ``.
+    The moments of any subset of the pairs (or any re-weighting) are then a sum of these
+    contributions, which is how the RANSAC code builds all its systems.
 
     Args:
-        src, dst: (..., n, 2) point pairs.
+        src: (..., n, 2) source points (broadcast against ``dst``).
+        dst: (..., n, 2) target points.
         weights: (..., n) non-negative weights.
 
     Returns:
-        (..., 4, 3, 3) float64 ``[M₀, M_u, M_v, M_uv]``.
+        (..., n, 36) float64 ``[M₀, M_u, M_v, M_uv]`` contributions, each 3×3 flattened.
     """
     p = _homogeneous(np.asarray(src, dtype=np.float64))
-    outer = (p[..., :, None] * p[..., None, :]).reshape(*p.shape[:-1], 9)  # (..., n, 9)
+    outer = (p[..., :, None] * p[..., None, :]).reshape(*p.shape[:-1], 1, 9)
     dst = np.asarray(dst, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
     u, v = dst[..., 0], dst[..., 1]
-    coef = np.stack([w, w * u, w * v, w * (u * u + v * v)], axis=-2)  # (..., 4, n)
-    return (coef @ outer).reshape(*coef.shape[:-1], 3, 3)
+    w = np.asarray(weights, dtype=np.float64)
+    coef = np.stack([w, w * u, w * v, w * (u * u + v * v)], axis=-1)  # (..., n, 4)
+    return (coef[..., None] * outer).reshape(*coef.shape[:-1], 36)
 
 
 # The 3×3 algebra of `dlt_solution` runs on "batch-last" stacks (3, 3, B): every matrix entry is
@@ -88,12 +91,12 @@ def dlt_solution(moments: np.ndarray) -> np.ndarray:
     hypotheses costs a few dozen vectorised operations instead of one LAPACK call each.
 
     Args:
-        moments: (..., 4, 3, 3) from :func:`dlt_moments`.
+        moments: (..., 36) sums of :func:`point_moments`.
 
     Returns:
         (..., 9) float64 unit vectors, the homography's rows concatenated.
     """
-    batch = moments.shape[:-3]
+    batch = moments.shape[:-1]
     m = np.ascontiguousarray(moments.reshape(-1, 36).T).reshape(4, 3, 3, -1)  # batch-last
     diag = np.arange(3)
     trace = 2 * m[0, diag, diag].sum(0) + m[3, diag, diag].sum(0)
@@ -124,59 +127,56 @@ def dlt_solution(moments: np.ndarray) -> np.ndarray:
     return h.reshape(*batch, 9)
 
 
+# Where each entry of the 9×9 normal matrix comes from in [moments (36) | 0], and its sign.
+_GRAM_BLOCKS = [[0, None, 1], [None, 0, 2], [1, 2, 3]]  # M₀, M_u, M_v, M_uv by block
+_GRAM_INDEX = np.array(
+    [
+        [36 if blk is None else 9 * blk + 3 * r + c for blk in row for c in range(3)]
+        for row in _GRAM_BLOCKS
+        for r in range(3)
+    ]
+)
+_GRAM_SIGN = np.array(
+    [[-1.0 if blk in (1, 2) else 1.0 for blk in row for _ in range(3)] for row in _GRAM_BLOCKS
+     for _ in range(3)]
+)  # fmt: skip
+
+
 def normal_matrix(moments: np.ndarray) -> np.ndarray:
-    """(..., 9, 9) DLT normal matrix ``AᵀA`` assembled from :func:`dlt_moments`."""
-    m0, mu, mv, muv = (moments[..., k, :, :] for k in range(4))
-    gram = np.zeros((*moments.shape[:-3], 9, 9))
-    gram[..., :3, :3] = gram[..., 3:6, 3:6] = m0
-    gram[..., :3, 6:] = gram[..., 6:, :3] = -mu
-    gram[..., 3:6, 6:] = gram[..., 6:, 3:6] = -mv
-    gram[..., 6:, 6:] = muv
-    return gram
+    """(..., 9, 9) DLT normal matrix ``AᵀA`` from (..., 36) sums of :func:`point_moments`."""
+    padded = np.concatenate([moments, np.zeros((*moments.shape[:-1], 1))], axis=-1)
+    return padded[..., _GRAM_INDEX] * _GRAM_SIGN
 
 
-def fit_homography(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted DLT homography for a few point sets, normalised so that ``H[2, 2] = 1``.
+def homography_from_moments(moments: np.ndarray) -> np.ndarray:
+    """Weighted DLT homographies for a few systems, normalised so that ``H[2, 2] = 1``.
 
-    One LAPACK ``eigh`` of the 9×9 normal matrix per set (a few microseconds each): the right
-    solver for one refit per frame. For a batch of RANSAC hypotheses use
-    :func:`fit_homography_hypotheses`.
+    One LAPACK ``eigh`` of the 9×9 normal matrix per system (a few microseconds each): the
+    right solver for one refit per frame. For many systems (RANSAC hypotheses) use
+    :func:`homographies_from_moments`.
 
     Args:
-        src, dst: (..., n, 2) point pairs (``dst ≃ H·src``).
-        weights: (..., n) non-negative weights; zero-weight pairs do not count.
+        moments: (..., 36) sums of :func:`point_moments`.
 
     Returns:
         (..., 3, 3) float64 homographies.
     """
-    gram = normal_matrix(dlt_moments(src, dst, weights))
-    hom = np.linalg.eigh(gram)[1][..., 0].reshape(*gram.shape[:-2], 3, 3)  # smallest eigenvalue
-    return _normalise(hom)
+    gram = normal_matrix(moments)
+    hom = np.linalg.eigh(gram)[1][..., 0]  # eigenvector of the smallest eigenvalue
+    return _normalise(hom.reshape(*moments.shape[:-1], 3, 3))
 
 
-def fit_homography_hypotheses(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """:func:`fit_homography` for large batches (RANSAC hypotheses), via :func:`dlt_solution`.
+def homographies_from_moments(moments: np.ndarray) -> np.ndarray:
+    """:func:`homography_from_moments` for large batches, through :func:`dlt_solution`.
 
     Its cost hardly grows with the batch: 200 systems take about as long as 20 ``eigh`` calls.
     """
-    hom = dlt_solution(dlt_moments(src, dst, weights)).reshape(*weights.shape[:-1], 3, 3)
-    return _normalise(hom)
+    return _normalise(dlt_solution(moments).reshape(*moments.shape[:-1], 3, 3))
 
 
 def _normalise(hom: np.ndarray) -> np.ndarray:
     """Scale homographies to ``H[2, 2] = 1`` (non-finite where that entry is 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return hom / hom[..., 2:3, 2:3]
-
-
-def _cramer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(3, B) Cramer coefficients of the 4th point in the basis of the first three.
-
-    ``s₀ = p₃·(p₁×p₂)``, ``s₁ = p₀·(p₃×p₂)``, ``s₂ = p₀·(p₁×p₃)`` for points ``p = (x, y, 1)``
-    given as (4, B) coordinate rows.
-    """
-    i, j, k = [3, 0, 0], [1, 3, 1], [2, 2, 3]  # sₙ = det(p_i, p_j, p_k)
-    return (x[j] - x[i]) * (y[k] - y[i]) - (x[k] - x[i]) * (y[j] - y[i])
+    return hom / hom[..., 2:3, 2:3]
 
 
 def homography_from_four_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -184,10 +184,9 @@ def homography_from_four_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
     With ``A`` (``B``) the map of the projective basis onto the source (target) points (its
     columns are the first three points scaled by the Cramer coefficients ``s_i`` (``t_i``) of
-    the fourth), ``H ∝ B·adj(A) ∝ Q·diag(t_i·s_j·s_k)·X``, where ``Q``'s columns are the first
-    three targets and ``X``'s rows the cross products ``p_j × p_k`` of the sources
-    (``(i, j, k)`` cyclic). Degenerate samples (three collinear points) give non-finite or zero
-    matrices.
+    the fourth), ``H ∝ B·adj(A) ∝ Σᵢ t_i·s_j·s_k·qᵢ·(p_j × p_k)ᵀ`` over ``(i, j, k)`` cyclic,
+    where ``p`` are the sources and ``q`` the targets, homogeneous. Degenerate samples (three
+    collinear points) give non-finite or zero matrices.
 
     Args:
         src, dst: (..., 4, 2) point pairs.
@@ -196,44 +195,71 @@ def homography_from_four_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         (..., 3, 3) float64 homographies.
     """
     batch = src.shape[:-2]
-    # Batch-last coordinate rows (4, B) each: x, y of the sources, u, v of the targets.
+    # Batch-last coordinates (point, [x, u], [y, v], B): sources and targets side by side, so
+    # that one elementwise operation serves both.
     coords = np.concatenate([src, dst], axis=-1).reshape(-1, 16).T.astype(np.float64)
-    x, y, u, v = coords[0::4], coords[1::4], coords[2::4], coords[3::4]
-    s, t = _cramer(x, y), _cramer(u, v)
-    scale = t * s[[1, 2, 0]] * s[[2, 0, 1]]  # (3, B)
+    coords = coords.reshape(4, 2, 2, -1).swapaxes(1, 2)  # (4, 2 (x|y), 2 (src|dst), B)
+    d = coords[1:] - coords[0]  # (3, 2, 2, B): p₁ − p₀, p₂ − p₀, p₃ − p₀
+    # c_ab = det(p₀, p_a, p_b) = (p_a − p₀) × (p_b − p₀); the Cramer coefficients are
+    # s₀ = det(p₁, p₂, p₃) = c₂₃ − c₁₃ + c₁₂, s₁ = det(p₀, p₃, p₂) = −c₂₃, s₂ = c₁₃.
+    c12 = d[0, 0] * d[1, 1] - d[1, 0] * d[0, 1]
+    c13 = d[0, 0] * d[2, 1] - d[2, 0] * d[0, 1]
+    c23 = d[1, 0] * d[2, 1] - d[2, 0] * d[1, 1]
+    s0, s1, s2 = c23 - c13 + c12, -c23, c13  # each (2 (src|dst), B)
+    scale = np.stack([s1[0] * s2[0], s2[0] * s0[0], s0[0] * s1[0]]) * np.stack(
+        [s0[1], s1[1], s2[1]]
+    )  # (3, B): t_i·s_j·s_k
+    x, y = coords[:, 0, 0], coords[:, 1, 0]  # sources, (4, B)
     j, k = [1, 2, 0], [2, 0, 1]
     cross = np.stack([y[j] - y[k], x[k] - x[j], x[j] * y[k] - x[k] * y[j]], axis=1)  # rows i
-    targets = np.stack([u[:3], v[:3], np.ones_like(u[:3])])
+    targets = np.concatenate([coords[:3, :, 1].swapaxes(0, 1), np.ones((1, 3, x.shape[-1]))])
     hom = _mm(targets * scale, cross)  # (3, 3, B)
     return _normalise(np.moveaxis(hom, -1, 0).reshape(*batch, 3, 3))
 
 
+def as_columns(points: np.ndarray, homogeneous: bool = False) -> np.ndarray:
+    """(..., N, 2) points → (..., 2, N), or (..., 3, N) with a row of ones: the layout of
+    :func:`transfer_errors`, prepared once per point set."""
+    if homogeneous:
+        points = _homogeneous(points)
+    return np.ascontiguousarray(np.swapaxes(points, -1, -2))
+
+
 def transfer_errors(
-    hom: np.ndarray, src: np.ndarray, dst: np.ndarray, min_depth: float = 1e-8
-) -> tuple[np.ndarray, np.ndarray]:
+    hom: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    min_depth: float = 1e-8,
+    clamp_depth: bool = True,
+) -> np.ndarray:
     """Squared transfer errors ``‖H(src) − dst‖²`` of every point under every homography.
+
+    Computed in the dtype of the inputs (float32 halves the cost of scoring many hypotheses).
+    Non-finite homographies give NaN errors.
 
     Args:
         hom: (F, M, 3, 3) homographies (M per frame), or (F, 3, 3).
-        src: (F, N, 2) or (N, 2) source points.
-        dst: (F, N, 2) target points.
-        min_depth: the projective denominator is clamped to at least this value.
+        src: (F, 3, N) or (3, N) homogeneous source points as columns (:func:`as_columns`).
+        dst: (F, 2, N) target points as columns.
+        min_depth: the smallest accepted projective denominator.
+        clamp_depth: clamp smaller denominators to ``min_depth`` (upstream's rule); otherwise
+            their errors are NaN (the point maps behind the plane).
 
     Returns:
-        ``(squared errors, denominators before clamping)``, each (F, M, N) (or (F, N)).
+        (F, M, N) (or (F, N)) squared errors.
     """
-    frames, num_points = dst.shape[:2]
-    u, v = dst[..., 0], dst[..., 1]
     if hom.ndim == 4:
-        u, v = u[:, None], v[:, None]
-    # Degenerate (non-finite) hypotheses give NaN errors, which the callers handle.
-    with np.errstate(invalid="ignore", over="ignore"):
-        # One (3M × 3) @ (3 × N) product per frame, with N last for the elementwise steps.
-        proj = hom.reshape(frames, -1, 3) @ np.swapaxes(_homogeneous(src), -1, -2)
-        proj = proj.reshape(*hom.shape[:-1], num_points)
-        x, y, denom = proj[..., 0, :], proj[..., 1, :], proj[..., 2, :]
-        denom_c = np.maximum(denom, min_depth)
-        return np.square(x / denom_c - u) + np.square(y / denom_c - v), denom
+        dst = dst[:, None]
+    proj = hom @ (src[:, None] if hom.ndim == 4 and src.ndim == 3 else src)  # (F, [M,] 3, N)
+    denom = proj[..., 2:, :]
+    if clamp_depth:
+        denom = np.maximum(denom, min_depth)
+    else:
+        denom = np.where(denom > min_depth, denom, np.nan)
+    diff = proj[..., :2, :] / denom
+    diff -= dst
+    diff *= diff  # in place: these are the largest arrays of the fit
+    return diff[..., 0, :] + diff[..., 1, :]
 
 
 def intrinsics_matrix(fx: np.ndarray, fy: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:

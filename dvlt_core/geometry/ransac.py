@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from dvlt_core.geometry.homography import (
-    fit_homography,
-    fit_homography_hypotheses,
+    as_columns,
+    homographies_from_moments,
     homography_from_four_points,
+    homography_from_moments,
+    point_moments,
     transfer_errors,
 )
 from dvlt_core.geometry.robust_stats import masked_median
@@ -55,16 +57,15 @@ def upstream_sample_table(n_sample: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _sampling_keys(num_hypotheses: int, num_points: int, seed: int) -> np.ndarray:
-    """(num_hypotheses, N) uniform keys; the 4 smallest candidate keys form a sample. Read-only."""
+def _minimal_sample_table(num_hypotheses: int, num_candidates: int, seed: int) -> np.ndarray:
+    """(num_hypotheses, 4) distinct positions in ``range(num_candidates)``, fixed by the seed.
+
+    Positions index a frame's candidate list, so frames with the same number of candidates
+    share the table (and a frame's samples never depend on the rest of the batch). Read-only.
+    """
     gen = torch.Generator().manual_seed(seed)
-    return _read_only(torch.rand((num_hypotheses, num_points), generator=gen).numpy())
-
-
-@functools.lru_cache(maxsize=32)
-def _all_candidate_samples(num_hypotheses: int, num_points: int, seed: int) -> np.ndarray:
-    """(num_hypotheses, 4) samples when every point is a candidate (the common case). Read-only."""
-    return _read_only(_smallest_keys(_sampling_keys(num_hypotheses, num_points, seed)))
+    keys = torch.rand((num_hypotheses, num_candidates), generator=gen)
+    return _read_only(keys.argsort(dim=1)[:, :MINIMAL_SAMPLE_SIZE].numpy())
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -72,11 +73,30 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _smallest_keys(keys: np.ndarray) -> np.ndarray:
-    """Indices of the 4 smallest keys along the last axis, in increasing key order."""
-    idx = np.argpartition(keys, MINIMAL_SAMPLE_SIZE - 1, axis=-1)[..., :MINIMAL_SAMPLE_SIZE]
-    order = np.take_along_axis(keys, idx, axis=-1).argsort(axis=-1)
-    return np.take_along_axis(idx, order, axis=-1)
+def _minimal_samples(candidates: np.ndarray, num_hypotheses: int, seed: int) -> np.ndarray:
+    """(F, num_hypotheses, 4) indices of distinct candidates for (F, N) candidate masks.
+
+    A frame with fewer than 4 candidates also draws non-candidates (the lowest indices).
+    """
+    # Candidate indices first (ascending), then the others: a stable sort of the mask.
+    order = np.argsort(~candidates, axis=1, kind="stable")
+    counts = np.maximum(candidates.sum(1), MINIMAL_SAMPLE_SIZE)
+    if counts.min() == counts.max():  # the usual case: one table for all frames
+        return order[:, _minimal_sample_table(num_hypotheses, int(counts[0]), seed)]
+    samples = np.empty((len(counts), num_hypotheses, MINIMAL_SAMPLE_SIZE), dtype=order.dtype)
+    for count in set(counts.tolist()):  # (np.unique would import numpy.ma: 7 ms, once)
+        group = counts == count
+        samples[group] = order[group][:, _minimal_sample_table(num_hypotheses, count, seed)]
+    return samples
+
+
+def _float32(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    return tuple(array.astype(np.float32) for array in arrays)
+
+
+def _masked_sum(mask: np.ndarray, contributions: np.ndarray) -> np.ndarray:
+    """(F, 36) sums of (F, N, 36) point contributions over the points where (F, N) mask."""
+    return (mask[:, None, :].astype(contributions.dtype) @ contributions)[:, 0]
 
 
 def _take(points: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -88,8 +108,7 @@ def _take(points: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def _upstream_targets(dirs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Targets ``(d_x, d_y)/d_z`` and weights, zeroed where ``|d_z| ≤ 1e-4`` (raw ``d_xy`` kept)."""
     z_ok = np.abs(dirs[..., 2]) > _Z_EPS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dst = np.where(z_ok[..., None], dirs[..., :2] / dirs[..., 2:3], dirs[..., :2])
+    dst = np.where(z_ok[..., None], dirs[..., :2] / dirs[..., 2:3], dirs[..., :2])
     return dst, np.where(z_ok, weights, weights.dtype.type(0))
 
 
@@ -128,16 +147,19 @@ def ransac_upstream(
     dst, weights = _upstream_targets(dirs, weights)
     candidates = _top_candidates(weights)
     sample_idx = candidates[:, upstream_sample_table(candidates.shape[1])]  # (F, 100, 8)
-    hyps = fit_homography_hypotheses(
-        src[sample_idx], _take(dst, sample_idx), _take(weights, sample_idx)
-    )
+    contributions = point_moments(src, dst, weights)  # (F, N, 36)
+    # A gathered sum, not a 0/1 membership matrix product: OpenBLAS runs a product that size
+    # multithreaded, which costs milliseconds on a busy machine.
+    hyps = homographies_from_moments(_take(contributions, sample_idx).sum(-2))  # (F, 100, 3, 3)
 
-    sq_err, _ = transfer_errors(hyps, src, dst)  # (F, 100, N)
-    inliers = sq_err < UPSTREAM_THRESHOLD**2
-    score = (inliers * weights[:, None]).sum(-1)
+    # float32 like upstream, and half the memory traffic of the largest arrays here.
+    src_cols, dst_cols = as_columns(src, homogeneous=True), as_columns(dst)
+    sq_err = transfer_errors(*_float32(hyps, src_cols, dst_cols))  # (F, 100, N)
+    inliers = sq_err < np.float32(UPSTREAM_THRESHOLD**2)
+    score = (inliers @ weights[:, :, None])[..., 0]  # Σ w over the inliers
     best_inliers = _take(inliers, score.argmax(axis=1))  # first maximum, like torch
 
-    hom = fit_homography(src, dst, weights * best_inliers)
+    hom = homography_from_moments(_masked_sum(best_inliers, contributions))
     count = best_inliers.sum(-1)
     hom[count < UPSTREAM_MIN_INLIERS] = np.eye(3)
     return hom, count
@@ -151,7 +173,8 @@ def ransac_robust(
     num_hypotheses: int,
     refinements: int,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
+    min_inliers: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MSAC homography with local refinement, vectorised over frames and hypotheses.
 
     Candidates are all points whose weight is at least the ``max(8, 0.3·N)``-th largest weight
@@ -162,8 +185,10 @@ def ransac_robust(
     squares on its inliers, up to ``refinements`` times (until the inliers settle), each time
     with the threshold tightened to 3 robust standard deviations of the current inliers' errors
     (within ``[1e-3, t]``), so that moderate outliers below ``t`` stop biasing the fit.
-    Frames with fewer than 4 candidates also draw unusable points; such fits get few inliers
-    and are for the caller to reject.
+    Frames with fewer than 4 candidates also draw unusable points; such fits get few inliers.
+    A frame left with fewer than ``min_inliers`` inliers (or a non-finite fit) fails: it gets a
+    least-squares fit to all its usable points instead (the identity if even that is not
+    finite); its inlier mask stays that of the failed fit.
 
     Args:
         src: (F, N, 2) identity-camera points.
@@ -172,30 +197,28 @@ def ransac_robust(
         threshold: inlier distance ``t`` in normalised image units.
 
     Returns:
-        ``(homographies (F, 3, 3), inlier masks (F, N))``.
+        ``(homographies (F, 3, 3), inlier masks (F, N), success (F,))``.
     """
-    frames, num_points = weights.shape
+    num_points = weights.shape[1]
     usable = weights > 0
     k = min(num_candidates(num_points), num_points)
     kth_weight = -np.partition(-weights, k - 1, axis=1)[:, k - 1 : k]
     candidates = usable & (weights >= kth_weight)
-    if candidates.all():
-        sample_idx = np.broadcast_to(
-            _all_candidate_samples(num_hypotheses, num_points, seed),
-            (frames, num_hypotheses, MINIMAL_SAMPLE_SIZE),
-        )
-    else:
-        keys = _sampling_keys(num_hypotheses, num_points, seed)
-        sample_idx = _smallest_keys(np.where(candidates[:, None], keys, 2.0))  # others last
+    sample_idx = _minimal_samples(candidates, num_hypotheses, seed)
     hyps = homography_from_four_points(_take(src, sample_idx), _take(dst, sample_idx))
+    contributions = point_moments(src, dst, weights)  # (F, N, 36), for the refits
+    src_cols, dst_cols = as_columns(src, homogeneous=True), as_columns(dst)
 
     def residuals(hom: np.ndarray) -> np.ndarray:
         """Squared errors; points mapped behind the plane or to NaN count as infinitely far."""
-        sq_err, denom = transfer_errors(hom, src, dst)
-        return np.where((denom > 1e-8) & ~np.isnan(sq_err), sq_err, np.inf)
+        return np.fmin(transfer_errors(hom, src_cols, dst_cols, clamp_depth=False), np.inf)
 
     sq_t = threshold**2
-    cost = (weights[:, None] * np.minimum(residuals(hyps), sq_t)).sum(-1)
+    # Scoring the hypotheses is the bulk of the arithmetic: float32 is accurate enough to rank
+    # them. fmin (which ignores NaN) maps NaN errors, from points behind the plane or
+    # degenerate hypotheses, to the truncation value.
+    sq_err = transfer_errors(*_float32(hyps, src_cols, dst_cols), clamp_depth=False)
+    cost = (np.fmin(sq_err, np.float32(sq_t)) @ weights[:, :, None].astype(np.float32))[..., 0]
     hom = _take(hyps, cost.argmin(axis=1))
     sq_err = residuals(hom)
     inliers = usable & (sq_err < sq_t)
@@ -203,10 +226,17 @@ def ransac_robust(
         # Tighten the threshold to 3 robust standard deviations of the inliers' errors.
         sq_sigma = masked_median(sq_err, inliers)[:, None] * _MAD_TO_SIGMA**2
         sq_adapt = np.clip(9.0 * sq_sigma, _MIN_REFINE_THRESHOLD**2, sq_t)
-        hom = fit_homography(src, dst, weights * inliers)
+        hom = homography_from_moments(_masked_sum(inliers, contributions))
         sq_err = residuals(hom)
         refined = usable & (sq_err < sq_adapt)
         if np.array_equal(refined, inliers):
             break
         inliers = refined
-    return hom, inliers
+
+    failed = (inliers.sum(-1) < min_inliers) | ~np.isfinite(hom).all((-2, -1))
+    if failed.any():
+        # Best effort: a least-squares fit to every usable point, else the identity.
+        everything = homography_from_moments(contributions[failed].sum(1))
+        everything[~np.isfinite(everything).all((-2, -1))] = np.eye(3)
+        hom[failed] = everything
+    return hom, inliers, ~failed

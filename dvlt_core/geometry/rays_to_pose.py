@@ -14,6 +14,7 @@ direction (cameras facing anywhere), and a decomposition valid for any principal
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dvlt_core.geometry.homography import decompose_ql, decompose_qr, fit_homography
+from dvlt_core.geometry.homography import decompose_ql, decompose_qr
 from dvlt_core.geometry.ransac import (
     MINIMAL_SAMPLE_SIZE,
     SAMPLE_SIZE,
@@ -126,7 +127,16 @@ def rays_to_pose(
             + ("; use mode='robust'" if mode == "upstream" else "")
         )
 
-    with torch.no_grad(), torch.autocast(rays.device.type, enabled=False):
+    # Entering autocast costs more than the rest of the torch part: only leave it if it is on.
+    autocast_on = torch.is_autocast_enabled(rays.device.type)
+    no_autocast = torch.autocast(rays.device.type, enabled=False) if autocast_on else nullcontext()
+    # The numpy part meets non-finite values by design (missing rays, degenerate hypotheses)
+    # and handles them explicitly, so its floating-point warnings are noise.
+    with (
+        torch.no_grad(),
+        no_autocast,
+        np.errstate(divide="ignore", invalid="ignore", over="ignore"),
+    ):
         flat_rays = rays.detach().float().reshape(batch * frames, height, width, 6)
         flat_w = None
         if weights is not None:
@@ -137,14 +147,19 @@ def rays_to_pose(
             fitted = _fit_upstream(flat_rays, flat_w, patch_size)
         else:
             fitted = _fit_robust(flat_rays, flat_w, patch_size, options or RobustOptions())
-    extrinsics, intrinsics, count, valid = (torch.from_numpy(x) for x in fitted)
+    extrinsics, intrinsics, count, valid = fitted
     shape = (batch, frames)
     return PoseFit(
-        extrinsics.to(rays.device, torch.float32).reshape(*shape, 4, 4),
-        intrinsics.to(rays.device, torch.float32).reshape(*shape, 3, 3),
-        count.to(rays.device, torch.int64).reshape(shape),
-        valid.to(rays.device).reshape(shape),
+        _to_torch(extrinsics.astype(np.float32), rays.device).reshape(*shape, 4, 4),
+        _to_torch(intrinsics.astype(np.float32), rays.device).reshape(*shape, 3, 3),
+        _to_torch(count.astype(np.int64), rays.device).reshape(shape),
+        _to_torch(valid, rays.device).reshape(shape),
     )
+
+
+def _to_torch(array: np.ndarray, device: torch.device) -> Tensor:
+    tensor = torch.from_numpy(array)
+    return tensor if device.type == "cpu" else tensor.to(device)
 
 
 # The fit itself runs in numpy float64 on patch-level data (see the homography module for why):
@@ -193,7 +208,7 @@ def _fit_robust(
     patch_w = np.where(usable, patch_w, 0.0)
     dst = np.where(usable[..., None], dirs[..., :2] / np.maximum(dirs[..., 2:3], 1e-6), 0.0)
 
-    hom, inliers = ransac_robust(
+    hom, inliers, valid = ransac_robust(
         src,
         dst,
         patch_w,
@@ -201,16 +216,12 @@ def _fit_robust(
         num_hypotheses=options.num_hypotheses,
         refinements=options.refinements,
         seed=options.seed,
+        min_inliers=options.min_inliers,
     )
     count = inliers.sum(-1)
-    valid = (count >= options.min_inliers) & np.isfinite(hom).all((-2, -1))
-    if not valid.all():
-        # Best effort for failed frames: a least-squares fit to every usable patch, else the
-        # identity camera. Finite either way; `valid` tells the caller not to trust it.
-        inliers = np.where(valid[:, None], inliers, patch_w > 0)
-        hom = np.where(valid[:, None, None], hom, fit_homography(src, dst, patch_w))
-        hom = np.where(np.isfinite(hom).all((-2, -1))[:, None, None], hom, np.eye(3))
-
+    # A failed frame's camera is a least-squares fit to all its usable patches (see
+    # ransac_robust), and so is its translation. Finite either way; `valid` flags it.
+    inliers = np.where(valid[:, None], inliers, patch_w > 0)
     rotation, intrinsics = decompose_qr(hom, height, width)
     rotation = pre_rotation.swapaxes(-1, -2) @ rotation
     inlier_w = patch_w * inliers
@@ -316,9 +327,9 @@ def _patch_summaries(
     if usable is not None:
         samples = np.where(usable[:, :, None], samples, np.float32(0))  # no NaN in the sums
     median = masked_median(samples, None if usable is None else usable[:, :, None])  # (F, N, 6)
-    with np.errstate(invalid="ignore"):  # inf − inf for patches without usable samples
-        dist = np.square(samples - median[..., None]).sum(-2)  # (F, N, K)
-        keep = dist <= 4 * masked_median(dist, usable, upper=True)[..., None]
+    diff = samples - median[..., None]  # inf − inf = NaN for patches without usable samples
+    dist = np.einsum("fnck,fnck->fnk", diff, diff)  # (F, N, K) squared distances
+    keep = dist <= 4 * masked_median(dist, usable, upper=True)[..., None]
     if usable is not None:
         keep &= usable
     keep_w = keep.astype(np.float32)
@@ -340,18 +351,19 @@ def _lattice_offsets(patch_size: int, per_axis: int = 4) -> list[int]:
 def _rotation_to_z(vectors: np.ndarray) -> np.ndarray:
     """(F, 3, 3) rotations taking each (F, 3) vector's direction to +z (identity for zero).
 
-    Rodrigues' formula for the shortest rotation, applied after a half-turn about x when the
-    vector points backwards, so the formula never meets its singularity at −z.
+    The shortest rotation taking a unit ``n = (a, b, c)`` to +z is
+    ``[[1 − a²k, −abk, −a], [−abk, 1 − b²k, −b], [a, b, c]]`` with ``k = 1/(1 + c)``. It is
+    applied after a half-turn about x when ``n`` points backwards, so that ``k`` stays ≤ 1.
     """
     norm = np.sqrt(np.square(vectors).sum(-1, keepdims=True))
     unit = np.where(norm > 1e-12, vectors / np.maximum(norm, 1e-12), [0.0, 0.0, 1.0])
-    flip = unit[:, 2] < 0
     half_turn = np.array([1.0, -1.0, -1.0])  # diagonal of the half-turn about x
-    unit = np.where(flip[:, None], unit * half_turn, unit)
-    kx, ky, cos = unit[:, 1], -unit[:, 0], unit[:, 2]  # sin(θ)·axis = unit × z
-    zeros = np.zeros_like(cos)
-    skew = np.stack([zeros, zeros, ky, zeros, zeros, -kx, -ky, kx, zeros], -1).reshape(-1, 3, 3)
-    rotation = np.eye(3) + skew + skew @ skew / (1 + cos)[:, None, None]
+    flip = unit[:, 2] < 0
+    a, b, c = np.where(flip[:, None], unit * half_turn, unit).T
+    k = 1.0 / (1.0 + c)
+    rotation = np.stack(
+        [1 - a * a * k, -a * b * k, -a, -a * b * k, 1 - b * b * k, -b, a, b, c], axis=-1
+    ).reshape(-1, 3, 3)
     return np.where(flip[:, None, None], rotation * half_turn, rotation)
 
 

@@ -17,9 +17,11 @@ def masked_median(x: np.ndarray, mask: np.ndarray | None, upper: bool = False) -
         hi = ordered[..., size // 2]
         return hi if upper else 0.5 * (ordered[..., (size - 1) // 2] + hi)
     ordered = np.sort(np.where(mask, x, np.inf), axis=-1)
-    count = np.broadcast_to(mask.sum(-1, keepdims=True), (*ordered.shape[:-1], 1))
-    hi = np.take_along_axis(ordered, np.minimum(count // 2, x.shape[-1] - 1), axis=-1)
-    if upper:
-        return hi[..., 0]
-    lo = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0), axis=-1)
-    return (0.5 * (lo + hi))[..., 0]
+    size = ordered.shape[-1]
+    flat = ordered.reshape(-1, size)
+    rows = np.arange(flat.shape[0])
+    count = np.broadcast_to(mask, ordered.shape).sum(-1).reshape(-1)
+    hi = flat[rows, np.minimum(count // 2, size - 1)]
+    if not upper:
+        hi = 0.5 * (flat[rows, np.maximum((count - 1) // 2, 0)] + hi)
+    return hi.reshape(ordered.shape[:-1])

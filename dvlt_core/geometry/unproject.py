@@ -59,25 +59,16 @@ def unproject_depth(
             f"extrinsics_c2w {tuple(extrinsics_c2w.shape)} do not match depth "
             f"{tuple(depth.shape)}: expected (..., 3|4, 4) with the depth's leading dims"
         )
-    pixel_to_world = extrinsics_c2w[..., :3, :3].float() @ _inverse_intrinsics(intrinsics.float())
+    pixel_to_world = _pixel_to_world(extrinsics_c2w, intrinsics)
     directions = _pixel_directions(pixel_to_world, depth.shape[-2], depth.shape[-1], pixel_offset)
     origins = extrinsics_c2w[..., None, None, :3, 3].float()
     return torch.addcmul(origins, directions, depth.float()[..., None])
 
 
-def _inverse_intrinsics(intrinsics: Tensor) -> Tensor:
-    """Closed-form inverse of (..., 3, 3) pinhole matrices (no skew)."""
-    fx, fy = intrinsics[..., 0, 0], intrinsics[..., 1, 1]
-    cx, cy = intrinsics[..., 0, 2], intrinsics[..., 1, 2]
-    zeros, ones = torch.zeros_like(fx), torch.ones_like(fx)
-    return torch.stack(
-        [
-            torch.stack([1 / fx, zeros, -cx / fx], -1),
-            torch.stack([zeros, 1 / fy, -cy / fy], -1),
-            torch.stack([zeros, zeros, ones], -1),
-        ],
-        dim=-2,
-    )
+def _pixel_to_world(extrinsics_c2w: Tensor, intrinsics: Tensor) -> Tensor:
+    """(..., 3, 3) ``R·K⁻¹`` as one triangular solve (``K`` is upper-triangular)."""
+    rotation = extrinsics_c2w[..., :3, :3].float()
+    return torch.linalg.solve_triangular(intrinsics.float(), rotation, upper=True, left=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -114,7 +105,7 @@ def compute_world_rays(
             f"expected extrinsics (..., 3|4, 4) and intrinsics (..., 3, 3) with the same leading "
             f"dims, got {tuple(extrinsics_c2w.shape)} and {tuple(intrinsics.shape)}"
         )
-    pixel_to_world = extrinsics_c2w[..., :3, :3].float() @ _inverse_intrinsics(intrinsics.float())
+    pixel_to_world = _pixel_to_world(extrinsics_c2w, intrinsics)
     directions = _pixel_directions(pixel_to_world, height, width, PIXEL_CENTRE_OFFSET)
     origins = extrinsics_c2w[..., None, None, :3, 3].float().expand_as(directions)
     return torch.cat([directions, origins], dim=-1)
