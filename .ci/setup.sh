@@ -17,6 +17,7 @@ TORCH_VERSION=${DVLT_TORCH_VERSION:-2.13.0}
 TORCH=cpu
 TORCH_INDEX=${DVLT_TORCH_INDEX:-}
 EXTRAS=""
+CHECK_ONLY=false
 
 usage() {
   cat <<EOF
@@ -28,6 +29,7 @@ usage: .ci/setup.sh [--extras LIST] [--torch cpu|cuda|keep] [--torch-index URL]
   --torch cuda       the CUDA build: torch from --torch-index (default: PyTorch's cu128 index)
   --torch keep       keep the torch already in the venv or, with a system ROS, the system's
   --torch-index URL  the package index torch comes from (env DVLT_TORCH_INDEX)
+  --check            only report whether the venv is up to date (exit 0) or not (exit 1)
 Environment: PYTHON (interpreter, default python3), DVLT_VENV (default .venv),
 DVLT_TORCH_VERSION (default $TORCH_VERSION).
 EOF
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
     --extras) EXTRAS=$2; shift 2 ;;
     --torch) TORCH=$2; shift 2 ;;
     --torch-index) TORCH_INDEX=$2; shift 2 ;;
+    --check) CHECK_ONLY=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "setup: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -119,6 +122,10 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] \
   && "$VPY" -c 'import dvlt_core, torch, rclpy, tf2_msgs.msg' 2>/dev/null; then
   log "up to date ($VENV)"
   exit 0
+fi
+if [ "$CHECK_ONLY" = true ]; then
+  log "$VENV is not up to date with these options: run .ci/setup.sh without --check"
+  exit 1
 fi
 rm -f "$STAMP"
 
