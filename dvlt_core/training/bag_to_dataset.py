@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from dvlt_core.training.data.folder import SceneWriter
 from dvlt_core.training.tf_buffer import TransformBuffer, transform
@@ -42,6 +43,23 @@ class CameraTopics:
     image: str
     info: str
     depth: str
+
+
+def parse_camera(spec: str) -> CameraTopics:
+    """``CameraTopics`` from the ``IMAGE,INFO,DEPTH`` form of ``--camera``."""
+    parts = [part.strip() for part in str(spec).split(",")]
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"camera {spec!r}: give three comma-separated topics IMAGE,INFO,DEPTH "
+                         "(image, camera_info and registered depth)")
+    return CameraTopics(*parts)
+
+
+def extrinsic_matrix(values: Sequence[float]) -> np.ndarray:
+    """The 4x4 base→optical-frame transform from ``x, y, z, qx, qy, qz, qw``."""
+    v = [float(x) for x in values]
+    if len(v) != 7:
+        raise ValueError(f"extrinsic {list(values)}: give seven numbers x,y,z,qx,qy,qz,qw")
+    return transform(v[:3], v[3:7])
 
 
 @dataclass
@@ -135,10 +153,17 @@ def _nearest(stamps: np.ndarray, t: float) -> int | None:
 
 
 def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
-                scene_name: str | None = None) -> ConversionReport:
-    """Convert ``bag`` into the scene folder ``out_dir/<scene_name or bag name>``."""
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
+                scene_name: str | None = None, progress: bool = False) -> ConversionReport:
+    """Convert ``bag`` into the scene folder ``out_dir/<scene_name or bag name>``.
+
+    ``progress`` shows a progress bar for each of the two passes over the bag.
+    """
+    try:
+        from rosbags.highlevel import AnyReader
+        from rosbags.typesys import Stores, get_typestore
+    except ImportError as exc:
+        raise ModuleNotFoundError("reading rosbags needs the `rosbags` package: install the "
+                                  "`bags` extra (pip install 'dvlt_ros[bags]')") from exc
 
     bag = Path(bag)
     if not bag.exists():
@@ -165,7 +190,7 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
                 or c.topic in {cam.info for cam in conversion.cameras}
                 or c.topic in image_stamps or c.topic in depth_stamps]
         # Pass 1: transforms, odometry, camera_info and the header stamps of images and depth.
-        for conn, _, raw in reader.messages(connections=meta):
+        for conn, _, raw in _progress(reader, meta, "reading stamps and poses", progress):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic in ("/tf", "/tf_static"):
                 for tr in msg.transforms:
@@ -220,7 +245,7 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
         depths: dict[tuple[str, float], np.ndarray] = {}
         streams = [c for c in reader.connections if c.topic in image_stamps
                    or c.topic in depth_stamps]
-        for conn, _, raw in reader.messages(connections=streams):
+        for conn, _, raw in _progress(reader, streams, "decoding images and depth", progress):
             msg = reader.deserialize(raw, conn.msgtype)
             key = (conn.topic, _stamp(msg.header))
             if key in plan and key not in images:
@@ -250,6 +275,13 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
                          "the topics, --tolerance and the pose source")
     writer.close()
     return ConversionReport(scene_dir, len(writer.frames), skipped)
+
+
+def _progress(reader, connections, desc: str, show: bool):
+    """The bag's messages on ``connections``, behind a progress bar when ``show``."""
+    total = sum(conn.msgcount for conn in connections)
+    return tqdm(reader.messages(connections=connections), total=total, desc=desc, unit="msg",
+                disable=not show, leave=False)
 
 
 def _camera_pose(conversion, tf, odom, frame_ids, cam, t) -> np.ndarray | None:
@@ -294,23 +326,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        specs = [spec.split(",") for spec in args.camera]
-        if any(len(parts) != 3 for parts in specs):
-            raise ValueError("--camera takes three comma-separated topics: IMAGE,INFO,DEPTH")
-        cameras = [CameraTopics(*parts) for parts in specs]
+        cameras = [parse_camera(spec) for spec in args.camera]
         extrinsics = {}
         for item in args.extrinsic:
-            frame, values = item.split("=", 1)
-            v = [float(x) for x in values.split(",")]
-            if len(v) != 7:
+            frame, sep, values = item.partition("=")
+            if not sep:
                 raise ValueError(f"--extrinsic {item!r}: give FRAME=x,y,z,qx,qy,qz,qw")
-            extrinsics[frame] = transform(v[:3], v[3:7])
+            extrinsics[frame] = extrinsic_matrix(values.split(","))
         conversion = BagConversion(
             cameras, args.pose_source, args.fixed_frame, args.odometry_topic, extrinsics,
             args.tolerance, args.max_gap, args.min_interval, args.max_depth,
             args.allow_distortion,
         )
-        report = convert_bag(args.bag, args.out, conversion, args.name)
+        report = convert_bag(args.bag, args.out, conversion, args.name, progress=True)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dvlt-bag-to-dataset: {exc}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. trainer.max_train_steps=1000")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,9 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
+    from dvlt_core.training.data import scenes_from_sources
     from dvlt_core.training.trainer import Trainer
 
-    result = Trainer(config, args.output_dir).fit(resume=args.resume)
+    try:  # data errors (a missing bag topic, a bad scene folder) are the user's to fix
+        scenes = scenes_from_sources(config.data.sources)
+    except (ValueError, OSError, ModuleNotFoundError) as exc:
+        print(f"dvlt-train: data: {exc}", file=sys.stderr)
+        return 2
+    result = Trainer(config, args.output_dir, scenes=scenes).fit(resume=args.resume)
     if result.final_model is not None:
         print(f"trained to step {result.global_step}; final model: {result.final_model}")
     return 0

@@ -7,6 +7,7 @@ from dvlt_core.training.data.folder import (
     SceneWriter,
     find_folder_scenes,
 )
+from dvlt_core.training.data.rosbag_source import rosbag_scenes
 from dvlt_core.training.data.sampler import SampleRequest, TokenBudgetBatchSampler
 from dvlt_core.training.data.scannetpp import ScanNetppScene, scannetpp_scenes
 from dvlt_core.training.data.scene import Frame, Scene
@@ -30,6 +31,7 @@ __all__ = [
     "build_sample",
     "collate_samples",
     "find_folder_scenes",
+    "rosbag_scenes",
     "scannetpp_scenes",
     "scenes_from_source",
     "scenes_from_sources",

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dvlt_core.atomic import write_atomic
 from dvlt_core.training.data.scene import (
     Frame,
     Scene,
@@ -77,7 +78,12 @@ class FolderScene(Scene):
                 f"{self.path} has no {SCENE_FILE}; convert the data with dvlt-bag-to-dataset or "
                 "write it as described in docs/training.md"
             )
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SceneFormatError(f"cannot read {meta_path}: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise SceneFormatError(f"{meta_path} must hold a JSON object")
         if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
             raise SceneFormatError(
                 f"{meta_path}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, got "
@@ -140,6 +146,15 @@ def _parse_record(entry: dict[str, Any], index: int, where: Path) -> FrameRecord
         ) from exc
     if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
         raise SceneFormatError(f"{where}: frame {index} c2w must be a finite 4x4 matrix")
+    for name in (record.image, record.depth, record.mask):
+        if name is None:
+            continue
+        relative = Path(name) if isinstance(name, str) else None
+        if relative is None or relative.is_absolute() or ".." in relative.parts:
+            raise SceneFormatError(
+                f"{where}: frame {index} file {name!r} must be a relative path inside the "
+                "scene folder"
+            )
     return record
 
 
@@ -217,7 +232,6 @@ class SceneWriter:
             "depth_scale": self.depth_scale,
             "frames": self.frames,
         }
-        tmp = self.path / f".{SCENE_FILE}.part"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        tmp.replace(self.path / SCENE_FILE)
+        text = json.dumps(meta, indent=1) + "\n"
+        write_atomic(self.path / SCENE_FILE, lambda p: p.write_text(text))
         return self.path

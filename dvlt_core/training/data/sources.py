@@ -1,4 +1,5 @@
-"""Training sources named in a config (``data.sources``): folder, ScanNet++ and synthetic."""
+"""Training sources named in a config (``data.sources``): folder, rosbag, ScanNet++ and
+synthetic."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dvlt_core.training.data.folder import find_folder_scenes
+from dvlt_core.training.data.rosbag_source import rosbag_scenes
 from dvlt_core.training.data.scannetpp import scannetpp_scenes
 from dvlt_core.training.data.scene import Scene
 from dvlt_core.training.data.synthetic import SyntheticSpec, synthetic_scenes
 
-SOURCE_TYPES = ("folder", "scannetpp", "synthetic")
+SOURCE_TYPES = ("folder", "rosbag", "scannetpp", "synthetic")
 
 
 def scenes_from_source(spec: Mapping[str, Any]) -> list[Scene]:
     """The scenes of one source spec.
 
     * ``{type: folder, root: DIR, max_depth: null}``: scene folders in the dataset format.
+    * ``{type: rosbag, path: BAG, cameras: "IMAGE,INFO,DEPTH", pose: {source: tf}, ...}``: rosbag2
+      recordings, converted once into a cache (see :mod:`dvlt_core.training.data.rosbag_source`).
     * ``{type: scannetpp, root: DIR, split_file: nvs_sem_train.txt, max_depth: null}``.
     * ``{type: synthetic, num_scenes: 64, seed: 0, width: 64, height: 64, num_frames: 12,
       num_cameras: 1}``: generated rooms (see :mod:`dvlt_core.training.data.synthetic`).
@@ -32,6 +36,9 @@ def scenes_from_source(spec: Mapping[str, Any]) -> list[Scene]:
         if kind == "folder":
             scenes: list[Scene] = list(find_folder_scenes(spec.pop("root"), spec.pop("max_depth",
                                                                                      None)))
+        elif kind == "rosbag":
+            scenes = list(rosbag_scenes(spec))
+            spec = {}
         elif kind == "scannetpp":
             scenes = list(scannetpp_scenes(spec.pop("root"), spec.pop("split_file", None),
                                            spec.pop("max_depth", None)))

@@ -79,6 +79,15 @@ def test_folder_format_errors(tmp_path):
                                                              "frames": [{"image": "x.png"}]}))
     with pytest.raises(SceneFormatError, match="frame 0 is malformed"):
         find_folder_scenes(tmp_path)
+    frame = {"image": "../../outside.png", "depth": "d.png", "intrinsics": [1, 1, 0, 0],
+             "c2w": np.eye(4).tolist()}
+    (tmp_path / "bad" / "scene.json").write_text(json.dumps({"format": "dvlt-scene", "version": 1,
+                                                             "frames": [frame]}))
+    with pytest.raises(SceneFormatError, match="relative path inside the scene folder"):
+        find_folder_scenes(tmp_path)
+    (tmp_path / "bad" / "scene.json").write_text("[1, 2]")
+    with pytest.raises(SceneFormatError, match="must hold a JSON object"):
+        find_folder_scenes(tmp_path)
 
 
 def _scannetpp_fixture(root, synthetic):
