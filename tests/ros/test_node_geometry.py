@@ -107,12 +107,18 @@ def test_outputs_match_scene_exactly(graph):
     np.testing.assert_allclose(cloud["confidence"], backend.confidence)
 
     # Trajectory: the reference camera at each cycle, stamped with its images.
+    # The Path is published after the cloud: wait for the one of the last cycle.
+    assert graph.spin_until(
+        lambda: out.last("trajectory") is not None
+        and len(out.last("trajectory").poses) == len(stamps)
+    )
     path = out.last("trajectory")
     assert [ns_from_stamp(p.header.stamp) for p in path.poses] == stamps
     for pose, tv in zip(path.poses, TIMES, strict=True):
         position = [pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]
         np.testing.assert_allclose(position, _expected_pose(rig, rig.names[0], tv)[:3, 3],
                                    atol=2e-4)
+    assert graph.spin_until(lambda: out.last("frusta") is not None)
     frusta = out.last("frusta")
     assert [m.action for m in frusta.markers[:1]] == [3]  # DELETEALL, then one per camera
     assert len(frusta.markers) == 1 + len(rig.names)
