@@ -20,16 +20,14 @@ import statistics
 import sys
 import time
 import types
-import weakref
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from dvlt_core.model import DVLTModel
 from dvlt_core.testing import deterministic_state_dict
 from dvlt_core.testing.det_weights import model_shapes
+from dvlt_core.testing.memory import PeakTensorBytes
 
 RELEASED = {"img_size": 504, "depth_head_type": "conv"}
 # Packages upstream imports at module level but that its model forward never uses.
@@ -38,31 +36,6 @@ UPSTREAM_ONLY_DEPS = (
     "matplotlib", "plotly", "rerun", "torchvision", "pydantic", "tensorboard", "trimesh",
     "gradio", "requests",
 )  # fmt: skip
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the context and still alive."""
-
-    def __init__(self, exclude: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.live = {id(t.untyped_storage()) for t in exclude}
-        self.current = self.peak = 0
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self.live.discard(key)
-        self.current -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                if id(storage) not in self.live and storage.nbytes():
-                    self.live.add(id(storage))
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._release, id(storage), storage.nbytes())
-        return out
 
 
 class _Placeholder(types.ModuleType):

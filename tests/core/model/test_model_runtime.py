@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import warnings
-import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from dvlt_core.model import DVLTModel, run_model
 from dvlt_core.testing import load_deterministic_weights
+from dvlt_core.testing.memory import PeakTensorBytes
 
 SMALL = {"patch_embed": "dinov2_vits14_reg", "embed_dim": 384, "num_heads": 6, "img_size": 504}
 
@@ -27,32 +25,6 @@ def model() -> DVLTModel:
 
 def images(B=1, S=2, H=28, W=42, seed=0) -> torch.Tensor:
     return torch.rand(B, S, 3, H, W, generator=torch.Generator().manual_seed(seed))
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the context and still alive."""
-
-    def __init__(self, exclude: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.live: set[int] = {id(t.untyped_storage()) for t in exclude}
-        self.current = self.peak = 0
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self.live.discard(key)
-        self.current -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = id(storage)
-                if key not in self.live and storage.nbytes():
-                    self.live.add(key)
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._release, key, storage.nbytes())
-        return out
 
 
 def peak_bytes(model: DVLTModel, x: torch.Tensor, K: int, grad: bool) -> int:
