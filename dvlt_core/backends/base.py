@@ -56,6 +56,18 @@ class BackendOutput:
     pose_enc: torch.Tensor | None
     timings: StageTimings
 
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, torch.Tensor], timings: StageTimings) -> BackendOutput:
+        """From the network's named outputs (``pose_enc`` optional) already on the CPU."""
+        return cls(
+            rays=outputs["rays"],
+            depth=outputs["depth"],
+            depth_conf=outputs["depth_conf"],
+            world_points=outputs["world_points"],
+            pose_enc=outputs.get("pose_enc"),
+            timings=timings,
+        )
+
 
 class InferenceBackend(ABC):
     """Runs the DVLT network on one batch of views with K loop steps."""

@@ -214,13 +214,9 @@ class OnnxRuntimeBackend(InferenceBackend):
         out = {n: torch.from_numpy(v.numpy()) for n, v in zip(self.manifest.outputs, values,
                                                               strict=True)}
         end = time.perf_counter()
-        return BackendOutput(
-            rays=out["rays"],
-            depth=out["depth"],
-            depth_conf=out["depth_conf"],
-            world_points=out["world_points"],
-            pose_enc=out.get("pose_enc"),
-            timings=StageTimings(
+        return BackendOutput.from_outputs(
+            out,
+            StageTimings(
                 encode_ms=(t_enc - t_in) * 1e3,
                 step_ms=step_ms,
                 decode_ms=(t_dec - t_prev) * 1e3,

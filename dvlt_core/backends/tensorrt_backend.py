@@ -248,13 +248,9 @@ class TensorRTBackend(InferenceBackend):
         end = time.perf_counter()
         gpu_ms = [events[i].elapsed_time(events[i + 1]) for i in range(len(events) - 1)]
         total_ms = (end - start) * 1e3
-        return BackendOutput(
-            rays=host["rays"],
-            depth=host["depth"],
-            depth_conf=host["depth_conf"],
-            world_points=host["world_points"],
-            pose_enc=host.get("pose_enc"),
-            timings=StageTimings(
+        return BackendOutput.from_outputs(
+            host,
+            StageTimings(
                 encode_ms=gpu_ms[0],
                 step_ms=gpu_ms[1:-1],
                 decode_ms=gpu_ms[-1],

@@ -91,14 +91,7 @@ class TorchBackend(InferenceBackend):
             transfer_ms=((t_in - start) + (end - t_dec)) * 1e3,
             total_ms=(end - start) * 1e3,
         )
-        return BackendOutput(
-            rays=host["rays"],
-            depth=host["depth"],
-            depth_conf=host["depth_conf"],
-            world_points=host["world_points"],
-            pose_enc=host.get("pose_enc"),
-            timings=timings,
-        )
+        return BackendOutput.from_outputs(host, timings)
 
 
 def _create_torch_backend(
