@@ -66,14 +66,22 @@ _CELL_OFFSET = 1 << (_CELL_BITS - 1)
 class FusedCloud:
     """World points merged on a voxel grid per world epoch: each voxel keeps its most
     confident point (earlier ones win ties). Voxels are kept sorted by a packed 63-bit key,
-    so adding a window costs O(points of the window x log voxels) plus one copy, and the
-    memory is bounded by the explored scene. Cells are limited to +-2^20 voxels from the
-    origin per axis (+-21 km at 2 cm). ``voxel_size`` 0 keeps every point."""
+    so adding a window costs O(points of the window x log voxels) plus one copy. Cells are
+    limited to +-2^20 voxels from the origin per axis (+-21 km at 2 cm).
 
-    def __init__(self, voxel_size: float) -> None:
+    Memory stays bounded however long the bag: when all epochs together hold more than
+    ``max_points`` voxels, the voxel size doubles and the cloud is merged again onto the
+    coarser grid (``coarsenings`` counts it). ``voxel_size`` 0 keeps every point, unbounded.
+    """
+
+    def __init__(self, voxel_size: float, max_points: int = 4_000_000) -> None:
         if voxel_size < 0:
             raise ValueError(f"voxel size must be >= 0, got {voxel_size}")
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
         self.voxel_size = voxel_size
+        self.max_points = max_points
+        self.coarsenings = 0
         # epoch -> (sorted keys, points, colours, confidence) or the raw chunks
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._chunks: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
@@ -93,14 +101,26 @@ class FusedCloud:
             return
         if not len(points):
             return
+        self._merge(epoch, *self._reduce(points, colors, confidence))
+        while sum(len(v[0]) for v in self._epochs.values()) > self.max_points:
+            self.voxel_size *= 2
+            self.coarsenings += 1
+            for key, (_, pts, cols, conf) in self._epochs.items():
+                self._epochs[key] = self._reduce(pts, cols, conf)
+
+    def _reduce(self, points: np.ndarray, colors: np.ndarray, confidence: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The most confident point of each voxel (earlier ones win ties), sorted by key."""
         keys = self._keys(points)
         order = np.lexsort((-confidence, keys))
         keys = keys[order]
         first = np.ones(len(keys), bool)
         first[1:] = keys[1:] != keys[:-1]
         pick = order[first]
-        keys, points, colors, confidence = keys[first], points[pick], colors[pick], \
-            confidence[pick]
+        return keys[first], points[pick], colors[pick], confidence[pick]
+
+    def _merge(self, epoch: int, keys: np.ndarray, points: np.ndarray, colors: np.ndarray,
+               confidence: np.ndarray) -> None:
         old = self._epochs.get(epoch)
         if old is None:
             self._epochs[epoch] = (keys, points, colors, confidence)

@@ -63,10 +63,12 @@ class GroundTruth:
 
 @dataclass(frozen=True)
 class ProcessOptions:
-    """Output settings: ``fuse_voxel`` (world units; 0 keeps every point), ``storage`` of
+    """Output settings: ``fuse_voxel`` (world units; 0 keeps every point) and
+    ``fuse_max_points`` (above it the voxel doubles, so memory stays bounded), ``storage`` of
     the output bag, ``node_name`` for the output topics (``/<node_name>/points``, ...)."""
 
     fuse_voxel: float = 0.02
+    fuse_max_points: int = 4_000_000
     storage: str = "mcap"
     node_name: str = NODE_NAME
     overwrite: bool = False
@@ -117,7 +119,7 @@ class BagProcessor:
         self.output = StagedOutput(out_dir, overwrite=self.options.overwrite)
         self._stop_requested = False
         self.stats = _Stats()
-        self.fused = FusedCloud(self.options.fuse_voxel)
+        self.fused = FusedCloud(self.options.fuse_voxel, self.options.fuse_max_points)
         self.trajectories = Trajectories()
         self.frame_ids: dict[str, str] = {}
 
@@ -286,6 +288,13 @@ class BagProcessor:
             name = f"cloud{epoch_suffix(epoch)}.ply"
             clouds[name] = self.fused.write(self.output.path(name), epoch)
         files["clouds"] = clouds
+        files["cloud_voxel"] = self.fused.voxel_size
+        if self.fused.coarsenings:
+            self.issues.warn(
+                "cloud_coarsened",
+                f"the fused cloud reached {self.options.fuse_max_points} points: its voxel grew "
+                f"to {self.fused.voxel_size:g} (raise --fuse-max-points to keep more detail)",
+            )
         trajectories = {}
         epochs = sorted({epoch for epoch, _ in self.trajectories.poses}) or [0]
         for epoch in epochs:

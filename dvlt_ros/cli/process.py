@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuse-voxel", type=float, default=0.02,
                         help="voxel size of the fused cloud in world units (0: keep all "
                              "points; default 0.02)")
+    parser.add_argument("--fuse-max-points", type=int, default=4_000_000,
+                        help="fused cloud size above which its voxel doubles, keeping memory "
+                             "bounded on long bags (default 4000000)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output directory (only once finished)")
     gt = parser.add_argument_group("evaluation against ground truth")
@@ -124,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         bag = BagSource(args.bag, issues, parse_remaps(args.remap))
         params = _parameters(args, bag)
-        options = ProcessOptions(fuse_voxel=args.fuse_voxel, overwrite=args.overwrite,
+        options = ProcessOptions(fuse_voxel=args.fuse_voxel,
+                                 fuse_max_points=args.fuse_max_points, overwrite=args.overwrite,
                                  ground_truth=_ground_truth(args, list(params["cameras"])))
         backend = _backend(params, bag)
         bar = None if args.quiet else _ProgressBar()

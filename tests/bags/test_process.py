@@ -163,3 +163,18 @@ def test_fused_cloud_keeps_the_most_confident_point_per_voxel():
     assert len(cloud) == len(best)
     assert {tuple(p) for p in kept.tolist()} == {tuple(points[i].tolist())
                                                  for i in best.values()}
+
+
+def test_fused_cloud_memory_is_bounded_by_coarsening():
+    from dvlt_ros.bags.outputs import FusedCloud
+
+    rng = np.random.default_rng(1)
+    cloud = FusedCloud(0.01, max_points=2000)
+    for i in range(20):  # a rig exploring new ground every window
+        points = rng.uniform(0, 1, (1000, 3)).astype(np.float32) + np.float32(i)
+        cloud.add(0, points, np.zeros((1000, 3), np.uint8), np.ones(1000, np.float32))
+        assert len(cloud) <= 2000
+    assert cloud.coarsenings > 0 and cloud.voxel_size == 0.01 * 2**cloud.coarsenings
+    kept = cloud.arrays(0)[0]
+    cells = np.floor(kept / cloud.voxel_size).astype(np.int64)
+    assert len(np.unique(cells, axis=0)) == len(kept)  # one point per (coarse) voxel
