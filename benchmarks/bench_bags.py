@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=2)
     parser.add_argument("--fuse-voxel", type=float, default=0.02,
                         help="voxel of the fused cloud (world units, 0: keep all points)")
+    parser.add_argument("--fuse-max-points", type=int, default=4_000_000,
+                        help="fused cloud size above which its voxel doubles")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     config = SampleBagConfig(frames=args.frames, rate_hz=args.rate, num_cameras=args.cameras,
@@ -94,9 +96,10 @@ def main() -> None:
             if windows and (not samples or samples[-1][0] != windows):
                 samples.append((windows, rss_mib(), len(processor.fused)))
 
-        processor = BagProcessor(bag, backend, params, Path(tmp) / "out",
-                                 ProcessOptions(fuse_voxel=args.fuse_voxel), issues=issues,
-                                 progress=progress)
+        options = ProcessOptions(fuse_voxel=args.fuse_voxel,
+                                 fuse_max_points=args.fuse_max_points)
+        processor = BagProcessor(bag, backend, params, Path(tmp) / "out", options,
+                                 issues=issues, progress=progress)
         summary = processor.run()
         bag.close()
 
