@@ -72,6 +72,9 @@ unset ROS_DISTRO to use the pip ROS 2 Kilted set instead)"
   esac
 else
   ROS_MODE=pip
+  [ "$(uname -m)" = x86_64 ] || die "the pip ROS 2 wheels exist only for x86-64, this machine \
+is $(uname -m) (Jetson: aarch64): install ROS 2 (Humble, Jazzy or Kilted) from its packages, \
+source /opt/ros/<distro>/setup.bash and run .ci/setup.sh again"
   case ":${PYTHONPATH:-}:${AMENT_PREFIX_PATH:-}:" in
     *opt/ros/*) die "a ROS 2 install is partly sourced (PYTHONPATH or AMENT_PREFIX_PATH name \
 /opt/ros, but ROS_DISTRO is unset): open a clean shell, or source its setup.bash fully" ;;
