@@ -1,7 +1,7 @@
 """Time pose fitting plus depth unprojection: our two modes, and upstream's code side by side.
 
     python benchmarks/bench_pose_fitting.py [--upstream /tmp/dvlt_upstream/src]
-                                            [--reference /work/shared/reference]
+                                            [--reference ../shared/reference]
                                             [--threads 1,2] [--repeats 25]
 
 ``--upstream`` points at a local export of upstream's ``src`` folder (never committed), e.g.
