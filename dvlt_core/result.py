@@ -44,10 +44,6 @@ class ViewReconstruction:
     pose_valid: bool
     transform: ViewTransform
 
-    @property
-    def extrinsics_w2c(self) -> np.ndarray:
-        return np.linalg.inv(self.extrinsics_c2w)
-
 
 @dataclass
 class Reconstruction:

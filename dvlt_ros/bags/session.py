@@ -14,32 +14,20 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from dvlt_core.backends import InferenceBackend
 from dvlt_ros.node_support import configs
 from dvlt_ros.pipeline import (
     CameraFrame,
-    CycleResult,
-    KDecision,
     KPolicy,
     MetricScale,
     PipelineEvent,
     ReconstructionPipeline,
     RigSnapshot,
     RigSynchronizer,
-    ViewWindow,
     WindowSelector,
 )
-
-
-@dataclass(frozen=True)
-class Cycle:
-    """One reconstructed snapshot: its window, the K decision and the result."""
-
-    window: ViewWindow
-    decision: KDecision
-    result: CycleResult
+from dvlt_ros.pipeline.cycle import Cycle, observe_cycle, run_cycle
 
 
 class LosslessSession:
@@ -93,19 +81,8 @@ class LosslessSession:
         """Reconstruct the oldest queued snapshot, or None when none is queued."""
         if not self.pending:
             return None
-        snapshot = self.pending.popleft()
-        window = self.windows.select(snapshot)
-        decision = self.k_policy.choose(len(window))
-        try:
-            result = self.pipeline.submit(window, decision.num_steps)
-        except Exception:
-            self.windows.forget(snapshot)
-            raise
-        return Cycle(window, decision, result)
+        return run_cycle(self.pending.popleft(), self.windows, self.k_policy, self.pipeline)
 
     def observe(self, cycle: Cycle, publish_ms: float) -> None:
-        """Feed the K policy one finished cycle (its time outside the backend includes
-        ``publish_ms``, the time spent writing or publishing its products)."""
-        result = cycle.result
-        self.k_policy.observe(len(cycle.window), result.backend_timings,
-                              result.timings.post_ms + publish_ms)
+        """Feed the K policy one finished cycle (see :func:`observe_cycle`)."""
+        observe_cycle(self.k_policy, cycle, publish_ms)

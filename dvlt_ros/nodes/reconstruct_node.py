@@ -58,6 +58,7 @@ from dvlt_ros.pipeline import (
     RigSynchronizer,
     WindowSelector,
 )
+from dvlt_ros.pipeline.cycle import observe_cycle, run_cycle
 
 NODE_NAME = "reconstruct_node"
 # Seconds a reported problem stays in diagnostics unless reported again (a bad stream
@@ -322,21 +323,15 @@ class ReconstructNode(Node):
         start = time.perf_counter()
         known = [a for a in arrived if a is not None]
         sync_wait_ms = (start - max(known)) * 1e3 if known else 0.0
-        window = self.windows.select(snapshot)
-        decision = self.k_policy.choose(len(window))
+        cycle = run_cycle(snapshot, self.windows, self.k_policy, self.pipeline)
+        window, decision, result = cycle.window, cycle.decision, cycle.result
         if decision.event is not None:
             self._report(decision.event)
-        try:
-            result = self.pipeline.submit(window, decision.num_steps)
-        except Exception:
-            self.windows.forget(snapshot)
-            raise
         publish_start = time.perf_counter()
         points = self.outputs.publish(result)
         end = time.perf_counter()
         publish_ms = (end - publish_start) * 1e3
-        self.k_policy.observe(len(window), result.backend_timings,
-                              result.timings.post_ms + publish_ms)
+        observe_cycle(self.k_policy, cycle, publish_ms)
         for event in result.events:
             self._report(event)
         self._cycle_index += 1
