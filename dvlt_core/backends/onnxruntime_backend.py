@@ -3,8 +3,11 @@
 Runs an export folder written by ``dvlt-export`` (``checkpoint`` of :func:`create_backend` is
 that folder). Providers: ``cpu`` (default on CPU), ``cuda`` (``onnxruntime-gpu``) and
 ``tensorrt`` (ONNX Runtime's TensorRT execution provider, which builds and caches its own
-engines; fp16/bf16 need it). Tokens stay in ONNX Runtime values on the run device between
-steps (I/O binding), so the loop makes no host round trips. K changes per call.
+engines). ``fp16``/``bf16`` run the mixed-precision graphs derived from the float32 export
+(:mod:`dvlt_core.export.mixed_precision`); on the CPU provider fp16 is for checking those graphs
+(ONNX Runtime has few fp16 CPU kernels and casts around the rest) and bf16 is refused. Tokens
+stay in ONNX Runtime values on the run device between steps (I/O binding), so the loop makes no
+host round trips. K changes per call.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dvlt_core.export.manifest import (
     load_manifest,
 )
 
+PRECISIONS = ("fp32", "fp16", "bf16")
 EXECUTION_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -81,10 +85,12 @@ def provider_chain(
             f"execution_provider {execution_provider!r} runs on "
             f"{'a CUDA device' if on_gpu else 'the CPU'}, but device is {device}"
         )
-    if precision != "fp32" and execution_provider != "tensorrt":
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and not on_gpu:
         raise ValueError(
-            f"precision {precision!r} with ONNX Runtime needs execution_provider='tensorrt'; the "
-            "CPU and CUDA providers run the float32 graphs (precision='fp32')"
+            "ONNX Runtime has no bf16 kernels on the CPU: use precision='fp32' (or 'fp16' to "
+            "check the reduced-precision graphs), or a CUDA/TensorRT provider for bf16"
         )
     cpu = ("CPUExecutionProvider", {})
     if not on_gpu:
@@ -137,6 +143,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.execution_provider = provider
         self._ort_device = ("cuda", self._device.index or 0) if provider != "cpu" else ("cpu", 0)
         cache = Path(trt_cache_dir) if trt_cache_dir else self.manifest.root / "ort_trt_cache"
+        cache = cache / precision  # the provider's own cache names do not tell precisions apart
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -151,7 +158,7 @@ class OnnxRuntimeBackend(InferenceBackend):
                                        available=available, profiles=profiles, cache_dir=cache)
             names = [p for p, _ in providers]
             opts = [o for _, o in providers]
-            return ort.InferenceSession(str(self.manifest.path(graph)), options,
+            return ort.InferenceSession(self._graph_source(graph), options,
                                         providers=names, provider_options=opts)
 
         m = self.manifest
@@ -159,6 +166,15 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._encoder = session(m.encoder, "images", (3, m.height, m.width))
         self._steps = {block: session(g, "tokens", token_shape) for block, g in m.steps.items()}
         self._decoder = session(m.decoder, "tokens", token_shape)
+
+    def _graph_source(self, graph: GraphFile) -> str | bytes:
+        """The float32 graph's path, or the bytes of its mixed-precision version."""
+        path = self.manifest.path(graph)
+        if self.precision == "fp32":
+            return str(path)
+        from dvlt_core.export.mixed_precision import mixed_precision_bytes
+
+        return mixed_precision_bytes(path, self.precision)[0]
 
     @property
     def device(self) -> torch.device:

@@ -2,12 +2,15 @@
 
 Engines come from the export folder's engine cache (built on first use, or refused with the
 reason when ``on_mismatch="refuse"``); see :mod:`dvlt_core.export.engine_cache`. All tensors are
-torch CUDA tensors whose addresses are handed to TensorRT (``set_tensor_address``), so nothing
-is copied between the stages. The loop ping-pongs between two token buffers; the step times
-are written into two device scalars before each step, so K changes per call without a
-rebuild. With ``cuda_graphs=True`` each (block, direction) step is captured once per S into a
-CUDA graph and replayed, which removes the per-step launch overhead. Stage times come from
-CUDA events, so timing does not stall the loop.
+torch CUDA tensors whose addresses are handed to TensorRT (``set_tensor_address``) once per
+number of views S, so the stages exchange no host copies. A step reads the token buffer and
+writes a second one, which is copied back on the device (one copy of the tokens per step):
+every engine keeps a single binding per S, so a step captured into a CUDA graph never runs
+with addresses rebound after its capture. The step times are written into two device scalars
+before each step, so K changes per call without a rebuild. With ``cuda_graphs=True`` each
+block's step (engine and copy) is captured once per S and replayed, which removes the
+per-step launch overhead. Stage times come from CUDA events, so timing does not stall the
+loop.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ class _Engine:
     @property
     def device_memory_bytes(self) -> int:
         """Activation memory the context needs at the largest profile shape."""
-        return int(self.engine.device_memory_size_v2)
+        size = getattr(self.engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
+        return int(self.engine.device_memory_size if size is None else size)
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.context.get_tensor_shape(name))
@@ -91,11 +95,12 @@ class _ViewState:
 
     num_views: int
     images: torch.Tensor
-    tokens: tuple[torch.Tensor, torch.Tensor]
+    tokens: torch.Tensor
+    tokens_next: torch.Tensor
     t_now: torch.Tensor
     t_next: torch.Tensor
     outputs: dict[str, torch.Tensor]
-    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = field(default_factory=dict)
+    graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)  # by block
 
 
 class TensorRTBackend(InferenceBackend):
@@ -169,6 +174,7 @@ class TensorRTBackend(InferenceBackend):
         return {name: e.device_memory_bytes for name, e in engines.items()}
 
     def _state_for(self, num_views: int) -> _ViewState:
+        """Buffers for ``num_views``, bound to every engine (once per S)."""
         if self._state is not None and self._state.num_views == num_views:
             return self._state
         self._state = None  # free the old buffers and graphs first
@@ -176,40 +182,44 @@ class TensorRTBackend(InferenceBackend):
         dev = self._device
         images = torch.empty(1, num_views, 3, m.height, m.width, device=dev)
         token_dtype = self._encoder.dtypes["tokens"]
-        tokens = tuple(torch.empty(1, num_views, m.num_tokens, m.embed_dim, dtype=token_dtype,
-                                   device=dev) for _ in range(2))
-        self._encoder.bind({"images": images})
-        self._decoder.bind({"tokens": tokens[0]})
+        tokens, tokens_next = (torch.empty(1, num_views, m.num_tokens, m.embed_dim,
+                                           dtype=token_dtype, device=dev) for _ in range(2))
+        t_now, t_next = torch.zeros((), device=dev), torch.zeros((), device=dev)
+        self._encoder.bind({"images": images, "tokens": tokens})
+        for engine in self._steps.values():
+            engine.bind({"tokens": tokens, "t_now": t_now, "t_next": t_next,
+                         "tokens_out": tokens_next})
+        self._decoder.bind({"tokens": tokens})
         outputs = {
             name: torch.empty(self._decoder.output_shape(name),
                               dtype=self._decoder.dtypes[name], device=dev)
             for name in m.outputs
         }
-        state = _ViewState(num_views, images, tokens,
-                           torch.zeros((), device=dev), torch.zeros((), device=dev), outputs)
-        self._state = state
-        return state
+        self._decoder.bind(outputs)
+        self._state = _ViewState(num_views, images, tokens, tokens_next, t_now, t_next, outputs)
+        return self._state
 
-    def _run_step(self, state: _ViewState, block: int, src: int) -> None:
-        engine = self._steps[block]
-        key = (block, src)
-        graph = state.graphs.get(key)
+    def _step(self, state: _ViewState, block: int) -> None:
+        """One loop step on the current stream: the engine, then the tokens copied back."""
+        self._steps[block].run(self._stream)
+        state.tokens.copy_(state.tokens_next)
+
+    def _run_step(self, state: _ViewState, block: int) -> None:
+        graph = state.graphs.get(block)
         if graph is not None:
             graph.replay()
             return
-        engine.bind({"tokens": state.tokens[src], "t_now": state.t_now,
-                     "t_next": state.t_next, "tokens_out": state.tokens[1 - src]})
-        engine.run(self._stream)
+        self._step(state, block)  # the first run also does TensorRT's deferred setup
         if self.cuda_graphs:
-            self._capture(state, engine, key)
+            self._capture(state, block)
 
-    def _capture(self, state: _ViewState, engine: _Engine, key: tuple[int, int]) -> None:
-        """Capture the (already bound and run once) step into a CUDA graph for later calls."""
+    def _capture(self, state: _ViewState, block: int) -> None:
+        """Capture ``block``'s step (already run once for this S) into a CUDA graph."""
         graph = torch.cuda.CUDAGraph()
         try:
             self._stream.synchronize()
             with torch.cuda.graph(graph, stream=self._stream):
-                engine.run(self._stream)
+                self._step(state, block)
         except RuntimeError as exc:
             warnings.warn(
                 f"CUDA graph capture of the TensorRT step failed ({exc}); running the loop "
@@ -218,7 +228,7 @@ class TensorRTBackend(InferenceBackend):
             )
             self.cuda_graphs = False
             return
-        state.graphs[key] = graph
+        state.graphs[block] = graph
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, num_steps: int | None = None) -> BackendOutput:
@@ -231,17 +241,13 @@ class TensorRTBackend(InferenceBackend):
             t_pairs = plan.t_pairs.to(self._device)
             events = [torch.cuda.Event(enable_timing=True) for _ in range(len(plan) + 3)]
             events[0].record(self._stream)
-            self._encoder.bind({"images": state.images, "tokens": state.tokens[0]})
             self._encoder.run(self._stream)
             events[1].record(self._stream)
-            src = 0
             for i, block in enumerate(plan.block_indices):
                 state.t_now.copy_(t_pairs[i, 0])
                 state.t_next.copy_(t_pairs[i, 1])
-                self._run_step(state, block, src)
-                src = 1 - src
+                self._run_step(state, block)
                 events[i + 2].record(self._stream)
-            self._decoder.bind({"tokens": state.tokens[src], **state.outputs})
             self._decoder.run(self._stream)
             events[-1].record(self._stream)
             host = {name: t.float().cpu() for name, t in state.outputs.items()}

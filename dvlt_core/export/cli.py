@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace-gb", type=float, default=4.0,
                         help="TensorRT builder workspace limit in GiB")
     parser.add_argument("--fp32-softmax", action="store_true",
-                        help="also pin softmax to fp32 (slower; try if the fp16 gate fails)")
+                        help="keep softmax in fp32 too (slower; try if the fp16 gate fails)")
     parser.add_argument("--revision", default=None, help="Hub revision of --checkpoint")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read .pt/.pth/.bin weights with torch.load(weights_only=True)")
@@ -99,6 +99,24 @@ def _verify_onnx(args: argparse.Namespace, model: torch.nn.Module, views: ViewRa
                            tolerance=ONNX_FP32, label="onnxruntime cpu fp32")
     print(report.table(), file=sys.stderr)
     return report.passed
+
+
+def _check_typed_graphs(args: argparse.Namespace) -> bool:
+    """Derive and check the fp16/bf16 graphs the engines are built from (strict typing)."""
+    from dvlt_core.export.manifest import load_manifest
+    from dvlt_core.export.mixed_precision import LOW_PRECISIONS, mixed_precision_bytes
+
+    manifest = load_manifest(args.out)
+    for precision in LOW_PRECISIONS:
+        for graph in (manifest.encoder, *manifest.steps.values(), manifest.decoder):
+            try:
+                _, report = mixed_precision_bytes(manifest.path(graph), precision,
+                                                  fp32_softmax=args.fp32_softmax)
+            except ExportError as exc:
+                _say(f"{graph.file} {precision}: {exc}")
+                return False
+            _say(f"{graph.file} {precision}: {report.summary()}")
+    return True
 
 
 def _build_and_gate(args: argparse.Namespace, model: torch.nn.Module, views: ViewRange) -> bool:
@@ -142,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     opset=args.opset, progress=_say)
         if not _verify_onnx(args, model, views):
             _say("the ONNX graphs do not reproduce PyTorch; please report this")
+            return EXIT_FAILED
+        if not _check_typed_graphs(args):
+            _say("the fp16/bf16 graphs are not valid ONNX; please report this")
             return EXIT_FAILED
         if args.onnx_only:
             _say(f"done: ONNX graphs in {args.out}")

@@ -8,7 +8,7 @@ at every step: they get one step graph per block (``step_block<i>.onnx``); every
 gets a single ``step.onnx``.
 
 Graphs are traced with the TorchScript exporter (``dynamo=False``) at opset 17 or later, so
-LayerNormalization stays one node (TensorRT keeps it in float32) and attention is the plain
+LayerNormalization stays one node (kept in float32 under fp16/bf16) and attention is the plain
 MatMul/Softmax/MatMul pattern that TensorRT fuses. :func:`check_graph` scans a written graph
 for float64 tensors, data-dependent operators and a missing dynamic S axis.
 """

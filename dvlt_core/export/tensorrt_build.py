@@ -1,21 +1,21 @@
-"""Build TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API).
+"""Build TensorRT engines from the exported ONNX graphs (TensorRT 10.x and 11.x Python API).
 
-Precision: the ONNX graphs are float32 and the network is weakly typed, so one export serves
-every precision. ``fp16``/``bf16`` set the builder flag and pin the numerically sensitive layers
-to float32 with ``PREFER_PRECISION_CONSTRAINTS``: normalisation (LayerNorm, GroupNorm), the
-step gates' MLP, and the decoders' output stages, camera head and final exp/unprojection
-arithmetic (the parts the PyTorch precision policy keeps in float32); softmax optionally (see
-:func:`fp32_reason`). ``fp32`` clears the TF32 flag, so fp32 engines are comparable with
-PyTorch fp32. A strongly typed network would need one ONNX export per precision with explicit
-casts; weak typing keeps a single export.
+Networks are strongly typed (the only kind TensorRT 11 builds; an option in 10.x): every tensor
+runs in the type its graph gives it. ``fp32`` engines parse the float32 export and clear the
+TF32 flag, so they are comparable with PyTorch fp32. ``fp16``/``bf16`` engines parse the
+mixed-precision graph that :mod:`dvlt_core.export.mixed_precision` derives from the float32
+export, with explicit casts around the parts kept in float32 (normalisation, step gates,
+output heads, camera head, final arithmetic; softmax with ``fp32_softmax``), so one export
+serves every precision and the precision of every layer is fixed by the graph, not chosen by
+the builder.
 
-``tensorrt`` is imported only when a build or an engine is requested; without it
-:func:`import_tensorrt` raises an error that names the ``tensorrt`` extra.
+``tensorrt`` (and ``onnx``, for the typed graphs) are imported only when a build or an engine
+is requested; without TensorRT :func:`import_tensorrt` raises an error that names the
+``tensorrt`` extra.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -39,12 +39,6 @@ from dvlt_core.export.engine_cache import (
 from dvlt_core.export.manifest import VIEW_AXIS, ExportManifest, GraphFile, ViewRange
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
-_FP32_SCOPES = (
-    (re.compile(r"^/(ray|depth)_decoder/(head|upsample_blocks|output_block)[./]"), "output head"),
-    (re.compile(r"^/camera_head/"), "camera head"),
-    (re.compile(r"/depth_scale/"), "step gates"),
-    (re.compile(r"^/[^/]+$"), "output arithmetic"),
-)
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -56,7 +50,7 @@ class EngineBuildError(RuntimeError):
 
 
 def import_tensorrt() -> ModuleType:
-    """Import ``tensorrt`` (10.x) or raise :class:`TensorRTUnavailableError` saying how."""
+    """Import ``tensorrt`` (10.x or newer) or raise :class:`TensorRTUnavailableError` saying how."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -68,7 +62,7 @@ def import_tensorrt() -> ModuleType:
     major = int(trt.__version__.split(".")[0])
     if major < 10:
         raise TensorRTUnavailableError(
-            f"TensorRT {trt.__version__} is too old: the DVLT engines need TensorRT 10.x"
+            f"TensorRT {trt.__version__} is too old: the DVLT engines need TensorRT 10 or newer"
         )
     return trt
 
@@ -94,6 +88,13 @@ def graph_name(graph: GraphFile) -> str:
     return Path(graph.file).stem
 
 
+def layer_policy(fp32_softmax: bool) -> str:
+    """The cache key's ``layer_policy``: the mixed-precision rules' version and softmax choice."""
+    from dvlt_core.export.mixed_precision import MIXED_PRECISION_VERSION
+
+    return f"typed-v{MIXED_PRECISION_VERSION}" + ("-fp32-softmax" if fp32_softmax else "")
+
+
 def engine_key(
     manifest: ExportManifest,
     graph: GraphFile,
@@ -110,7 +111,7 @@ def engine_key(
         compute_capability=gpu.compute_capability,
         tensorrt_version=trt_version,
         precision=precision,
-        layer_policy="fp32-softmax" if fp32_softmax else "default",
+        layer_policy=layer_policy(fp32_softmax),
         views_min=manifest.views.min,
         views_opt=manifest.views.opt,
         views_max=manifest.views.max,
@@ -119,27 +120,6 @@ def engine_key(
         checkpoint_sha256=manifest.checkpoint_sha256,
         onnx_sha256=graph.sha256,
     )
-
-
-def fp32_reason(layer_type: str, layer_name: str, *, fp32_softmax: bool = False) -> str | None:
-    """Why a layer stays float32 under fp16/bf16 (``None``: it may run in reduced precision).
-
-    ``layer_type`` is the TensorRT ``LayerType`` name, ``layer_name`` the layer's name, which
-    the ONNX parser takes from the node name (the PyTorch module path, e.g.
-    ``/depth_decoder/output_block/output_block.0/Conv``). Softmax is left free by default:
-    TensorRT fuses MatMul-Softmax-MatMul into attention kernels that keep the softmax
-    statistics in float32, and pinning it would break that fusion.
-    """
-    if layer_type == "NORMALIZATION":
-        return "normalisation"
-    if layer_type == "SOFTMAX":
-        return "softmax" if fp32_softmax else None
-    if layer_type in ("SHAPE", "CONSTANT", "IDENTITY", "ASSERTION", "CAST"):
-        return None
-    for pattern, reason in _FP32_SCOPES:
-        if pattern.search(layer_name):
-            return reason
-    return None
 
 
 def profile_shapes(
@@ -245,28 +225,21 @@ def progress_monitor(trt: ModuleType, progress: BuildProgress) -> Any:
     return _Monitor()
 
 
-def _apply_precision(
-    trt: ModuleType, network: Any, config: Any, precision: str, fp32_softmax: bool
-) -> int:
-    """Set the builder flags of ``precision``; return how many layers were pinned to fp32."""
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)
+def network_flags(trt: ModuleType) -> int:
+    """``create_network`` flags: strongly typed (TensorRT 11 always is and ignores the flag)."""
+    if int(trt.__version__.split(".")[0]) >= 11:
         return 0
-    config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
-    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if fp32_reason(layer.type.name, layer.name, fp32_softmax=fp32_softmax) is None:
-            continue
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if not outputs or any(t.dtype != trt.float32 for t in outputs):
-            continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        pinned += 1
-    return pinned
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def typed_graph(onnx_path: Path, precision: str, fp32_softmax: bool) -> tuple[bytes, str]:
+    """The ONNX bytes to build ``precision`` from, and a line describing their typing."""
+    if precision == "fp32":
+        return onnx_path.read_bytes(), "float32 graph"
+    from dvlt_core.export.mixed_precision import mixed_precision_bytes
+
+    data, report = mixed_precision_bytes(onnx_path, precision, fp32_softmax=fp32_softmax)
+    return data, report.summary()
 
 
 def build_engine(
@@ -284,20 +257,22 @@ def build_engine(
     if precision not in ENGINE_PRECISIONS:
         raise ValueError(f"precision must be one of {ENGINE_PRECISIONS}, got {precision!r}")
     trt = import_tensorrt()
+    onnx_path = Path(onnx_path)
+    graph_bytes, typing = typed_graph(onnx_path, precision, fp32_softmax)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(graph_bytes, str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path} ({precision}): {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     config.builder_optimization_level = optimization_level
-    pinned = _apply_precision(trt, network, config, precision, fp32_softmax)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
     if progress is not None:
-        progress.note(f"{Path(onnx_path).name}: {network.num_layers} layers, "
-                           f"{pinned} pinned to fp32, precision {precision}")
+        progress.note(f"{onnx_path.name}: {network.num_layers} layers, {precision}: {typing}")
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)

@@ -160,8 +160,9 @@ SPECS: tuple[ParamSpec, ...] = (
               "changing it reloads the model (a failed load is retried on the next change)",
               dynamic=True),
     ParamSpec("device", "auto", "auto (cuda if available), cpu, cuda or cuda:N", dynamic=True),
-    ParamSpec("precision", "fp32", "fp32, or bf16/fp16 autocast on CUDA", choices=PRECISIONS,
-              dynamic=True),
+    ParamSpec("precision", "fp32",
+              "fp32, bf16 or fp16 (torch: autocast on CUDA; onnxruntime/tensorrt: typed graphs)",
+              choices=PRECISIONS, dynamic=True),
     ParamSpec("img_size", 0,
               "network input size: the longer image side is resized to this many pixels, "
               "then cropped to a multiple of the 14 px patch; 0: the model's own",

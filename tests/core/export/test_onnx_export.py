@@ -45,7 +45,8 @@ def torch_outputs(model, images, K):
 def test_cli_writes_three_checked_graphs_and_reports_progress(small_export):
     assert small_export.exit_code == 0, small_export.log
     for phrase in ("exporting encoder", "exporting loop step", "exporting decoder",
-                   "checking the graphs with ONNX Runtime", "done:"):
+                   "checking the graphs with ONNX Runtime", "encoder.onnx fp16: ",
+                   "decoder.onnx bf16: ", "done:"):
         assert phrase in small_export.log
     manifest = load_manifest(small_export.out)
     files = sorted(p.name for p in small_export.out.glob("*.onnx"))
@@ -158,8 +159,10 @@ def test_backend_refuses_inputs_the_export_does_not_cover(backend):
 def test_backend_options_are_checked(small_export):
     with pytest.raises(ValueError, match="runs an export folder"):
         create_backend("onnxruntime")
-    with pytest.raises(ValueError, match="needs execution_provider='tensorrt'"):
-        create_backend("onnxruntime", checkpoint=small_export.out, precision="fp16")
+    with pytest.raises(ValueError, match="no bf16 kernels on the CPU"):
+        create_backend("onnxruntime", checkpoint=small_export.out, precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        create_backend("onnxruntime", checkpoint=small_export.out, precision="int8")
     with pytest.raises(ValueError, match=r"not available in this ONNX Runtime.*onnxruntime-gpu"):
         create_backend("onnxruntime", checkpoint=small_export.out, device="cuda",
                        execution_provider="cuda")

@@ -1,0 +1,322 @@
+"""Mixed-precision (fp16/bf16) versions of the exported float32 ONNX graphs, with explicit casts.
+
+TensorRT 11 builds only strongly typed networks (10.x offers them as an option): every tensor
+runs in the type the ONNX graph gives it, and the fp16/bf16 builder flags are gone. So the
+precision has to be written into the graph. :func:`mixed_precision_model` derives it from the
+float32 export, deterministically, so one export serves every precision:
+
+* Activation nodes (those fed, through any chain of operators, by a graph input) run in the
+  reduced type, except the numerically sensitive ones listed by :func:`fp32_reason`:
+  normalisation, the step gates' MLP, the decoders' output stages, the camera head and the
+  final exp/unprojection arithmetic (the parts the PyTorch precision policy keeps in float32),
+  softmax on request, operators the ONNX schema does not define for the type (Conv in bf16),
+  and operators with a constant the type cannot hold.
+* Shape arithmetic and constant subgraphs (RoPE tables, UV grids, attention scales) stay
+  float32; token counts such as S·P = 7816 are not exact in fp16.
+* Graph inputs and outputs stay float32, so the backends and the host loop are unchanged
+  and the loop's token state is carried in float32 between steps.
+* Constants consumed in the reduced type are converted once (round to nearest even); every
+  other type change is a ``Cast`` node named ``<tensor>::to_<type>``.
+
+The result passes ``onnx.checker`` with strict type inference (:func:`check_typed`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from dvlt_core.export.manifest import ExportError
+
+# Part of the engine cache key: bump when the rules below change what a graph computes.
+MIXED_PRECISION_VERSION = 1
+LOW_PRECISIONS = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+_NUMPY_TYPES = {TensorProto.FLOAT16: np.float16, TensorProto.BFLOAT16: ml_dtypes.bfloat16}
+_TYPE_STRS = {TensorProto.FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)",
+              TensorProto.BFLOAT16: "tensor(bfloat16)"}
+_SHORT = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
+_NORMALISATIONS = frozenset(
+    {"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"}
+)
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+_FP32_SCOPES = (
+    (re.compile(r"^/(ray|depth)_decoder/(head|upsample_blocks|output_block)[./]"), "output head"),
+    (re.compile(r"^/camera_head/"), "camera head"),
+    (re.compile(r"/depth_scale/"), "step gates"),
+    (re.compile(r"^/[^/]+$"), "top-level arithmetic"),
+)
+
+
+@dataclass(frozen=True)
+class MixedPrecisionReport:
+    """What :func:`mixed_precision_model` did to one graph."""
+
+    precision: str
+    reduced_nodes: int
+    fp32_nodes: Counter[str] = field(default_factory=Counter)  # reason -> activation nodes
+    casts: int = 0
+    converted_constants: int = 0
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{n} {reason}" for reason, n in sorted(self.fp32_nodes.items()))
+        return (f"{self.reduced_nodes} nodes in {self.precision}, "
+                f"{sum(self.fp32_nodes.values())} kept in fp32 ({kept or 'none'}), "
+                f"{self.casts} casts, {self.converted_constants} constants converted")
+
+
+def fp32_reason(node: NodeProto, *, fp32_softmax: bool = False) -> str | None:
+    """Why an activation node stays float32 by policy (``None``: it may run in fp16/bf16).
+
+    Node names are the PyTorch module paths the exporter writes (e.g.
+    ``/depth_decoder/output_block/output_block.0/Conv``). Softmax is free by default: TensorRT
+    fuses MatMul-Softmax-MatMul into attention kernels that keep the softmax statistics in
+    float32, and a float32 softmax between casts would break that fusion.
+    """
+    if node.op_type in _NORMALISATIONS:
+        return "normalisation"
+    if node.op_type == "Softmax":
+        return "softmax" if fp32_softmax else None
+    for pattern, reason in _FP32_SCOPES:
+        if pattern.search(node.name):
+            return reason
+    return None
+
+
+def _float_params(schema: onnx.defs.OpSchema) -> dict[str, list[str]]:
+    """Type parameters of ``schema`` that admit float32, with their allowed types."""
+    return {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints
+            if "tensor(float)" in c.allowed_type_strs}
+
+
+def _input_type_str(schema: onnx.defs.OpSchema, index: int) -> str | None:
+    params = schema.inputs
+    if index < len(params):
+        return params[index].type_str
+    variadic = params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+    return params[-1].type_str if variadic else None
+
+
+def _output_type_str(schema: onnx.defs.OpSchema, index: int) -> str | None:
+    params = schema.outputs
+    if index < len(params):
+        return params[index].type_str
+    variadic = params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+    return params[-1].type_str if variadic else None
+
+
+def _convert(array: np.ndarray, elem_type: int) -> np.ndarray:
+    return array.astype(_NUMPY_TYPES[elem_type])
+
+
+def _constant_problem(array: np.ndarray, elem_type: int) -> str | None:
+    """Why converting ``array`` to ``elem_type`` would change what the node computes.
+
+    Any value beyond the type's range is a problem. Underflow counts only for scalars (an
+    epsilon that became 0 can divide by zero); weights of a trained layer always have a few
+    elements below the fp16 subnormals, and flushing those to 0 is harmless.
+    """
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return None
+    info = ml_dtypes.finfo(_NUMPY_TYPES[elem_type])
+    if np.abs(finite).max() > float(info.max):
+        return "constant out of range"
+    if array.size == 1 and 0 < abs(float(finite[0])) < float(info.smallest_subnormal):
+        return "constant underflows"
+    return None
+
+
+class _Rewriter:
+    """One pass over a topologically sorted graph (see :func:`mixed_precision_model`)."""
+
+    def __init__(self, model: ModelProto, low: int, fp32_softmax: bool) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.low = low
+        self.fp32_softmax = fp32_softmax
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          None)
+        if self.opset is None:
+            raise ExportError("the graph imports no default ONNX opset")
+        inferred = onnx.shape_inference.infer_shapes(model)
+        self.types: dict[str, int] = {}
+        for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+            self.types[info.name] = info.type.tensor_type.elem_type
+        self.constants: dict[str, np.ndarray] = {}
+        for init in self.graph.initializer:
+            self.types[init.name] = init.data_type
+            self.constants[init.name] = numpy_helper.to_array(init)
+        for node in self.graph.node:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if node.op_type == "Constant" and value is not None:
+                self.constants[node.output[0]] = numpy_helper.to_array(value)
+        self.current: dict[str, int] = {}  # float tensor -> its type after the rewrite
+        self.casts: dict[tuple[str, int], str] = {}
+        self.converted: dict[str, str] = {}
+        self.new_nodes: list[NodeProto] = []
+        self.new_initializers: list[TensorProto] = []
+        self.report_fp32: Counter[str] = Counter()
+        self.reduced = 0
+        self.output_casts = 0
+
+    def is_float(self, name: str) -> bool:
+        if name not in self.types:
+            raise ExportError(f"cannot infer the type of tensor {name!r}; export the graph again")
+        return self.types[name] == TensorProto.FLOAT
+
+    def type_now(self, name: str) -> int:
+        return self.current.get(name, TensorProto.FLOAT)
+
+    def as_type(self, name: str, elem_type: int) -> str:
+        """``name`` in ``elem_type``: itself, a converted constant, or a (shared) Cast."""
+        if self.type_now(name) == elem_type:
+            return name
+        if elem_type != TensorProto.FLOAT and name in self.constants:
+            if name not in self.converted:
+                new = f"{name}::{_SHORT[elem_type]}"
+                array = _convert(self.constants[name], elem_type)
+                self.new_initializers.append(numpy_helper.from_array(array, new))
+                self.converted[name] = new
+                self.current[new] = elem_type
+            return self.converted[name]
+        key = (name, elem_type)
+        if key not in self.casts:
+            new = f"{name}::to_{_SHORT[elem_type]}"
+            self.new_nodes.append(helper.make_node("Cast", [name], [new], name=new, to=elem_type))
+            self.casts[key] = new
+            self.current[new] = elem_type
+        return self.casts[key]
+
+    def compute_type(self, node: NodeProto, schema: onnx.defs.OpSchema | None) -> int:
+        """The type a node fed by activations computes in, counting why it stays float32."""
+        reason = fp32_reason(node, fp32_softmax=self.fp32_softmax)
+        if reason is None and schema is None:
+            reason = f"{node.op_type} outside the ONNX opset"
+        if reason is None and node.op_type != "Cast":
+            low_str = _TYPE_STRS[self.low]
+            params = _float_params(schema)
+            used = {_input_type_str(schema, i) for i, n in enumerate(node.input) if n}
+            used |= {_output_type_str(schema, i) for i in range(len(node.output))}
+            if any(p in params and low_str not in params[p] for p in used):
+                reason = f"{node.op_type} has no {_SHORT[self.low]} in opset {self.opset}"
+            for i, name in enumerate(node.input):
+                if reason is None and name in self.constants and self.is_float(name) \
+                        and _input_type_str(schema, i) in params:
+                    reason = _constant_problem(self.constants[name], self.low)
+        if reason is not None:
+            self.report_fp32[reason] += 1
+            return TensorProto.FLOAT
+        self.reduced += 1
+        return self.low
+
+    def rewrite(self) -> None:
+        activations = {i.name for i in self.graph.input}
+        for node in self.graph.node:
+            fed = node.op_type not in _SHAPE_OPS and any(n in activations for n in node.input)
+            if fed:
+                activations.update(node.output)
+            try:
+                schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            except onnx.defs.SchemaError:
+                schema = None
+            compute = self.compute_type(node, schema) if fed else TensorProto.FLOAT
+            self.retype(node, schema, compute)
+            self.new_nodes.append(node)
+        self.restore_float_outputs()
+        used = {n for node in self.new_nodes for n in node.input}
+        used |= {o.name for o in self.graph.output}
+        del self.graph.node[:]
+        self.graph.node.extend(n for n in self.new_nodes
+                               if n.op_type != "Constant" or n.output[0] in used)
+        kept = [i for i in self.graph.initializer if i.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept + self.new_initializers)
+        del self.graph.value_info[:]
+
+    def retype(self, node: NodeProto, schema: onnx.defs.OpSchema | None, compute: int) -> None:
+        params = _float_params(schema) if schema is not None else {}
+        if node.op_type != "Cast":
+            for i, name in enumerate(node.input):
+                if name and self.is_float(name):
+                    wanted = compute if _input_type_str(schema, i) in params else TensorProto.FLOAT
+                    node.input[i] = self.as_type(name, wanted)
+        for j, name in enumerate(node.output):
+            if not name or not self.is_float(name):
+                continue
+            if node.op_type == "Cast":
+                to = next(a for a in node.attribute if a.name == "to")
+                to.i = compute
+                self.current[name] = compute
+            elif schema is not None and _output_type_str(schema, j) in params:
+                self.current[name] = compute
+
+    def restore_float_outputs(self) -> None:
+        """Graph outputs stay float32: rename a reduced output and cast it back."""
+        for output in self.graph.output:
+            name = output.name
+            if self.type_now(name) == TensorProto.FLOAT:
+                continue
+            inner = f"{name}::{_SHORT[self.type_now(name)]}"
+            for node in self.new_nodes:
+                node.input[:] = [inner if n == name else n for n in node.input]
+                node.output[:] = [inner if n == name else n for n in node.output]
+            self.new_nodes.append(helper.make_node("Cast", [inner], [name], name=f"{name}::to_fp32",
+                                                   to=TensorProto.FLOAT))
+            self.current[inner] = self.type_now(name)
+            self.current[name] = TensorProto.FLOAT
+            self.output_casts += 1
+
+
+def mixed_precision_model(
+    model: ModelProto, precision: str, *, fp32_softmax: bool = False
+) -> tuple[ModelProto, MixedPrecisionReport]:
+    """A copy of the float32 graph ``model`` computing in ``precision`` (``fp16``/``bf16``)."""
+    if precision not in LOW_PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(LOW_PRECISIONS)}, got {precision!r}")
+    for tensor in (*model.graph.input, *model.graph.output):
+        if tensor.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise ExportError(f"graph input/output {tensor.name!r} is not float32; "
+                              "mixed precision starts from the float32 export")
+    typed = ModelProto()
+    typed.CopyFrom(model)
+    rewriter = _Rewriter(typed, LOW_PRECISIONS[precision], fp32_softmax)
+    rewriter.rewrite()
+    helper.set_model_props(typed, {
+        **{p.key: p.value for p in typed.metadata_props},
+        "dvlt.precision": precision,
+        "dvlt.mixed_precision_version": str(MIXED_PRECISION_VERSION),
+        "dvlt.fp32_softmax": str(fp32_softmax).lower(),
+    })
+    report = MixedPrecisionReport(
+        precision=precision,
+        reduced_nodes=rewriter.reduced,
+        fp32_nodes=rewriter.report_fp32,
+        casts=len(rewriter.casts) + rewriter.output_casts,
+        converted_constants=len(rewriter.converted),
+    )
+    return typed, report
+
+
+def check_typed(model: ModelProto) -> None:
+    """Raise :class:`ExportError` unless ``model`` passes the checker with strict typing."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the mixed-precision graph is not valid ONNX: {exc}") from exc
+
+
+def mixed_precision_bytes(
+    path: str | Path, precision: str, *, fp32_softmax: bool = False
+) -> tuple[bytes, MixedPrecisionReport]:
+    """Serialized, checked mixed-precision graph of the float32 ONNX file at ``path``."""
+    typed, report = mixed_precision_model(onnx.load(str(path)), precision,
+                                          fp32_softmax=fp32_softmax)
+    check_typed(typed)
+    return typed.SerializeToString(), report

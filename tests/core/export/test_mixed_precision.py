@@ -1,0 +1,231 @@
+"""Mixed-precision graphs for strongly typed TensorRT: typing rules, validity and numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from dvlt_core.backends import create_backend
+from dvlt_core.export import ExportError, check_backend, compare_outputs, load_manifest
+from dvlt_core.export.mixed_precision import (
+    MIXED_PRECISION_VERSION,
+    check_typed,
+    mixed_precision_bytes,
+    mixed_precision_model,
+)
+from dvlt_core.export.parity_gate import reference_outputs, sample_images
+from dvlt_core.export.tensorrt_build import layer_policy, typed_graph
+
+FP32, FP16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
+LOW = {"fp16": FP16, "bf16": BF16}
+GRAPHS = ("encoder", "step", "decoder")
+
+
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of ``model`` (strict inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    return types
+
+
+@pytest.fixture(scope="module")
+def typed(small_export):
+    """(graph, precision) -> (typed model, report, tensor types) for the small export."""
+    out = {}
+    for graph in GRAPHS:
+        fp32 = onnx.load(str(small_export.out / f"{graph}.onnx"))
+        for precision in LOW:
+            model, report = mixed_precision_model(fp32, precision)
+            out[graph, precision] = (model, report, _types(model))
+    return out
+
+
+@pytest.mark.parametrize("precision", sorted(LOW))
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_typed_graphs_are_valid_onnx_with_float32_inputs_and_outputs(typed, graph, precision):
+    model, report, _ = typed[graph, precision]
+    check_typed(model)
+    io = (*model.graph.input, *model.graph.output)
+    assert all(t.type.tensor_type.elem_type == FP32 for t in io)
+    assert report.reduced_nodes > 0 and report.casts > 0 and report.fp32_nodes["normalisation"]
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["dvlt.precision"] == precision
+    assert props["dvlt.mixed_precision_version"] == str(MIXED_PRECISION_VERSION)
+
+
+def _out_type(model, types, predicate):
+    return {n.name: types[n.output[0]] for n in model.graph.node if predicate(n)}
+
+
+@pytest.mark.parametrize("precision", sorted(LOW))
+def test_trunk_runs_reduced_while_norms_gates_and_heads_stay_float32(typed, precision):
+    low = LOW[precision]
+    step, _, step_types = typed["step", precision]
+    trunk = _out_type(step, step_types, lambda n: n.op_type == "MatMul")
+    assert trunk and set(trunk.values()) == {low}
+    softmax = _out_type(step, step_types, lambda n: n.op_type == "Softmax")
+    assert softmax and set(softmax.values()) == {low}
+    norms = _out_type(step, step_types, lambda n: n.op_type == "LayerNormalization")
+    assert norms and set(norms.values()) == {FP32}
+    gates = _out_type(step, step_types, lambda n: "/depth_scale/" in n.name
+                      and n.op_type in ("Gemm", "Sin", "Cos", "Sigmoid"))
+    assert gates and set(gates.values()) == {FP32}
+    # Attention scales come from tensor shapes: that arithmetic stays float32.
+    scales = _out_type(step, step_types, lambda n: n.op_type == "Sqrt")
+    assert scales and set(scales.values()) == {FP32}
+
+    decoder, _, dec_types = typed["decoder", precision]
+    head = _out_type(decoder, dec_types, lambda n: n.op_type in ("Conv", "ConvTranspose"))
+    assert head and set(head.values()) == {FP32}
+    exps = _out_type(decoder, dec_types, lambda n: n.op_type == "Exp")
+    assert len(exps) == 2 and set(exps.values()) == {FP32}
+    inorm = _out_type(decoder, dec_types, lambda n: n.op_type == "InstanceNormalization")
+    assert inorm and set(inorm.values()) == {FP32}
+    blocks = _out_type(decoder, dec_types, lambda n: n.op_type == "MatMul" and "/blocks." in n.name)
+    assert blocks and set(blocks.values()) == {low}
+
+
+def test_bf16_keeps_operators_the_schema_lacks_in_float32(typed):
+    encoder, report, types = typed["encoder", "bf16"]
+    assert report.fp32_nodes["Conv has no bf16 in opset 17"] == 1
+    (conv,) = [n for n in encoder.graph.node if n.op_type == "Conv"]
+    assert types[conv.output[0]] == FP32
+    _, fp16_report, fp16_types = typed["encoder", "fp16"]
+    (conv16,) = [n for n in typed["encoder", "fp16"][0].graph.node if n.op_type == "Conv"]
+    assert fp16_types[conv16.output[0]] == FP16 and "Conv" not in str(fp16_report.fp32_nodes)
+
+
+def test_fp32_softmax_keeps_softmax_in_float32(small_export):
+    fp32 = onnx.load(str(small_export.out / "step.onnx"))
+    model, report = mixed_precision_model(fp32, "fp16", fp32_softmax=True)
+    types = _types(model)
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmax and all(types[n.output[0]] == FP32 for n in softmax)
+    assert report.fp32_nodes["softmax"] == len(softmax)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["dvlt.fp32_softmax"] == "true"
+
+
+def _reference_loop(models: dict[str, onnx.ModelProto], images: np.ndarray, plan
+                    ) -> dict[str, np.ndarray]:
+    """Encoder, K steps, decoder on ONNX's reference evaluator, which computes every tensor in
+    exactly its graph type (fp16 with numpy, bf16 with ml_dtypes)."""
+    run = {g: ReferenceEvaluator(m) for g, m in models.items()}
+    (tokens,) = run["encoder"].run(None, {"images": images})
+    for t_now, t_next in plan.t_pairs.tolist():
+        (tokens,) = run["step"].run(None, {"tokens": tokens, "t_now": np.array(t_now, np.float32),
+                                           "t_next": np.array(t_next, np.float32)})
+    names = [o.name for o in models["decoder"].graph.output]
+    return dict(zip(names, run["decoder"].run(None, {"tokens": tokens}), strict=True))
+
+
+def test_typed_graphs_computed_exactly_pass_their_parity_gates(small_export, typed):
+    manifest = load_manifest(small_export.out)
+    plan = manifest.plan(4)
+    images = sample_images(2, 56, 70)
+    reference = reference_outputs(small_export.model, images, 4, "cpu")
+    worst = {}
+    for precision in LOW:
+        models = {g: typed[g, precision][0] for g in GRAPHS}
+        out = _reference_loop(models, images.numpy(), plan)
+        report = compare_outputs(out, {k: v for k, v in reference.items() if k in out},
+                                 precision=precision)
+        assert report.passed, report.table()
+        worst[precision] = max(o.max_abs_error / float(reference[o.name].abs().max())
+                               for o in report.outputs)
+    # The graphs really compute in their types: bf16 (8 mantissa bits) errs more than fp16.
+    assert 1e-4 < worst["fp16"] < worst["bf16"]
+
+
+def test_onnxruntime_backend_runs_the_fp16_graphs(small_export):
+    backend = create_backend("onnxruntime", checkpoint=small_export.out, precision="fp16")
+    assert backend.precision == "fp16"
+    for num_views, K in ((1, 1), (2, 4)):
+        report = check_backend(backend, small_export.model, num_views=num_views, height=56,
+                               width=70, num_steps=K, precision="fp16")
+        assert report.passed, report.table()
+
+
+def _tiny(op: str, constant: float) -> onnx.ModelProto:
+    """x -> op(x, constant) -> y, then y -> Relu -> z; both y and z are graph outputs."""
+    nodes = [
+        helper.make_node(op, ["x", "c"], ["y"], name=f"/block/{op}"),
+        helper.make_node("Relu", ["y"], ["z"], name="/block/Relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", FP32, [2, 3])],
+        [helper.make_tensor_value_info("y", FP32, [2, 3]),
+         helper.make_tensor_value_info("z", FP32, [2, 3])],
+        [numpy_helper.from_array(np.array(constant, np.float32), "c")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    return ReferenceEvaluator(model).run(None, {"x": x})
+
+
+def test_reduced_outputs_are_cast_back_and_internal_uses_follow():
+    model, report = mixed_precision_model(_tiny("Mul", 3.0), "fp16")
+    check_typed(model)
+    types = _types(model)
+    assert types["y"] == FP32 and types["z"] == FP32
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    assert types[relu.input[0]] == FP16 and types[relu.output[0]] == FP16
+    assert report.reduced_nodes == 2 and report.converted_constants == 1
+    x = np.array([[1.0, -2.0, 3.0], [0.1, 0.2, -0.3]], np.float32)
+    y, z = _run(model, x)
+    expected = (x.astype(np.float16).astype(np.float32) * 3).astype(np.float16)
+    np.testing.assert_array_equal(y, expected.astype(np.float32))
+    np.testing.assert_allclose(z, np.maximum(y, 0), rtol=0)
+
+
+@pytest.mark.parametrize(("op", "constant", "precision", "reason"), [
+    ("Mul", 1e5, "fp16", "constant out of range"),
+    ("Add", 1e-9, "fp16", "constant underflows"),
+])
+def test_constants_the_type_cannot_hold_keep_their_node_in_float32(op, constant, precision,
+                                                                   reason):
+    model, report = mixed_precision_model(_tiny(op, constant), precision)
+    assert report.fp32_nodes == {reason: 1}
+    assert _types(model)[model.graph.node[0].output[0]] == FP32
+    x = np.ones((2, 3), np.float32)
+    expected = x * constant if op == "Mul" else x + constant
+    with np.errstate(over="ignore"):  # 1e5 overflows fp16 in the Relu after the Mul
+        y = _run(model, x)[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_bf16_holds_constants_beyond_fp16():
+    _, report = mixed_precision_model(_tiny("Mul", 1e5), "bf16")
+    assert not report.fp32_nodes and report.reduced_nodes == 2
+
+
+def test_bad_requests_are_refused(small_export):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mixed_precision_model(_tiny("Mul", 1.0), "fp8")
+    model = _tiny("Mul", 1.0)
+    model.graph.input[0].type.tensor_type.elem_type = FP16
+    with pytest.raises(ExportError, match="not float32"):
+        mixed_precision_model(model, "fp16")
+    broken, _ = mixed_precision_model(_tiny("Mul", 1.0), "fp16")
+    broken.graph.node[-1].attribute[0].i = TensorProto.INT64  # output Cast now lies about z
+    with pytest.raises(ExportError, match="not valid ONNX"):
+        check_typed(broken)
+
+
+def test_engine_builds_read_typed_bytes_and_key_the_rules_version(small_export):
+    path = small_export.out / "decoder.onnx"
+    data, typing = typed_graph(path, "fp32", False)
+    assert data == path.read_bytes() and typing == "float32 graph"
+    data, typing = typed_graph(path, "bf16", False)
+    assert data == mixed_precision_bytes(path, "bf16")[0]  # deterministic
+    assert "nodes in bf16" in typing and "normalisation" in typing
+    assert layer_policy(False) == f"typed-v{MIXED_PRECISION_VERSION}"
+    assert layer_policy(True) == f"typed-v{MIXED_PRECISION_VERSION}-fp32-softmax"
