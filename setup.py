@@ -53,7 +53,7 @@ EXTRAS = {
     "ros": ROS,
     "bags": ["rosbags>=0.10"],
     "export": ["onnx>=1.16", "onnxruntime>=1.18"],
-    "tensorrt": ["tensorrt>=10.0", "onnx>=1.16"],
+    "tensorrt": ["tensorrt>=10.3", "onnx>=1.16"],
     "train": ["tensorboard>=2.14"],
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "dev": [

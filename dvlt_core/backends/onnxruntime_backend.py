@@ -5,7 +5,8 @@ that folder). Providers: ``cpu`` (default on CPU), ``cuda`` (``onnxruntime-gpu``
 ``tensorrt`` (ONNX Runtime's TensorRT execution provider, which builds and caches its own
 engines). ``fp16``/``bf16`` run the mixed-precision graphs derived from the float32 export
 (:mod:`dvlt_core.export.mixed_precision`); on the CPU provider fp16 is for checking those graphs
-(ONNX Runtime has few fp16 CPU kernels and casts around the rest) and bf16 is refused. Tokens
+(ONNX Runtime has few fp16 CPU kernels and casts around the rest), and bf16 needs the TensorRT
+provider. A session that ONNX Runtime moved to another provider is refused. Tokens
 stay in ONNX Runtime values on the run device between steps (I/O binding), so the loop makes no
 host round trips. K changes per call.
 """
@@ -87,10 +88,11 @@ def provider_chain(
         )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and not on_gpu:
+    if precision == "bf16" and execution_provider != "tensorrt":
         raise ValueError(
-            "ONNX Runtime has no bf16 kernels on the CPU: use precision='fp32' (or 'fp16' to "
-            "check the reduced-precision graphs), or a CUDA/TensorRT provider for bf16"
+            "bf16 with ONNX Runtime needs execution_provider='tensorrt' (the CPU and CUDA "
+            "providers lack bf16 kernels for parts of the graphs): use precision='fp32', or "
+            "'fp16' (on the CPU only to check the reduced-precision graphs)"
         )
     cpu = ("CPUExecutionProvider", {})
     if not on_gpu:
@@ -101,11 +103,11 @@ def provider_chain(
         return [cuda, cpu]
     options: dict[str, Any] = {
         "device_id": device_id,
-        "trt_fp16_enable": precision == "fp16",
-        "trt_bf16_enable": precision == "bf16",
         "trt_engine_cache_enable": cache_dir is not None,
         "trt_timing_cache_enable": cache_dir is not None,
     }
+    if precision != "fp32":  # only then: ONNX Runtime before 1.23 rejects trt_bf16_enable
+        options[f"trt_{precision}_enable"] = True
     if cache_dir is not None:
         options["trt_engine_cache_path"] = str(cache_dir)
         options["trt_timing_cache_path"] = str(cache_dir)
@@ -117,6 +119,21 @@ def provider_chain(
     if "CUDAExecutionProvider" in available:
         providers.append(cuda)
     return [*providers, cpu]
+
+
+def check_provider(session: Any, wanted: str, graph: str) -> None:
+    """Raise if ONNX Runtime fell back from ``wanted`` to another provider for ``graph``.
+
+    ONNX Runtime prints an "EP Error" and silently retries with the remaining providers when
+    the first one fails to initialise (a bad option, a missing library, an engine build error).
+    """
+    used = session.get_providers()
+    if not used or used[0] != wanted:
+        raise RuntimeError(
+            f"ONNX Runtime could not use {wanted} for {graph} (it runs on {', '.join(used)}); "
+            "see the ONNX Runtime error printed above, check the onnxruntime-gpu, CUDA and "
+            "TensorRT installation, or choose another execution_provider"
+        )
 
 
 class OnnxRuntimeBackend(InferenceBackend):
@@ -142,8 +159,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         provider = execution_provider or ("cuda" if self._device.type == "cuda" else "cpu")
         self.execution_provider = provider
         self._ort_device = ("cuda", self._device.index or 0) if provider != "cpu" else ("cpu", 0)
-        cache = Path(trt_cache_dir) if trt_cache_dir else self.manifest.root / "ort_trt_cache"
-        cache = cache / precision  # the provider's own cache names do not tell precisions apart
+        cache_root = Path(trt_cache_dir) if trt_cache_dir else self.manifest.root / "ort_trt_cache"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -154,12 +170,19 @@ class OnnxRuntimeBackend(InferenceBackend):
             views = self.manifest.views
             profiles = {dynamic_input: tuple((1, s, *shape) for s in (views.min, views.opt,
                                                                        views.max))}
+            # The TensorRT provider names its cached engines after tensor names only, so each
+            # graph content and precision gets its own folder (created here: it makes one level).
+            cache = cache_root / precision / graph.sha256[:16]
+            if provider == "tensorrt":
+                cache.mkdir(parents=True, exist_ok=True)
             providers = provider_chain(provider, device=self._device, precision=precision,
                                        available=available, profiles=profiles, cache_dir=cache)
             names = [p for p, _ in providers]
             opts = [o for _, o in providers]
-            return ort.InferenceSession(self._graph_source(graph), options,
-                                        providers=names, provider_options=opts)
+            created = ort.InferenceSession(self._graph_source(graph), options,
+                                           providers=names, provider_options=opts)
+            check_provider(created, names[0], graph.file)
+            return created
 
         m = self.manifest
         token_shape = (m.num_tokens, m.embed_dim)

@@ -7,10 +7,11 @@ number of views S, so the stages exchange no host copies. A step reads the token
 writes a second one, which is copied back on the device (one copy of the tokens per step):
 every engine keeps a single binding per S, so a step captured into a CUDA graph never runs
 with addresses rebound after its capture. The step times are written into two device scalars
-before each step, so K changes per call without a rebuild. With ``cuda_graphs=True`` each
-block's step (engine and copy) is captured once per S and replayed, which removes the
-per-step launch overhead. Stage times come from CUDA events, so timing does not stall the
-loop.
+before each step, so K changes per call without a rebuild. The engines run in turn on one
+stream, so they share one activation buffer (the largest any of them needs) instead of
+holding one each. With ``cuda_graphs=True`` each block's step (engine and copy) is captured
+once per S and replayed, which removes the per-step launch overhead. Stage times come from
+CUDA events, so timing does not stall the loop.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ class _Engine:
                 f"TensorRT could not deserialise the {name} engine; delete the engine cache "
                 "folder and let it rebuild"
             )
-        self.context = self.engine.create_execution_context()
+        # Activation memory comes from the backend, shared by all engines (they run in turn).
+        self.context = self.engine.create_execution_context(
+            trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for the {name} "
+                               "engine; free GPU memory or use fewer views")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
@@ -73,13 +79,20 @@ class _Engine:
             if name in self.inputs and not self.context.set_input_shape(name, tuple(tensor.shape)):
                 raise RuntimeError(f"{self.name}: shape {tuple(tensor.shape)} of {name} is "
                                    "outside the engine's profile")
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            if name in self.outputs and self.output_shape(name) != tuple(tensor.shape):
+                raise RuntimeError(f"{self.name}: output {name} has shape "
+                                   f"{self.output_shape(name)}, its buffer {tuple(tensor.shape)}")
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise RuntimeError(f"{self.name}: TensorRT refused the address of {name}")
 
     @property
     def device_memory_bytes(self) -> int:
         """Activation memory the context needs at the largest profile shape."""
-        size = getattr(self.engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
-        return int(self.engine.device_memory_size if size is None else size)
+        return int(self.engine.device_memory_size_v2)
+
+    def use_memory(self, buffer: torch.Tensor) -> None:
+        """Run on ``buffer`` (at least :attr:`device_memory_bytes` bytes) as activation memory."""
+        self.context.set_device_memory(buffer.data_ptr(), buffer.numel() * buffer.element_size())
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.context.get_tensor_shape(name))
@@ -149,6 +162,11 @@ class TensorRTBackend(InferenceBackend):
             loaded = {name: _Engine(trt, self._runtime, data, name)
                       for name, (_, data) in engines.items()}
             self._stream = torch.cuda.Stream(self._device)
+            scratch = max(e.device_memory_bytes for e in loaded.values())
+            self._activations = torch.empty(max(scratch, 1), dtype=torch.uint8,
+                                            device=self._device)
+            for engine in loaded.values():
+                engine.use_memory(self._activations)
         m = self.manifest
         self._encoder = loaded[graph_name(m.encoder)]
         self._steps = {block: loaded[graph_name(g)] for block, g in m.steps.items()}
@@ -168,10 +186,12 @@ class TensorRTBackend(InferenceBackend):
         return self.manifest.model_config.default_num_steps
 
     def memory_report(self) -> dict[str, int]:
-        """Bytes of activation memory per engine (``<graph>``) at the largest S."""
+        """Bytes of activation memory per engine (``<graph>``) at the largest S, and
+        ``shared``: the one buffer all engines run on (the largest of them)."""
         engines = {"encoder": self._encoder, "decoder": self._decoder}
         engines.update({f"step{block}": e for block, e in self._steps.items()})
-        return {name: e.device_memory_bytes for name, e in engines.items()}
+        report = {name: e.device_memory_bytes for name, e in engines.items()}
+        return {**report, "shared": self._activations.numel()}
 
     def _state_for(self, num_views: int) -> _ViewState:
         """Buffers for ``num_views``, bound to every engine (once per S)."""
@@ -218,7 +238,7 @@ class TensorRTBackend(InferenceBackend):
         graph = torch.cuda.CUDAGraph()
         try:
             self._stream.synchronize()
-            with torch.cuda.graph(graph, stream=self._stream):
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
                 self._step(state, block)
         except RuntimeError as exc:
             warnings.warn(
@@ -235,6 +255,8 @@ class TensorRTBackend(InferenceBackend):
         num_views = self.manifest.check_images(images)
         plan = self.manifest.plan(num_steps)
         start = time.perf_counter()
+        # CUDA images may still be written on the caller's stream.
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             state = self._state_for(num_views)
             state.images.copy_(images.to(torch.float32), non_blocking=False)

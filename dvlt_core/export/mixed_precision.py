@@ -5,20 +5,23 @@ runs in the type the ONNX graph gives it, and the fp16/bf16 builder flags are go
 precision has to be written into the graph. :func:`mixed_precision_model` derives it from the
 float32 export, deterministically, so one export serves every precision:
 
-* Activation nodes (those fed, through any chain of operators, by a graph input) run in the
-  reduced type, except the numerically sensitive ones listed by :func:`fp32_reason`:
-  normalisation, the step gates' MLP, the decoders' output stages, the camera head and the
-  final exp/unprojection arithmetic (the parts the PyTorch precision policy keeps in float32),
-  softmax on request, operators the ONNX schema does not define for the type (Conv in bf16),
-  and operators with a constant the type cannot hold.
+* Activation nodes (those fed, through any chain of operators other than ``Shape``/``Size``,
+  by a graph input) run in the reduced type, except those :func:`fp32_reason` keeps in float32
+  (normalisation, the step gates' MLP, the decoders' float32 regions after their last norm,
+  the camera head, the top-level arithmetic: the parts the PyTorch precision policy keeps in
+  float32; softmax on request), ``Cast`` nodes (an explicit ``.float()`` stays float32, and an
+  integer cast to float keeps its integers exact), operators the ONNX schema does not define
+  for the type (Conv in bf16), and operators with a constant the type cannot hold.
 * Shape arithmetic and constant subgraphs (RoPE tables, UV grids, attention scales) stay
-  float32; token counts such as S·P = 7816 are not exact in fp16.
+  float32; token counts such as S·P = 7816 are not exact in fp16. Where such a value feeds a
+  reduced node it is cast at run time; in the DVLT graphs these values are at most about 11.
 * Graph inputs and outputs stay float32, so the backends and the host loop are unchanged
   and the loop's token state is carried in float32 between steps.
 * Constants consumed in the reduced type are converted once (round to nearest even); every
   other type change is a ``Cast`` node named ``<tensor>::to_<type>``.
 
-The result passes ``onnx.checker`` with strict type inference (:func:`check_typed`).
+The result passes ``onnx.checker`` with strict type inference and has unique node names
+(:func:`check_typed`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from dvlt_core.export.manifest import ExportError
 
 # Part of the engine cache key: bump when the rules below change what a graph computes.
-MIXED_PRECISION_VERSION = 1
+MIXED_PRECISION_VERSION = 2
 LOW_PRECISIONS = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _NUMPY_TYPES = {TensorProto.FLOAT16: np.float16, TensorProto.BFLOAT16: ml_dtypes.bfloat16}
 _TYPE_STRS = {TensorProto.FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)",
@@ -47,7 +50,9 @@ _NORMALISATIONS = frozenset(
 )
 _SHAPE_OPS = frozenset({"Shape", "Size"})
 _FP32_SCOPES = (
-    (re.compile(r"^/(ray|depth)_decoder/(head|upsample_blocks|output_block)[./]"), "output head"),
+    # Everything of a decoder after its transformer blocks: norm, head, pixel shuffle, UV
+    # concatenation, upsampling and output convolutions (the model's float32_region).
+    (re.compile(r"^/(ray|depth)_decoder/(?!blocks\.|proj_in/)"), "output head"),
     (re.compile(r"^/camera_head/"), "camera head"),
     (re.compile(r"/depth_scale/"), "step gates"),
     (re.compile(r"^/[^/]+$"), "top-level arithmetic"),
@@ -95,41 +100,43 @@ def _float_params(schema: onnx.defs.OpSchema) -> dict[str, list[str]]:
             if "tensor(float)" in c.allowed_type_strs}
 
 
-def _input_type_str(schema: onnx.defs.OpSchema, index: int) -> str | None:
-    params = schema.inputs
+def _type_str(params: list[onnx.defs.OpSchema.FormalParameter], index: int) -> str | None:
+    """Type string of the formal parameter at ``index`` (the last one if it is variadic)."""
     if index < len(params):
         return params[index].type_str
     variadic = params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
     return params[-1].type_str if variadic else None
-
-
-def _output_type_str(schema: onnx.defs.OpSchema, index: int) -> str | None:
-    params = schema.outputs
-    if index < len(params):
-        return params[index].type_str
-    variadic = params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
-    return params[-1].type_str if variadic else None
-
-
-def _convert(array: np.ndarray, elem_type: int) -> np.ndarray:
-    return array.astype(_NUMPY_TYPES[elem_type])
 
 
 def _constant_problem(array: np.ndarray, elem_type: int) -> str | None:
     """Why converting ``array`` to ``elem_type`` would change what the node computes.
 
-    Any value beyond the type's range is a problem. Underflow counts only for scalars (an
-    epsilon that became 0 can divide by zero); weights of a trained layer always have a few
-    elements below the fp16 subnormals, and flushing those to 0 is harmless.
+    Any value beyond the type's range is a problem. Below the smallest normal number
+    (6.1e-5 in fp16) values lose precision or vanish: that matters for scalars and vectors made
+    mostly of such values (an epsilon whose reciprocal would overflow, a LayerScale of 1e-5),
+    not for weight matrices, of which a trained layer always has a few tiny elements.
     """
-    finite = array[np.isfinite(array)]
+    finite = np.abs(array[np.isfinite(array)].astype(np.float64))
     if finite.size == 0:
         return None
     info = ml_dtypes.finfo(_NUMPY_TYPES[elem_type])
-    if np.abs(finite).max() > float(info.max):
+    if finite.max() > float(info.max):
         return "constant out of range"
-    if array.size == 1 and 0 < abs(float(finite[0])) < float(info.smallest_subnormal):
+    nonzero = finite[finite != 0]
+    if array.ndim <= 1 and nonzero.size and np.median(nonzero) < float(info.tiny):
         return "constant underflows"
+    return None
+
+
+def _constant_value(node: NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node given as a tensor, float or list of floats."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, np.float32)
+        if attr.name == "value_floats":
+            return np.array(attr.floats, np.float32)
     return None
 
 
@@ -137,7 +144,6 @@ class _Rewriter:
     """One pass over a topologically sorted graph (see :func:`mixed_precision_model`)."""
 
     def __init__(self, model: ModelProto, low: int, fp32_softmax: bool) -> None:
-        self.model = model
         self.graph = model.graph
         self.low = low
         self.fp32_softmax = fp32_softmax
@@ -154,9 +160,9 @@ class _Rewriter:
             self.types[init.name] = init.data_type
             self.constants[init.name] = numpy_helper.to_array(init)
         for node in self.graph.node:
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if node.op_type == "Constant" and value is not None:
-                self.constants[node.output[0]] = numpy_helper.to_array(value)
+            value = _constant_value(node) if node.op_type == "Constant" else None
+            if value is not None:
+                self.constants[node.output[0]] = value
         self.current: dict[str, int] = {}  # float tensor -> its type after the rewrite
         self.casts: dict[tuple[str, int], str] = {}
         self.converted: dict[str, str] = {}
@@ -181,7 +187,7 @@ class _Rewriter:
         if elem_type != TensorProto.FLOAT and name in self.constants:
             if name not in self.converted:
                 new = f"{name}::{_SHORT[elem_type]}"
-                array = _convert(self.constants[name], elem_type)
+                array = self.constants[name].astype(_NUMPY_TYPES[elem_type])
                 self.new_initializers.append(numpy_helper.from_array(array, new))
                 self.converted[name] = new
                 self.current[new] = elem_type
@@ -199,16 +205,16 @@ class _Rewriter:
         reason = fp32_reason(node, fp32_softmax=self.fp32_softmax)
         if reason is None and schema is None:
             reason = f"{node.op_type} outside the ONNX opset"
-        if reason is None and node.op_type != "Cast":
+        if reason is None:
             low_str = _TYPE_STRS[self.low]
             params = _float_params(schema)
-            used = {_input_type_str(schema, i) for i, n in enumerate(node.input) if n}
-            used |= {_output_type_str(schema, i) for i in range(len(node.output))}
+            used = {_type_str(schema.inputs, i) for i, n in enumerate(node.input) if n}
+            used |= {_type_str(schema.outputs, i) for i in range(len(node.output))}
             if any(p in params and low_str not in params[p] for p in used):
                 reason = f"{node.op_type} has no {_SHORT[self.low]} in opset {self.opset}"
             for i, name in enumerate(node.input):
                 if reason is None and name in self.constants and self.is_float(name) \
-                        and _input_type_str(schema, i) in params:
+                        and _type_str(schema.inputs, i) in params:
                     reason = _constant_problem(self.constants[name], self.low)
         if reason is not None:
             self.report_fp32[reason] += 1
@@ -226,8 +232,16 @@ class _Rewriter:
                 schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
             except onnx.defs.SchemaError:
                 schema = None
-            compute = self.compute_type(node, schema) if fed else TensorProto.FLOAT
-            self.retype(node, schema, compute)
+            if node.op_type == "Cast":
+                # Its target type stays: an explicit .float() marks a float32 region, and
+                # integers cast to float stay exact.
+                if fed and self.is_float(node.output[0]):
+                    self.report_fp32["explicit float32 cast"] += 1
+            elif fed:
+                self.retype_inputs(node, schema, self.compute_type(node, schema))
+            else:
+                self.retype_inputs(node, schema, TensorProto.FLOAT)
+            self.type_outputs(node, schema)
             self.new_nodes.append(node)
         self.restore_float_outputs()
         used = {n for node in self.new_nodes for n in node.input}
@@ -240,22 +254,32 @@ class _Rewriter:
         self.graph.initializer.extend(kept + self.new_initializers)
         del self.graph.value_info[:]
 
-    def retype(self, node: NodeProto, schema: onnx.defs.OpSchema | None, compute: int) -> None:
+    def retype_inputs(self, node: NodeProto, schema: onnx.defs.OpSchema | None,
+                      compute: int) -> None:
+        """Give every float input whose type parameter admits float the compute type."""
+        if node.op_type in _SHAPE_OPS:
+            return  # the shape of a reduced tensor needs no cast
         params = _float_params(schema) if schema is not None else {}
-        if node.op_type != "Cast":
-            for i, name in enumerate(node.input):
-                if name and self.is_float(name):
-                    wanted = compute if _input_type_str(schema, i) in params else TensorProto.FLOAT
-                    node.input[i] = self.as_type(name, wanted)
-        for j, name in enumerate(node.output):
-            if not name or not self.is_float(name):
-                continue
-            if node.op_type == "Cast":
-                to = next(a for a in node.attribute if a.name == "to")
-                to.i = compute
-                self.current[name] = compute
-            elif schema is not None and _output_type_str(schema, j) in params:
-                self.current[name] = compute
+        inputs = schema.inputs if schema is not None else []
+        for i, name in enumerate(node.input):
+            if name and self.is_float(name):
+                wanted = compute if _type_str(inputs, i) in params else TensorProto.FLOAT
+                node.input[i] = self.as_type(name, wanted)
+
+    def type_outputs(self, node: NodeProto, schema: onnx.defs.OpSchema | None) -> None:
+        """Record the output types ONNX type inference gives the (retyped) node, so operators
+        typed by an attribute (ConstantOfShape, EyeLike, ...) keep theirs."""
+        floats = [n for n in node.output if n and self.is_float(n)]
+        if not floats:
+            return
+        if schema is None:
+            return  # an operator outside the opset keeps float32 outputs
+        given = {n: helper.make_tensor_type_proto(self.current.get(n) or self.types[n], None)
+                 for n in node.input if n}
+        inferred = onnx.shape_inference.infer_node_outputs(schema, node, given)
+        for name in floats:
+            if name in inferred:
+                self.current[name] = inferred[name].tensor_type.elem_type
 
     def restore_float_outputs(self) -> None:
         """Graph outputs stay float32: rename a reduced output and cast it back."""
@@ -267,7 +291,8 @@ class _Rewriter:
             for node in self.new_nodes:
                 node.input[:] = [inner if n == name else n for n in node.input]
                 node.output[:] = [inner if n == name else n for n in node.output]
-            self.new_nodes.append(helper.make_node("Cast", [inner], [name], name=f"{name}::to_fp32",
+            self.new_nodes.append(helper.make_node("Cast", [inner], [name],
+                                                   name=f"{name}::output_to_fp32",
                                                    to=TensorProto.FLOAT))
             self.current[inner] = self.type_now(name)
             self.current[name] = TensorProto.FLOAT
@@ -280,10 +305,7 @@ def mixed_precision_model(
     """A copy of the float32 graph ``model`` computing in ``precision`` (``fp16``/``bf16``)."""
     if precision not in LOW_PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(LOW_PRECISIONS)}, got {precision!r}")
-    for tensor in (*model.graph.input, *model.graph.output):
-        if tensor.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise ExportError(f"graph input/output {tensor.name!r} is not float32; "
-                              "mixed precision starts from the float32 export")
+    _check_source(model)
     typed = ModelProto()
     typed.CopyFrom(model)
     rewriter = _Rewriter(typed, LOW_PRECISIONS[precision], fp32_softmax)
@@ -304,12 +326,38 @@ def mixed_precision_model(
     return typed, report
 
 
+def _check_source(model: ModelProto) -> None:
+    """Refuse graphs the rewrite does not handle, with the reason."""
+    graph = model.graph
+    if any(p.key == "dvlt.precision" for p in model.metadata_props):
+        raise ExportError("the graph is already a mixed-precision graph; start from the "
+                          "float32 export")
+    for tensor in (*graph.input, *graph.output):
+        if tensor.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise ExportError(f"graph input/output {tensor.name!r} is not float32; "
+                              "mixed precision starts from the float32 export")
+    overridable = {i.name for i in graph.initializer} & {i.name for i in graph.input}
+    if overridable:
+        raise ExportError(f"initializers listed as graph inputs ({', '.join(sorted(overridable))})"
+                          " are not supported; export without keep_initializers_as_inputs")
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            raise ExportError(f"node {node.name or node.op_type!r} has a subgraph; the DVLT "
+                              "export has none (check_graph refuses control flow)")
+
+
 def check_typed(model: ModelProto) -> None:
-    """Raise :class:`ExportError` unless ``model`` passes the checker with strict typing."""
+    """Raise :class:`ExportError` unless ``model`` passes the checker with strict typing and
+    names every node differently (ONNX Runtime refuses duplicates; the checker does not)."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the mixed-precision graph is not valid ONNX: {exc}") from exc
+    names = Counter(n.name for n in model.graph.node if n.name)
+    duplicated = sorted(name for name, count in names.items() if count > 1)
+    if duplicated:
+        raise ExportError(f"the mixed-precision graph names several nodes {duplicated[0]!r}")
 
 
 def mixed_precision_bytes(

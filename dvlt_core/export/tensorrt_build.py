@@ -39,6 +39,8 @@ from dvlt_core.export.engine_cache import (
 from dvlt_core.export.manifest import VIEW_AXIS, ExportManifest, GraphFile, ViewRange
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
+# 10.3 (JetPack 6.1) has every call used here, e.g. IExecutionContext.set_device_memory.
+MIN_TENSORRT = (10, 3)
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -50,7 +52,7 @@ class EngineBuildError(RuntimeError):
 
 
 def import_tensorrt() -> ModuleType:
-    """Import ``tensorrt`` (10.x or newer) or raise :class:`TensorRTUnavailableError` saying how."""
+    """Import ``tensorrt`` (10.3 or newer) or raise :class:`TensorRTUnavailableError` saying how."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -59,28 +61,33 @@ def import_tensorrt() -> ModuleType:
             "'dvlt_ros[tensorrt]') on a machine with an NVIDIA GPU, or on Jetson use JetPack's "
             "python3-libnvinfer; otherwise choose the 'torch' or 'onnxruntime' backend"
         ) from exc
-    major = int(trt.__version__.split(".")[0])
-    if major < 10:
+    if tuple(int(p) for p in trt.__version__.split(".")[:2]) < MIN_TENSORRT:
         raise TensorRTUnavailableError(
-            f"TensorRT {trt.__version__} is too old: the DVLT engines need TensorRT 10 or newer"
+            f"TensorRT {trt.__version__} is too old: the DVLT engines need TensorRT "
+            f"{'.'.join(map(str, MIN_TENSORRT))} or newer (JetPack 6.1+ on Jetson)"
         )
     return trt
 
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """What an engine is specific to: ``name`` holds the model name, SM count and memory,
+    because modules such as the Jetson Orin family share name and compute capability."""
+
     name: str
     compute_capability: str
 
 
 def current_gpu(device: torch.device | str = "cuda") -> GpuInfo:
-    """Name and compute capability of a CUDA device (raises if there is none)."""
+    """Identity and compute capability of a CUDA device (raises if there is none)."""
     if not torch.cuda.is_available():
         raise TensorRTUnavailableError(
             "TensorRT engines need a CUDA GPU, but torch.cuda.is_available() is False"
         )
     props = torch.cuda.get_device_properties(torch.device(device))
-    return GpuInfo(props.name, f"{props.major}.{props.minor}")
+    gib = round(props.total_memory / (1 << 30))
+    name = f"{props.name} ({props.multi_processor_count} SMs, {gib} GiB)"
+    return GpuInfo(name, f"{props.major}.{props.minor}")
 
 
 def graph_name(graph: GraphFile) -> str:
@@ -170,8 +177,11 @@ class BuildProgress:
             return
         prefix = f"[{self.label}] " if self.label else ""
         out = self.stream or sys.stderr
-        out.write(f"{prefix}{'  ' * depth}{text}\n")
-        out.flush()
+        try:
+            out.write(f"{prefix}{'  ' * depth}{text}\n")
+            out.flush()
+        except (OSError, ValueError):  # a closed or broken stream must not cancel the build
+            pass
 
     def note(self, text: str) -> None:
         """Print a top-level line (build settings, results)."""
@@ -280,21 +290,35 @@ def build_engine(
         if any(d < 0 for d in shape):
             profile.set_shape(tensor.name, *profile_shapes(shape, views))
     config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    _attach_timing_cache(config, timing_cache, progress)
     monitor = progress_monitor(trt, progress) if progress is not None else None
     if monitor is not None:
         config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
+        if progress is not None and progress.cancelled:
+            raise EngineBuildError(f"the build of {onnx_path.name} was cancelled")
         raise EngineBuildError(
             f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above); "
             "try another precision or a larger --workspace-gb"
         )
-    if timing_cache is not None:
-        data = bytes(config.get_timing_cache().serialize())
+    cache = config.get_timing_cache() if timing_cache is not None else None
+    if cache is not None:
+        data = bytes(cache.serialize())
         write_atomic(timing_cache, lambda p: p.write_bytes(data))
     return bytes(serialized)
+
+
+def _attach_timing_cache(config: Any, path: Path | None, progress: BuildProgress | None) -> None:
+    """Use the timing cache at ``path``; start an empty one if TensorRT rejects the file
+    (another GPU or TensorRT build wrote it), so a bad cache never blocks a build."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    if progress is not None:
+        progress.note(f"timing cache {path} does not fit this GPU/TensorRT; starting anew")
+    config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
 def ensure_engine(

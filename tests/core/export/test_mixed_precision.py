@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -88,6 +90,14 @@ def test_trunk_runs_reduced_while_norms_gates_and_heads_stay_float32(typed, prec
     assert inorm and set(inorm.values()) == {FP32}
     blocks = _out_type(decoder, dec_types, lambda n: n.op_type == "MatMul" and "/blocks." in n.name)
     assert blocks and set(blocks.values()) == {low}
+    # The decoders' float32 region starts at their final norm: pixel shuffle, UV concatenation
+    # and upsampling included, as in the model's float32_region.
+    glue = _out_type(decoder, dec_types, lambda n: n.op_type in ("DepthToSpace", "Resize", "Slice")
+                     and n.name.startswith(("/ray_decoder/", "/depth_decoder/"))
+                     and "/blocks." not in n.name)
+    glue = {name: t for name, t in glue.items() if t != TensorProto.INT64}  # not shape slices
+    assert {"DepthToSpace", "Resize", "Slice"} <= {n.split("/")[-1].split("_")[0] for n in glue}
+    assert set(glue.values()) == {FP32}
 
 
 def test_bf16_keeps_operators_the_schema_lacks_in_float32(typed):
@@ -98,6 +108,14 @@ def test_bf16_keeps_operators_the_schema_lacks_in_float32(typed):
     _, fp16_report, fp16_types = typed["encoder", "fp16"]
     (conv16,) = [n for n in typed["encoder", "fp16"][0].graph.node if n.op_type == "Conv"]
     assert fp16_types[conv16.output[0]] == FP16 and "Conv" not in str(fp16_report.fp32_nodes)
+
+
+def test_rays_come_out_of_a_float32_head_unrounded(small_export, typed):
+    decoder = typed["decoder", "bf16"][0]
+    tokens = np.random.default_rng(0).standard_normal((1, 2, 25, 384)).astype(np.float32)
+    (rays,) = ReferenceEvaluator(decoder).run(["rays"], {"tokens": tokens})
+    rounded = rays.astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.mean(rounded != rays) > 0.5  # not bf16 values in float32 clothing
 
 
 def test_fp32_softmax_keeps_softmax_in_float32(small_export):
@@ -189,13 +207,15 @@ def test_reduced_outputs_are_cast_back_and_internal_uses_follow():
 @pytest.mark.parametrize(("op", "constant", "precision", "reason"), [
     ("Mul", 1e5, "fp16", "constant out of range"),
     ("Add", 1e-9, "fp16", "constant underflows"),
+    ("Add", 1e-6, "fp16", "constant underflows"),  # 1 / (0 + 1e-6) would overflow fp16
+    ("Add", 1e-39, "bf16", "constant underflows"),
 ])
 def test_constants_the_type_cannot_hold_keep_their_node_in_float32(op, constant, precision,
                                                                    reason):
     model, report = mixed_precision_model(_tiny(op, constant), precision)
     assert report.fp32_nodes == {reason: 1}
     assert _types(model)[model.graph.node[0].output[0]] == FP32
-    x = np.ones((2, 3), np.float32)
+    x = np.zeros((2, 3), np.float32) if op == "Add" else np.ones((2, 3), np.float32)
     expected = x * constant if op == "Mul" else x + constant
     with np.errstate(over="ignore"):  # 1e5 overflows fp16 in the Relu after the Mul
         y = _run(model, x)[0]
@@ -207,6 +227,67 @@ def test_bf16_holds_constants_beyond_fp16():
     assert not report.fp32_nodes and report.reduced_nodes == 2
 
 
+def _graph(nodes, inputs, outputs, initializers=(), opset=17, domains=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    imports = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in domains)]
+    return helper.make_model(graph, opset_imports=imports)
+
+
+def _info(name, elem=FP32, shape=(2, 3)):
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def test_value_float_constants_are_checked_like_tensor_constants():
+    c = helper.make_node("Constant", [], ["c"], name="/c", value_float=1e5)
+    model = _graph([c, helper.make_node("Mul", ["x", "c"], ["y"], name="/block/Mul")],
+                   [_info("x")], [_info("y")])
+    typed, report = mixed_precision_model(model, "fp16")
+    assert report.fp32_nodes == {"constant out of range": 1}
+    np.testing.assert_allclose(_run(typed, np.ones((2, 3), np.float32))[0], 1e5)
+
+
+def test_a_reduced_output_also_read_in_float32_gets_uniquely_named_casts():
+    nodes = [helper.make_node("Mul", ["x", "x"], ["y"], name="/block/Mul"),
+             helper.make_node("Sigmoid", ["y"], ["z"], name="/camera_head/Sigmoid")]
+    typed, _ = mixed_precision_model(_graph(nodes, [_info("x")], [_info("y"), _info("z")]),
+                                     "fp16")
+    check_typed(typed)
+    names = [n.name for n in typed.graph.node]
+    assert len(names) == len(set(names))
+    x = np.full((2, 3), 0.5, np.float32)
+    session = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, z = session.run(None, {"x": x})
+    np.testing.assert_allclose(z, 1 / (1 + np.exp(-y)), rtol=1e-6)
+
+
+def test_attribute_typed_outputs_and_integer_casts_keep_their_types():
+    nodes = [
+        helper.make_node("EyeLike", ["x"], ["eye"], name="/block/EyeLike", dtype=FP32),
+        helper.make_node("Add", ["x", "eye"], ["y"], name="/block/Add"),
+        helper.make_node("ArgMax", ["x"], ["index"], name="/block/ArgMax", axis=1),
+        helper.make_node("Cast", ["index"], ["index_f"], name="/block/Cast", to=FP32),
+        helper.make_node("Mul", ["index_f", "index_f"], ["z"], name="/block/Mul"),
+    ]
+    model = _graph(nodes, [_info("x", shape=(2, 3))], [_info("y"), _info("z", shape=(2, 1))])
+    typed, report = mixed_precision_model(model, "fp16")
+    check_typed(typed)
+    types = _types(typed)
+    assert types["eye"] == FP32 and types["index_f"] == FP32
+    assert report.fp32_nodes["explicit float32 cast"] == 1
+
+
+def test_operators_outside_the_opset_stay_float32():
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"], name="/block/Mul"),
+             helper.make_node("Custom", ["a"], ["b"], name="/block/Custom", domain="vendor"),
+             helper.make_node("Relu", ["b"], ["y"], name="/block/Relu")]
+    model = _graph(nodes, [_info("x")], [_info("y")], domains=["vendor"])
+    model.graph.value_info.append(_info("b"))
+    typed, report = mixed_precision_model(model, "fp16")
+    assert report.fp32_nodes == {"Custom outside the ONNX opset": 1}
+    custom = next(n for n in typed.graph.node if n.op_type == "Custom")
+    assert custom.input[0] == "a::to_fp32"
+
+
 def test_bad_requests_are_refused(small_export):
     with pytest.raises(ValueError, match="precision must be one of"):
         mixed_precision_model(_tiny("Mul", 1.0), "fp8")
@@ -214,10 +295,30 @@ def test_bad_requests_are_refused(small_export):
     model.graph.input[0].type.tensor_type.elem_type = FP16
     with pytest.raises(ExportError, match="not float32"):
         mixed_precision_model(model, "fp16")
+    typed, _ = mixed_precision_model(_tiny("Mul", 1.0), "fp16")
+    with pytest.raises(ExportError, match="already a mixed-precision graph"):
+        mixed_precision_model(typed, "bf16")
+    overridable = _tiny("Mul", 1.0)
+    overridable.graph.input.append(_info("c", shape=()))
+    with pytest.raises(ExportError, match=r"initializers listed as graph inputs \(c\)"):
+        mixed_precision_model(overridable, "fp16")
+    branch = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "then", [], [_info("r")])
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+             helper.make_node("Greater", ["m", "c"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], name="/if", then_branch=branch,
+                              else_branch=branch)]
+    model = _graph(nodes, [_info("x")], [_info("y")],
+                   [numpy_helper.from_array(np.array(0.0, np.float32), "c")])
+    with pytest.raises(ExportError, match="'/if' has a subgraph"):
+        mixed_precision_model(model, "fp16")
     broken, _ = mixed_precision_model(_tiny("Mul", 1.0), "fp16")
     broken.graph.node[-1].attribute[0].i = TensorProto.INT64  # output Cast now lies about z
     with pytest.raises(ExportError, match="not valid ONNX"):
         check_typed(broken)
+    twice, _ = mixed_precision_model(_tiny("Mul", 1.0), "fp16")
+    twice.graph.node[1].name = twice.graph.node[0].name
+    with pytest.raises(ExportError, match="names several nodes"):
+        check_typed(twice)
 
 
 def test_engine_builds_read_typed_bytes_and_key_the_rules_version(small_export):

@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from dvlt_core.backends import InferenceBackend, create_backend
-from dvlt_core.backends.onnxruntime_backend import OnnxRuntimeBackend, provider_chain
+from dvlt_core.backends.onnxruntime_backend import (
+    OnnxRuntimeBackend,
+    check_provider,
+    provider_chain,
+)
 from dvlt_core.export import (
     ONNX_FP32,
     ExportError,
@@ -159,7 +163,7 @@ def test_backend_refuses_inputs_the_export_does_not_cover(backend):
 def test_backend_options_are_checked(small_export):
     with pytest.raises(ValueError, match="runs an export folder"):
         create_backend("onnxruntime")
-    with pytest.raises(ValueError, match="no bf16 kernels on the CPU"):
+    with pytest.raises(ValueError, match="bf16 with ONNX Runtime needs execution_provider='tens"):
         create_backend("onnxruntime", checkpoint=small_export.out, precision="bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         create_backend("onnxruntime", checkpoint=small_export.out, precision="int8")
@@ -181,10 +185,30 @@ def test_tensorrt_provider_options_carry_precision_and_view_profile(tmp_path):
                                            "CPUExecutionProvider"]
     options = chain[0][1]
     assert options["device_id"] == 1 and options["trt_fp16_enable"]
-    assert not options["trt_bf16_enable"]
+    assert "trt_bf16_enable" not in options  # ONNX Runtime < 1.23 rejects the key itself
     assert options["trt_profile_min_shapes"] == "images:1x1x3x56x70"
     assert options["trt_profile_max_shapes"] == "images:1x4x3x56x70"
     assert options["trt_engine_cache_path"] == str(tmp_path)
+
+
+def test_tensorrt_provider_options_for_fp32_and_bf16():
+    available = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    fp32, bf16 = (provider_chain("tensorrt", device=torch.device("cuda"), precision=p,
+                                 available=available)[0][1] for p in ("fp32", "bf16"))
+    assert not any(key.endswith("16_enable") for key in fp32)
+    assert bf16["trt_bf16_enable"] and "trt_fp16_enable" not in bf16
+    with pytest.raises(ValueError, match="bf16 with ONNX Runtime needs"):
+        provider_chain("cuda", device=torch.device("cuda"), precision="bf16",
+                       available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_a_session_moved_to_another_provider_is_refused(small_export):
+    session = ort.InferenceSession(str(small_export.out / "step.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    check_provider(session, "CPUExecutionProvider", "step.onnx")
+    with pytest.raises(RuntimeError, match=r"could not use TensorrtExecutionProvider for "
+                                           r"step.onnx \(it runs on CPUExecutionProvider\)"):
+        check_provider(session, "TensorrtExecutionProvider", "step.onnx")
 
 
 def test_manifest_detects_modified_graphs(small_export, tmp_path):

@@ -62,6 +62,17 @@ def test_build_progress_prints_phases_steps_and_durations():
     ]
 
 
+def test_a_broken_progress_stream_does_not_cancel_the_build():
+    # TensorRT cancels a build when the monitor raises; a closed stderr must not do that.
+    out = io.StringIO()
+    out.close()
+    progress = BuildProgress("decoder", out, min_interval_s=0.0)
+    progress.note("decoder.onnx: 300 layers")
+    progress.phase_start("Building engine", None, 2)
+    assert progress.step_complete("Building engine", 0)
+    progress.phase_finish("Building engine")
+
+
 def test_networks_are_strongly_typed_on_tensorrt_10_and_11():
     # Stand-ins for the module's version and enum: TensorRT needs a GPU to import fully.
     trt10 = SimpleNamespace(__version__="10.3.0",
