@@ -12,11 +12,14 @@ float32 export, deterministically, so one export serves every precision:
   float32; softmax on request), ``Cast`` nodes (an explicit ``.float()`` stays float32, and an
   integer cast to float keeps its integers exact), operators the ONNX schema does not define
   for the type (Conv in bf16), and operators with a constant the type cannot hold.
+* The residual stream stays float32, as under PyTorch autocast: the graph inputs and the sums
+  a normalisation reads or the graph returns, followed through elementwise and layout
+  operators, so the loop's token state is float32 through every step; the attention and MLP
+  branches are reduced.
 * Shape arithmetic and constant subgraphs (RoPE tables, UV grids, attention scales) stay
   float32; token counts such as S·P = 7816 are not exact in fp16. Where such a value feeds a
   reduced node it is cast at run time; in the DVLT graphs these values are at most about 11.
-* Graph inputs and outputs stay float32, so the backends and the host loop are unchanged
-  and the loop's token state is carried in float32 between steps.
+* Graph inputs and outputs stay float32, so the backends and the host loop are unchanged.
 * Constants consumed in the reduced type are converted once (round to nearest even); every
   other type change is a ``Cast`` node named ``<tensor>::to_<type>``.
 
@@ -39,7 +42,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from dvlt_core.export.manifest import ExportError
 
 # Part of the engine cache key: bump when the rules below change what a graph computes.
-MIXED_PRECISION_VERSION = 2
+MIXED_PRECISION_VERSION = 3
 LOW_PRECISIONS = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _NUMPY_TYPES = {TensorProto.FLOAT16: np.float16, TensorProto.BFLOAT16: ml_dtypes.bfloat16}
 _TYPE_STRS = {TensorProto.FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)",
@@ -49,6 +52,8 @@ _NORMALISATIONS = frozenset(
     {"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"}
 )
 _SHAPE_OPS = frozenset({"Shape", "Size"})
+_STREAM_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Reshape", "Transpose", "Squeeze",
+                         "Unsqueeze", "Identity", "Flatten", "Concat", "Slice"})
 _FP32_SCOPES = (
     # Everything of a decoder after its transformer blocks: norm, head, pixel shuffle, UV
     # concatenation, upsampling and output convolutions (the model's float32_region).
@@ -163,6 +168,7 @@ class _Rewriter:
             value = _constant_value(node) if node.op_type == "Constant" else None
             if value is not None:
                 self.constants[node.output[0]] = value
+        self.residual = self._residual_stream()
         self.current: dict[str, int] = {}  # float tensor -> its type after the rewrite
         self.casts: dict[tuple[str, int], str] = {}
         self.converted: dict[str, str] = {}
@@ -171,6 +177,22 @@ class _Rewriter:
         self.report_fp32: Counter[str] = Counter()
         self.reduced = 0
         self.output_casts = 0
+
+    def _residual_stream(self) -> set[str]:
+        """Tensors of the residual stream, which PyTorch autocast keeps in float32 (it reduces
+        only matmuls and convolutions): the graph inputs and the sums a normalisation reads
+        or the graph returns, followed through elementwise and layout operators (the gated
+        blocks scale the stream, the loop block reshapes it between frame and global
+        attention)."""
+        nodes = self.graph.node
+        ends = {n.input[0] for n in nodes if n.op_type in _NORMALISATIONS}
+        ends |= {o.name for o in self.graph.output}
+        stream = {i.name for i in self.graph.input}
+        stream |= {n.output[0] for n in nodes if n.op_type == "Add" and n.output[0] in ends}
+        for node in nodes:
+            if node.op_type in _STREAM_OPS and any(i in stream for i in node.input):
+                stream.update(node.output)
+        return stream
 
     def is_float(self, name: str) -> bool:
         if name not in self.types:
@@ -203,6 +225,8 @@ class _Rewriter:
     def compute_type(self, node: NodeProto, schema: onnx.defs.OpSchema | None) -> int:
         """The type a node fed by activations computes in, counting why it stays float32."""
         reason = fp32_reason(node, fp32_softmax=self.fp32_softmax)
+        if reason is None and node.output[0] in self.residual:
+            reason = "residual stream"
         if reason is None and schema is None:
             reason = f"{node.op_type} outside the ONNX opset"
         if reason is None:

@@ -4,10 +4,10 @@ Networks are strongly typed (the only kind TensorRT 11 builds; an option in 10.x
 runs in the type its graph gives it. ``fp32`` engines parse the float32 export and clear the
 TF32 flag, so they are comparable with PyTorch fp32. ``fp16``/``bf16`` engines parse the
 mixed-precision graph that :mod:`dvlt_core.export.mixed_precision` derives from the float32
-export, with explicit casts around the parts kept in float32 (normalisation, step gates,
-output heads, camera head, final arithmetic; softmax with ``fp32_softmax``), so one export
-serves every precision and the precision of every layer is fixed by the graph, not chosen by
-the builder.
+export, with explicit casts around the parts kept in float32 (normalisation, residual
+stream, step gates, output heads, camera head, final arithmetic; softmax with
+``fp32_softmax``), so one export serves every precision and the precision of every layer is
+fixed by the graph, not chosen by the builder.
 
 ``tensorrt`` (and ``onnx``, for the typed graphs) are imported only when a build or an engine
 is requested; without TensorRT :func:`import_tensorrt` raises an error that names the

@@ -24,7 +24,7 @@ ENGINE = b"serialized-engine-bytes" * 100
 def make_key(**changes) -> EngineKey:
     fields = dict(
         graph="step", gpu_name="NVIDIA Jetson AGX Orin", compute_capability="8.7",
-        tensorrt_version="10.3.0", precision="fp16", layer_policy="typed-v2", views_min=1,
+        tensorrt_version="10.3.0", precision="fp16", layer_policy="typed-v3", views_min=1,
         views_opt=8, views_max=16, height=378, width=504, checkpoint_sha256="a" * 64,
         onnx_sha256="b" * 64,
     )
@@ -38,7 +38,7 @@ def test_key_digest_is_stable_and_covers_every_field():
     assert key.stem.startswith("step-fp16-") and len(key.stem) == len("step-fp16-") + 16
     changes = dict(graph="decoder", gpu_name="NVIDIA GeForce RTX 4090", compute_capability="8.9",
                    tensorrt_version="10.4.0", precision="bf16",
-                   layer_policy="typed-v2-fp32-softmax", views_min=2, views_opt=9,
+                   layer_policy="typed-v3-fp32-softmax", views_min=2, views_opt=9,
                    views_max=17, height=392, width=518,
                    checkpoint_sha256="c" * 64, onnx_sha256="d" * 64)
     assert set(changes) == {f.name for f in dataclasses.fields(EngineKey)}
