@@ -24,6 +24,7 @@ from dvlt_core.export.parity_gate import ONNX_FP32, ParityError, check_backend
 from dvlt_core.export.tensorrt_build import (
     EngineBuildError,
     TensorRTUnavailableError,
+    check_precision,
     current_gpu,
     import_tensorrt,
 )
@@ -82,6 +83,7 @@ def _check_environment(args: argparse.Namespace) -> None:
     import_tensorrt()
     gpu = current_gpu(args.device)
     _say(f"GPU {gpu.name} (compute capability {gpu.compute_capability})")
+    check_precision(args.precision, gpu)
 
 
 def _verify_onnx(args: argparse.Namespace, model: torch.nn.Module, views: ViewRange) -> bool:

@@ -90,6 +90,15 @@ def current_gpu(device: torch.device | str = "cuda") -> GpuInfo:
     return GpuInfo(name, f"{props.major}.{props.minor}")
 
 
+def check_precision(precision: str, gpu: GpuInfo) -> None:
+    """Refuse a precision the GPU has no kernels for, before a long build fails on it."""
+    if precision == "bf16" and int(gpu.compute_capability.split(".")[0]) < 8:
+        raise TensorRTUnavailableError(
+            f"bf16 needs compute capability 8.0 or newer (Ampere, Orin); {gpu.name} has "
+            f"{gpu.compute_capability}: use --precision fp16"
+        )
+
+
 def graph_name(graph: GraphFile) -> str:
     """``encoder``, ``step``, ``step_blockNN`` or ``decoder`` (the ONNX file stem)."""
     return Path(graph.file).stem
@@ -370,6 +379,7 @@ def ensure_engines(
     """Engines of every graph of ``manifest`` for the current GPU: graph name → (key, bytes)."""
     trt = import_tensorrt()
     gpu = current_gpu(device)
+    check_precision(precision, gpu)
     timing = cache.timing_cache_path(gpu.name, gpu.compute_capability, trt.__version__)
     engines = {}
     for graph in (manifest.encoder, *manifest.steps.values(), manifest.decoder):

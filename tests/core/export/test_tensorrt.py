@@ -17,7 +17,9 @@ from dvlt_core.export.cli import main as export_main
 from dvlt_core.export.tensorrt_build import (
     BuildProgress,
     EngineBuildError,
+    GpuInfo,
     TensorRTUnavailableError,
+    check_precision,
     import_tensorrt,
     network_flags,
     profile_shapes,
@@ -71,6 +73,14 @@ def test_a_broken_progress_stream_does_not_cancel_the_build():
     progress.phase_start("Building engine", None, 2)
     assert progress.step_complete("Building engine", 0)
     progress.phase_finish("Building engine")
+
+
+def test_bf16_is_refused_before_ampere_with_what_to_use():
+    check_precision("bf16", GpuInfo("NVIDIA GeForce RTX 4090 (128 SMs, 24 GiB)", "8.9"))
+    check_precision("fp16", GpuInfo("NVIDIA GeForce RTX 2080 (46 SMs, 8 GiB)", "7.5"))
+    with pytest.raises(TensorRTUnavailableError, match=r"bf16 needs compute capability 8\.0.*"
+                                                       r"has 7\.5: use --precision fp16"):
+        check_precision("bf16", GpuInfo("NVIDIA GeForce RTX 2080 (46 SMs, 8 GiB)", "7.5"))
 
 
 def test_networks_are_strongly_typed_on_tensorrt_10_and_11():
