@@ -52,8 +52,8 @@ ROS = [
 EXTRAS = {
     "ros": ROS,
     "bags": ["rosbags>=0.10"],
-    "export": ["onnx>=1.16", "onnxruntime>=1.18"],
-    "tensorrt": ["tensorrt>=10.3", "onnx>=1.16"],
+    "export": ["onnx>=1.19", "onnxruntime>=1.18"],  # onnx 1.19: bfloat16 via ml_dtypes
+    "tensorrt": ["tensorrt>=10.3", "onnx>=1.19"],
     "train": ["tensorboard>=2.14"],
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "dev": [

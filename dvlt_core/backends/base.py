@@ -116,15 +116,18 @@ def create_backend(
     name: str,
     checkpoint: Any = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | None = None,
     **options: Any,
 ) -> InferenceBackend:
     """Build a registered backend; ``checkpoint`` is whatever that backend loads from
-    (for ``torch``: a checkpoint source for :func:`dvlt_core.io.load_model`)."""
+    (for ``torch``: a checkpoint source for :func:`dvlt_core.io.load_model`). ``precision``
+    defaults to the backend's own default (fp32; fp16 for ``tensorrt``)."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(
             f"unknown backend {name!r}; available: {', '.join(available_backends())}"
         ) from None
-    return factory(checkpoint=checkpoint, device=device, precision=precision, **options)
+    if precision is not None:
+        options["precision"] = precision
+    return factory(checkpoint=checkpoint, device=device, **options)

@@ -160,6 +160,11 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.execution_provider = provider
         self._ort_device = ("cuda", self._device.index or 0) if provider != "cpu" else ("cpu", 0)
         cache_root = Path(trt_cache_dir) if trt_cache_dir else self.manifest.root / "ort_trt_cache"
+        variant = precision
+        if precision != "fp32":  # the typed graph also depends on the rules' version
+            from dvlt_core.export.mixed_precision import MIXED_PRECISION_VERSION
+
+            variant = f"{precision}-typed-v{MIXED_PRECISION_VERSION}"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -171,8 +176,8 @@ class OnnxRuntimeBackend(InferenceBackend):
             profiles = {dynamic_input: tuple((1, s, *shape) for s in (views.min, views.opt,
                                                                        views.max))}
             # The TensorRT provider names its cached engines after tensor names only, so each
-            # graph content and precision gets its own folder (created here: it makes one level).
-            cache = cache_root / precision / graph.sha256[:16]
+            # graph content and typing gets its own folder (created here: it makes one level).
+            cache = cache_root / variant / graph.sha256[:16]
             if provider == "tensorrt":
                 cache.mkdir(parents=True, exist_ok=True)
             providers = provider_chain(provider, device=self._device, precision=precision,

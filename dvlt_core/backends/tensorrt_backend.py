@@ -186,11 +186,11 @@ class TensorRTBackend(InferenceBackend):
         return self.manifest.model_config.default_num_steps
 
     def memory_report(self) -> dict[str, int]:
-        """Bytes of activation memory per engine (``<graph>``) at the largest S, and
-        ``shared``: the one buffer all engines run on (the largest of them)."""
-        engines = {"encoder": self._encoder, "decoder": self._decoder}
-        engines.update({f"step{block}": e for block, e in self._steps.items()})
-        report = {name: e.device_memory_bytes for name, e in engines.items()}
+        """Bytes of activation memory per engine (by graph name: ``encoder``, ``step`` or
+        ``step_blockNN``, ``decoder``) at the largest S, and ``shared``: the one buffer all
+        engines run on (the largest of them)."""
+        engines = (self._encoder, *self._steps.values(), self._decoder)
+        report = {e.name: e.device_memory_bytes for e in engines}
         return {**report, "shared": self._activations.numel()}
 
     def _state_for(self, num_views: int) -> _ViewState:

@@ -114,7 +114,7 @@ def _check_typed_graphs(args: argparse.Namespace) -> bool:
             try:
                 _, report = mixed_precision_bytes(manifest.path(graph), precision,
                                                   fp32_softmax=args.fp32_softmax)
-            except ExportError as exc:
+            except (ExportError, ValueError) as exc:
                 _say(f"{graph.file} {precision}: {exc}")
                 return False
             _say(f"{graph.file} {precision}: {report.summary()}")

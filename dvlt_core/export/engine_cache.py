@@ -29,7 +29,7 @@ ENGINE_SCHEMA = "dvlt-tensorrt-engine"
 ENGINE_SCHEMA_VERSION = 1
 ENGINE_PRECISIONS = ("fp16", "bf16", "fp32")
 MISMATCH_POLICIES = ("rebuild", "refuse")
-_LAYER_POLICY = re.compile(r"^typed-v\d+(-fp32-softmax)?$")
+_LAYER_POLICY = re.compile(r"^(float32|typed-v\d+(-fp32-softmax)?)$")
 _GRAPH_NAME = re.compile(r"^(encoder|decoder|step(_block\d{2})?)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -45,9 +45,9 @@ class EngineMissingError(EngineCacheError):
 @dataclass(frozen=True)
 class EngineKey:
     """Everything an engine depends on. ``graph``: encoder, step[_blockNN] or decoder;
-    ``layer_policy``: ``typed-v<N>[-fp32-softmax]``, the version of the mixed-precision rules
-    (:mod:`dvlt_core.export.mixed_precision`) that typed the graph, and whether softmax was
-    kept in float32."""
+    ``layer_policy``: ``float32`` (fp32 engines), or ``typed-v<N>[-fp32-softmax]``: the version
+    of the mixed-precision rules (:mod:`dvlt_core.export.mixed_precision`) that typed the graph,
+    and whether softmax was kept in float32."""
 
     graph: str
     gpu_name: str
@@ -103,7 +103,8 @@ def _validate_key(data: Any) -> None:
     if data["precision"] not in ENGINE_PRECISIONS:
         raise ValueError(f"engine precision must be one of {ENGINE_PRECISIONS}")
     if not _LAYER_POLICY.match(data["layer_policy"]):
-        raise ValueError("engine layer_policy must be typed-v<N> or typed-v<N>-fp32-softmax")
+        raise ValueError("engine layer_policy must be float32, typed-v<N> or "
+                         "typed-v<N>-fp32-softmax")
     if not 1 <= data["views_min"] <= data["views_opt"] <= data["views_max"]:
         raise ValueError("engine key views must satisfy 1 <= min <= opt <= max")
     if data["height"] < 1 or data["width"] < 1:

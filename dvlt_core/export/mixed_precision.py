@@ -17,8 +17,10 @@ float32 export, deterministically, so one export serves every precision:
   operators, so the loop's token state is float32 through every step; the attention and MLP
   branches are reduced.
 * Shape arithmetic and constant subgraphs (RoPE tables, UV grids, attention scales) stay
-  float32; token counts such as S·P = 7816 are not exact in fp16. Where such a value feeds a
-  reduced node it is cast at run time; in the DVLT graphs these values are at most about 11.
+  float32: token counts above 2048 are not all exact in fp16 (S·P = 6839 at S = 7 would round
+  to 6840). Where such a value feeds a reduced node it is cast at run time without a range
+  check; in the DVLT graphs these are attention scales, UV grids and the learned class,
+  register and position embeddings.
 * Graph inputs and outputs stay float32, so the backends and the host loop are unchanged.
 * Constants consumed in the reduced type are converted once (round to nearest even); every
   other type change is a ``Cast`` node named ``<tensor>::to_<type>``.
@@ -188,7 +190,8 @@ class _Rewriter:
         ends = {n.input[0] for n in nodes if n.op_type in _NORMALISATIONS}
         ends |= {o.name for o in self.graph.output}
         stream = {i.name for i in self.graph.input}
-        stream |= {n.output[0] for n in nodes if n.op_type == "Add" and n.output[0] in ends}
+        stream |= {n.output[0] for n in nodes if n.op_type == "Add" and n.output[0] in ends
+                   and not any(i in self.constants for i in n.input)}  # not a bias
         for node in nodes:
             if node.op_type in _STREAM_OPS and any(i in stream for i in node.input):
                 stream.update(node.output)
@@ -300,7 +303,10 @@ class _Rewriter:
             return  # an operator outside the opset keeps float32 outputs
         given = {n: helper.make_tensor_type_proto(self.current.get(n) or self.types[n], None)
                  for n in node.input if n}
-        inferred = onnx.shape_inference.infer_node_outputs(schema, node, given)
+        try:
+            inferred = onnx.shape_inference.infer_node_outputs(schema, node, given)
+        except onnx.shape_inference.InferenceError as exc:
+            raise ExportError(f"type inference failed for node {node.name!r}: {exc}") from exc
         for name in floats:
             if name in inferred:
                 self.current[name] = inferred[name].tensor_type.elem_type

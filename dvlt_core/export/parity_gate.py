@@ -25,9 +25,9 @@ class Tolerance:
     max_violation_fraction: float = 0.0
 
 
-# Engine vs PyTorch fp32. fp32 engines are built without TF32; the reduced precisions keep
-# norms, softmax and the output heads in float32 (see tensorrt_build), so their error comes
-# from the fp16/bf16 trunk and grows slowly with K.
+# Engine vs PyTorch fp32. fp32 engines are built without TF32; the reduced precisions run the
+# typed graphs of dvlt_core.export.mixed_precision (norms, residual stream, gates and output
+# heads in float32), so their error comes from the fp16/bf16 branches and grows slowly with K.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rtol=1e-3, atol_scale=1e-4),
     "fp16": Tolerance(rtol=3e-2, atol_scale=1e-2, max_violation_fraction=1e-3),

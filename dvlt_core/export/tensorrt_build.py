@@ -104,8 +104,11 @@ def graph_name(graph: GraphFile) -> str:
     return Path(graph.file).stem
 
 
-def layer_policy(fp32_softmax: bool) -> str:
-    """The cache key's ``layer_policy``: the mixed-precision rules' version and softmax choice."""
+def layer_policy(precision: str, fp32_softmax: bool) -> str:
+    """The cache key's ``layer_policy``: ``float32`` for fp32 engines (the untouched graph),
+    else the mixed-precision rules' version and softmax choice (``typed-v<N>[-fp32-softmax]``)."""
+    if precision == "fp32":
+        return "float32"
     from dvlt_core.export.mixed_precision import MIXED_PRECISION_VERSION
 
     return f"typed-v{MIXED_PRECISION_VERSION}" + ("-fp32-softmax" if fp32_softmax else "")
@@ -127,7 +130,7 @@ def engine_key(
         compute_capability=gpu.compute_capability,
         tensorrt_version=trt_version,
         precision=precision,
-        layer_policy=layer_policy(fp32_softmax),
+        layer_policy=layer_policy(precision, fp32_softmax),
         views_min=manifest.views.min,
         views_opt=manifest.views.opt,
         views_max=manifest.views.max,
@@ -299,7 +302,7 @@ def build_engine(
         if any(d < 0 for d in shape):
             profile.set_shape(tensor.name, *profile_shapes(shape, views))
     config.add_optimization_profile(profile)
-    _attach_timing_cache(config, timing_cache, progress)
+    attach_timing_cache(config, timing_cache, progress)
     monitor = progress_monitor(trt, progress) if progress is not None else None
     if monitor is not None:
         config.progress_monitor = monitor
@@ -318,7 +321,7 @@ def build_engine(
     return bytes(serialized)
 
 
-def _attach_timing_cache(config: Any, path: Path | None, progress: BuildProgress | None) -> None:
+def attach_timing_cache(config: Any, path: Path | None, progress: BuildProgress | None) -> None:
     """Use the timing cache at ``path``; start an empty one if TensorRT rejects the file
     (another GPU or TensorRT build wrote it), so a bad cache never blocks a build."""
     data = path.read_bytes() if path is not None and path.is_file() else b""

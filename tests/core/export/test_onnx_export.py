@@ -211,6 +211,14 @@ def test_a_session_moved_to_another_provider_is_refused(small_export):
         check_provider(session, "TensorrtExecutionProvider", "step.onnx")
 
 
+def test_the_backend_refuses_sessions_onnx_runtime_moved(small_export, monkeypatch):
+    # As if ONNX Runtime had fallen back from the requested provider to another one.
+    monkeypatch.setattr(ort.InferenceSession, "get_providers",
+                        lambda self: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="could not use CPUExecutionProvider for encoder"):
+        create_backend("onnxruntime", checkpoint=small_export.out)
+
+
 def test_manifest_detects_modified_graphs(small_export, tmp_path):
     for path in small_export.out.glob("*.onnx"):
         os.link(path, tmp_path / path.name)

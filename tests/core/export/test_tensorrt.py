@@ -19,6 +19,7 @@ from dvlt_core.export.tensorrt_build import (
     EngineBuildError,
     GpuInfo,
     TensorRTUnavailableError,
+    attach_timing_cache,
     check_precision,
     import_tensorrt,
     network_flags,
@@ -81,6 +82,33 @@ def test_bf16_is_refused_before_ampere_with_what_to_use():
     with pytest.raises(TensorRTUnavailableError, match=r"bf16 needs compute capability 8\.0.*"
                                                        r"has 7\.5: use --precision fp16"):
         check_precision("bf16", GpuInfo("NVIDIA GeForce RTX 2080 (46 SMs, 8 GiB)", "7.5"))
+
+
+class _TimingCacheConfig:
+    """Stand-in for TensorRT's builder config at its timing-cache calls: rejects stale data."""
+
+    def __init__(self) -> None:
+        self.attached = None
+
+    def create_timing_cache(self, data: bytes):
+        return None if data == b"stale" else ("cache", data)
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        self.attached = cache
+        return True
+
+
+def test_a_rejected_timing_cache_is_replaced_by_a_new_one(tmp_path):
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"stale")
+    out = io.StringIO()
+    config = _TimingCacheConfig()
+    attach_timing_cache(config, path, BuildProgress("encoder", out))
+    assert config.attached == ("cache", b"")
+    assert "does not fit this GPU/TensorRT; starting anew" in out.getvalue()
+    path.write_bytes(b"good")
+    attach_timing_cache(config, path, BuildProgress("encoder", out))
+    assert config.attached == ("cache", b"good")
 
 
 def test_networks_are_strongly_typed_on_tensorrt_10_and_11():
@@ -157,6 +185,8 @@ def test_cuda_graph_loop_equals_the_plain_loop_and_k_changes_per_call(engines):
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_reduced_precision_engines_pass_the_parity_gate(engines, precision):
+    if precision == "bf16" and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("bf16 needs compute capability 8.0 or newer")
     export, engine_dir = engines
     backend = create_backend("tensorrt", checkpoint=export.out, device="cuda",
                              precision=precision, engine_dir=engine_dir)
