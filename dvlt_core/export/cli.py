@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine-dir", type=Path, default=None,
                         help="engine cache folder (default: OUT/engines)")
     parser.add_argument("--rebuild", action="store_true",
-                        help="rebuild the engines even if valid ones are cached")
+                        help="delete every cached engine in the engine folder (also stale or "
+                        "invalid ones) and build anew")
     parser.add_argument("--workspace-gb", type=float, default=4.0,
                         help="TensorRT builder workspace limit in GiB")
     parser.add_argument("--fp32-softmax", action="store_true",
@@ -126,9 +127,7 @@ def _build_and_gate(args: argparse.Namespace, model: torch.nn.Module, views: Vie
 
     engine_dir = args.engine_dir or args.out / "engines"
     if args.rebuild:
-        cache = EngineCache(engine_dir)
-        for entry in cache.entries():
-            cache.remove(entry.key)
+        _say(f"--rebuild: deleted {EngineCache(engine_dir).clear()} cached engine files")
     backend = TensorRTBackend(args.out, device=args.device, precision=args.precision,
                               engine_dir=engine_dir, on_mismatch="rebuild",
                               workspace_bytes=int(args.workspace_gb * (1 << 30)),

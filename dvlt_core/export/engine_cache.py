@@ -31,6 +31,8 @@ ENGINE_PRECISIONS = ("fp16", "bf16", "fp32")
 MISMATCH_POLICIES = ("rebuild", "refuse")
 _LAYER_POLICY = re.compile(r"^(float32|typed-v\d+(-fp32-softmax)?)$")
 _GRAPH_NAME = re.compile(r"^(encoder|decoder|step(_block\d{2})?)$")
+_ENTRY_FILE = re.compile(r"^(encoder|decoder|step(_block\d{2})?)-(fp16|bf16|fp32)-[0-9a-f]{16}"
+                         r"\.(engine|json)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -205,6 +207,17 @@ class EngineCache:
         """Delete an entry (sidecar first, so a half-removed entry is never valid)."""
         self.metadata_path(key).unlink(missing_ok=True)
         self.engine_path(key).unlink(missing_ok=True)
+
+    def clear(self) -> int:
+        """Delete every engine and sidecar named like an entry, valid or not (sidecars first);
+        other files stay. Returns how many files were deleted."""
+        if not self.root.is_dir():
+            return 0
+        files = [p for p in self.root.iterdir() if _ENTRY_FILE.match(p.name) and
+                 (p.is_file() or p.is_symlink())]
+        for path in sorted(files, key=lambda p: p.suffix != ".json"):
+            path.unlink()
+        return len(files)
 
     def load(self, key: EngineKey) -> bytes:
         """The verified engine bytes for ``key``, or :class:`EngineCacheError` saying why not."""

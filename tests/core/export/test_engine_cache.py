@@ -188,6 +188,20 @@ def test_rebuild_policy_builds_once_then_reuses(tmp_path):
         ensure_engine(cache, key, build, on_mismatch="ignore")
 
 
+def test_clear_deletes_valid_and_stale_entries_but_nothing_else(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.store(make_key(), ENGINE)
+    stale = cache.store(make_key(graph="decoder"), ENGINE)
+    sidecar = stale.with_suffix(".json")
+    sidecar.write_text(sidecar.read_text().replace('"typed-v3"', '"default"'))  # old schema
+    assert len(cache.entries()) == 1  # the stale entry is invisible to entries()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "timing-0123456789abcdef.cache").write_bytes(b"t")
+    assert cache.clear() == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt",
+                                                          "timing-0123456789abcdef.cache"]
+
+
 def test_engine_key_from_an_export_manifest(small_export):
     from dvlt_core.export import load_manifest
 
