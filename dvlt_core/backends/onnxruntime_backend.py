@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
+from dvlt_core.backends.base import BackendOutput, StageTimings, register_backend
+from dvlt_core.backends.exported import ExportedGraphsBackend, export_folder
 from dvlt_core.export.manifest import (
     ENCODER_OUTPUTS,
     STEP_OUTPUTS,
@@ -136,7 +137,7 @@ def check_provider(session: Any, wanted: str, graph: str) -> None:
         )
 
 
-class OnnxRuntimeBackend(InferenceBackend):
+class OnnxRuntimeBackend(ExportedGraphsBackend):
     """Host loop over the ONNX graphs of an export folder (see the module docstring)."""
 
     name = "onnxruntime"
@@ -205,18 +206,6 @@ class OnnxRuntimeBackend(InferenceBackend):
         return mixed_precision_bytes(path, self.precision)[0]
 
     @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def img_size(self) -> int:
-        return self.manifest.img_size
-
-    @property
-    def default_num_steps(self) -> int:
-        return self.manifest.model_config.default_num_steps
-
-    @property
     def sessions(self) -> dict[str, Any]:
         """The ONNX Runtime sessions by graph (``encoder``, ``step<block>``, ``decoder``)."""
         steps = {f"step{block}": s for block, s in self._steps.items()}
@@ -280,12 +269,7 @@ def _create_onnxruntime_backend(
     threads: int | None = None,
     trt_cache_dir: str | Path | None = None,
 ) -> OnnxRuntimeBackend:
-    folder = export_dir or checkpoint
-    if folder is None:
-        raise ValueError(
-            "the onnxruntime backend runs an export folder: pass checkpoint=<folder written by "
-            "`dvlt-export --onnx-only`>"
-        )
+    folder = export_folder("onnxruntime", checkpoint, export_dir)
     return OnnxRuntimeBackend(folder, device=device, precision=precision,
                               execution_provider=execution_provider, threads=threads,
                               trt_cache_dir=trt_cache_dir)

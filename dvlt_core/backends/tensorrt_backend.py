@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
+from dvlt_core.backends.base import BackendOutput, StageTimings, register_backend
+from dvlt_core.backends.exported import ExportedGraphsBackend, export_folder
 from dvlt_core.export.engine_cache import ENGINE_PRECISIONS, EngineCache
 from dvlt_core.export.manifest import load_manifest
 from dvlt_core.export.tensorrt_build import (
@@ -116,7 +117,7 @@ class _ViewState:
     graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)  # by block
 
 
-class TensorRTBackend(InferenceBackend):
+class TensorRTBackend(ExportedGraphsBackend):
     """Runs the engines of an export folder on one CUDA device (see the module docstring)."""
 
     name = "tensorrt"
@@ -172,18 +173,6 @@ class TensorRTBackend(InferenceBackend):
         self._steps = {block: loaded[graph_name(g)] for block, g in m.steps.items()}
         self._decoder = loaded[graph_name(m.decoder)]
         self._state: _ViewState | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def img_size(self) -> int:
-        return self.manifest.img_size
-
-    @property
-    def default_num_steps(self) -> int:
-        return self.manifest.model_config.default_num_steps
 
     def memory_report(self) -> dict[str, int]:
         """Bytes of activation memory per engine (by graph name: ``encoder``, ``step`` or
@@ -299,12 +288,7 @@ def _create_tensorrt_backend(
     cuda_graphs: bool = True,
     fp32_softmax: bool = False,
 ) -> TensorRTBackend:
-    folder = export_dir or checkpoint
-    if folder is None:
-        raise ValueError(
-            "the tensorrt backend runs an export folder: pass checkpoint=<folder written by "
-            "dvlt-export>"
-        )
+    folder = export_folder("tensorrt", checkpoint, export_dir)
     return TensorRTBackend(folder, device=device, precision=precision, engine_dir=engine_dir,
                            on_mismatch=on_mismatch, cuda_graphs=cuda_graphs,
                            fp32_softmax=fp32_softmax)
