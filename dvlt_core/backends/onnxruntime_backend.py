@@ -22,12 +22,8 @@ import torch
 
 from dvlt_core.backends.base import BackendOutput, StageTimings, register_backend
 from dvlt_core.backends.exported import ExportedGraphsBackend, export_folder
-from dvlt_core.export.manifest import (
-    ENCODER_OUTPUTS,
-    STEP_OUTPUTS,
-    GraphFile,
-    load_manifest,
-)
+from dvlt_core.export.manifest import GraphFile, load_manifest
+from dvlt_core.export.stages import ENCODER_OUTPUTS, STEP_OUTPUTS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 EXECUTION_PROVIDERS = {

@@ -27,7 +27,7 @@ import torch
 
 from dvlt_core.backends.base import BackendOutput, StageTimings, register_backend
 from dvlt_core.backends.exported import ExportedGraphsBackend, export_folder
-from dvlt_core.export.engine_cache import ENGINE_PRECISIONS, EngineCache
+from dvlt_core.export.engine_cache import ENGINE_PRECISIONS, EngineCache, EngineCacheError
 from dvlt_core.export.manifest import load_manifest
 from dvlt_core.export.tensorrt_build import (
     DEFAULT_WORKSPACE_BYTES,
@@ -51,7 +51,7 @@ class _Engine:
         self.name = name
         self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise RuntimeError(
+            raise EngineCacheError(
                 f"TensorRT could not deserialise the {name} engine; delete the engine cache "
                 "folder and let it rebuild"
             )
@@ -135,9 +135,10 @@ class TensorRTBackend(ExportedGraphsBackend):
         fp32_softmax: bool = False,
         say: Callable[[str], None] = lambda _msg: None,
     ) -> None:
-        trt = import_tensorrt()
         if precision not in ENGINE_PRECISIONS:
             raise ValueError(f"precision must be one of {ENGINE_PRECISIONS}, got {precision!r}")
+        self.manifest = load_manifest(export_dir)  # a bad folder is refused on any machine
+        trt = import_tensorrt()
         dev = torch.device(device)
         if dev.type != "cuda" or not torch.cuda.is_available():
             raise TensorRTUnavailableError(
@@ -149,7 +150,6 @@ class TensorRTBackend(ExportedGraphsBackend):
                                     else torch.cuda.current_device())
         self.precision = precision
         self.cuda_graphs = cuda_graphs
-        self.manifest = load_manifest(export_dir)
         self.cache = EngineCache(engine_dir or self.manifest.root / "engines")
         self._trt = trt
         # TensorRT builds and deserialises on the calling thread's current CUDA device.

@@ -3,7 +3,10 @@
 ``dvlt-export`` writes ``export.json`` next to the graphs. It records the model config (for the
 loop plan), the fixed image size, the view range, the opset, a fingerprint of the weights and a
 sha256 of every graph file. Backends read the graphs only through :func:`load_manifest`, which
-checks the schema and the file hashes first.
+checks, before any session or engine is created: the schema and types of the manifest, its
+sizes against its model config, and for every graph its sha256, then the stage identity and
+the inputs/outputs the file declares (:mod:`dvlt_core.export.stages`). Every refusal is an
+:class:`ExportError` of one line that says what is wrong and to export again.
 """
 
 from __future__ import annotations
@@ -18,24 +21,30 @@ import torch
 from torch import nn
 
 from dvlt_core.atomic import write_atomic
+from dvlt_core.export.onnx_signature import read_signature
+from dvlt_core.export.stages import (
+    MIN_OPSET,
+    ExportSizes,
+    decoder_outputs,
+    stage_identity,
+    stage_problems,
+    step_blocks,
+    step_file_name,
+)
 from dvlt_core.model.config import DVLTConfig
 from dvlt_core.model.schedule import InferencePlan, inference_plan
 
 MANIFEST_NAME = "export.json"
 MANIFEST_FORMAT = "dvlt-onnx-export"
-MANIFEST_VERSION = 1
-
-ENCODER_INPUTS = ("images",)
-ENCODER_OUTPUTS = ("tokens",)
-STEP_INPUTS = ("tokens", "t_now", "t_next")
-STEP_OUTPUTS = ("tokens_out",)
-DECODER_INPUTS = ("tokens",)
-DECODER_OUTPUTS = ("rays", "depth", "depth_conf", "world_points", "pose_enc")
-VIEW_AXIS = 1
+#: 2: every graph records its stage and export in its metadata (:mod:`~dvlt_core.export.stages`)
+MANIFEST_VERSION = 2
+REEXPORT = "export again with dvlt-export (same --out)"
 
 
 class ExportError(RuntimeError):
-    """An export could not be written, read or verified; the message says what to do."""
+    """An export could not be written, read or verified; the message says what to do.
+
+    The command-line tools answer it with exit status 2 (bad input)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,21 @@ class ExportManifest:
     def path(self, graph: GraphFile) -> Path:
         return self.root / graph.file
 
+    @property
+    def sizes(self) -> ExportSizes:
+        return ExportSizes(self.height, self.width, self.num_tokens, self.embed_dim,
+                           self.outputs)
+
+    def stage_graphs(self) -> list[tuple[str, int | None, GraphFile]]:
+        """(stage, block or None, graph) of every graph, in run order."""
+        steps = [("step", block, g) for block, g in sorted(self.steps.items())]
+        return [("encoder", None, self.encoder), *steps, ("decoder", None, self.decoder)]
+
+    def identity(self, stage: str, block: int | None) -> dict[str, str]:
+        """The metadata the graph of ``stage`` (and ``block``) of this export records."""
+        return stage_identity(stage, block, self.height, self.width, self.checkpoint_sha256,
+                              self.config)
+
     def check_images(self, images: torch.Tensor) -> int:
         """Return S for ``images`` (1, S, 3, H, W), or raise naming what does not fit."""
         if images.dim() != 5 or images.shape[0] != 1 or images.shape[2] != 3:
@@ -201,7 +225,9 @@ def save_manifest(manifest: ExportManifest) -> Path:
 
 
 def load_manifest(export_dir: str | Path, *, verify_files: bool = True) -> ExportManifest:
-    """Read and validate ``export.json`` of ``export_dir`` (and the graph hashes)."""
+    """Read and validate ``export.json`` of ``export_dir``; with ``verify_files`` also every
+    graph file (sha256, stage identity, declared inputs and outputs). Raises
+    :class:`ExportError` naming the first problem."""
     root = Path(export_dir).expanduser()
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -210,76 +236,177 @@ def load_manifest(export_dir: str | Path, *, verify_files: bool = True) -> Expor
             f"`dvlt-export --checkpoint SRC --out {root} --onnx-only`"
         )
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}; export again with dvlt-export") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise ExportError(f"cannot read {path} ({_one_line(exc)}); {REEXPORT}") from exc
+    _check_format(path, data)
     try:
         manifest = _parse(root, data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ExportError(
-            f"{path} is not a valid version-{MANIFEST_VERSION} manifest ({exc}); export again "
-            "with this version of dvlt-export"
+            f"{path} is not a valid version-{MANIFEST_VERSION} manifest ({_one_line(exc)}); "
+            f"{REEXPORT}"
         ) from exc
+    problem = _size_problem(manifest)
+    if problem:
+        raise ExportError(f"{path} contradicts its model config: {problem}; {REEXPORT}")
     if verify_files:
-        for graph in (manifest.encoder, *manifest.steps.values(), manifest.decoder):
-            graph_path = manifest.path(graph)
-            if not graph_path.is_file():
-                raise ExportError(f"{graph_path} is missing; export again with dvlt-export")
-            if file_sha256(graph_path) != graph.sha256:
-                raise ExportError(
-                    f"{graph_path} does not match the sha256 in {path} (modified or truncated); "
-                    "export again with dvlt-export"
-                )
+        for stage, block, graph in manifest.stage_graphs():
+            _verify_graph(manifest, stage, block, graph)
     return manifest
 
 
-def _parse(root: Path, data: Any) -> ExportManifest:
+def _check_format(path: Path, data: Any) -> None:
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"format is not {MANIFEST_FORMAT!r}")
-    if data.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"version {data.get('version')!r} is not {MANIFEST_VERSION}")
-    graphs = data["graphs"]
-    views = data["views"]
-    config = data["config"]
-    DVLTConfig.from_json(config)  # refuses unknown or invalid arguments
+        raise ExportError(f"{path} is not a DVLT export manifest (no \"format\": "
+                          f"\"{MANIFEST_FORMAT}\"); {REEXPORT}")
+    version = data.get("version")
+    if type(version) is int and version < MANIFEST_VERSION:
+        raise ExportError(
+            f"{path} was written by an older dvlt-export (manifest version {version}; this one "
+            f"reads {MANIFEST_VERSION}, whose graphs record their stage); {REEXPORT}"
+        )
+    if version != MANIFEST_VERSION:
+        raise ExportError(f"{path} has manifest version {version!r}, this dvlt_ros reads "
+                          f"{MANIFEST_VERSION}; {REEXPORT}, or update dvlt_ros")
+
+
+def _size_problem(manifest: ExportManifest) -> str | None:
+    """What in the manifest's sizes, outputs or step graphs its model config contradicts."""
+    m, cfg = manifest, manifest.model_config
+    p = cfg.patch_size
+    if m.height < p or m.width < p or m.height % p or m.width % p:
+        return f"height x width {m.height}x{m.width} is not a multiple of the patch size {p}"
+    tokens = 1 + cfg.num_register_tokens + (m.height // p) * (m.width // p)
+    if m.num_tokens != tokens:
+        return f"num_tokens is {m.num_tokens}, {m.height}x{m.width} images give {tokens}"
+    if m.embed_dim != cfg.embed_dim:
+        return f"embed_dim is {m.embed_dim}, the model's is {cfg.embed_dim}"
+    if cfg.decode_chunk_size is not None and m.views.max > cfg.decode_chunk_size:
+        return f"views max {m.views.max} exceeds the decode_chunk_size {cfg.decode_chunk_size}"
+    if m.opset < MIN_OPSET:
+        return f"opset {m.opset} is below {MIN_OPSET}"
+    if m.outputs != decoder_outputs(cfg):
+        return f"outputs are {list(m.outputs)}, the model gives {list(decoder_outputs(cfg))}"
+    blocks = step_blocks(cfg)
+    if sorted(m.steps) != blocks:
+        return f"step graphs for blocks {sorted(m.steps)}, the model's loop uses {blocks}"
+    expected = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+    expected.update({f"step {b}": step_file_name(b, len(blocks)) for b in blocks})
+    found = {"encoder": m.encoder.file, "decoder": m.decoder.file}
+    found.update({f"step {b}": g.file for b, g in m.steps.items()})
+    for what, file in found.items():
+        if file != expected[what]:
+            return f"the {what} graph is {file!r}, expected {expected[what]!r}"
+    return None
+
+
+def _verify_graph(manifest: ExportManifest, stage: str, block: int | None,
+                  graph: GraphFile) -> None:
+    """Refuse a graph file that is missing, altered, or not the one its entry describes."""
+    path = manifest.path(graph)
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "is missing"
+        raise ExportError(f"{path} {state}; {REEXPORT}")
+    if file_sha256(path) != graph.sha256:
+        raise ExportError(
+            f"{path} does not match the sha256 in {manifest.root / MANIFEST_NAME} (modified or "
+            f"truncated); {REEXPORT}"
+        )
+    try:
+        signature = read_signature(path)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path} is not a complete ONNX graph ({exc}); {REEXPORT}") from exc
+    problems = stage_problems(signature, stage, block, manifest.sizes,
+                              manifest.identity(stage, block), manifest.opset)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ExportError(f"{path} does not fit {manifest.root / MANIFEST_NAME}: "
+                          f"{problems[0]}{more}; {REEXPORT}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _parse(root: Path, data: dict[str, Any]) -> ExportManifest:
+    graphs = _field(data, "graphs", dict)
+    views = _field(data, "views", dict)
+    config = _field(data, "config", dict)
+    try:
+        DVLTConfig.from_json(config)  # refuses unknown or invalid arguments
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config: {exc}") from exc
+    steps = _field(graphs, "steps", dict, "graphs.")
+    if not steps:
+        raise ValueError("graphs.steps is empty")
     return ExportManifest(
         root=root,
         config=config,
-        checkpoint_sha256=_hex(data["checkpoint_sha256"]),
-        height=_int(data["height"]),
-        width=_int(data["width"]),
-        views=ViewRange(_int(views["min"]), _int(views["opt"]), _int(views["max"])),
-        opset=_int(data["opset"]),
-        num_tokens=_int(data["num_tokens"]),
-        embed_dim=_int(data["embed_dim"]),
-        encoder=_graph(graphs["encoder"]),
-        steps={_int(int(k)): _graph(v) for k, v in graphs["steps"].items()},
-        decoder=_graph(graphs["decoder"]),
-        outputs=tuple(_name(o) for o in data["outputs"]),
-        torch_version=str(data["torch_version"]),
+        checkpoint_sha256=_hex(_field(data, "checkpoint_sha256", str)),
+        height=_int(_field(data, "height", int)),
+        width=_int(_field(data, "width", int)),
+        views=ViewRange(*(_int(_field(views, k, int, "views.")) for k in ("min", "opt", "max"))),
+        opset=_int(_field(data, "opset", int)),
+        num_tokens=_int(_field(data, "num_tokens", int)),
+        embed_dim=_int(_field(data, "embed_dim", int)),
+        encoder=_graph(_field(graphs, "encoder", dict, "graphs.")),
+        steps={_block(k): _graph(v) for k, v in steps.items()},
+        decoder=_graph(_field(graphs, "decoder", dict, "graphs.")),
+        outputs=tuple(_name(o) for o in _field(data, "outputs", list)),
+        torch_version=_field(data, "torch_version", str),
     )
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a non-negative int, got {value!r}")
+def _field(data: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+    """``data[key]`` if it is a ``kind``; ``where`` prefixes the field name in the message."""
+    name = where + key
+    if key not in data:
+        raise ValueError(f"{name} is missing")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{name} must be {_KIND_NAMES[kind]}, got {_short(value)}")
     return value
+
+
+_KIND_NAMES = {dict: "an object", list: "a list", int: "an integer", str: "a string"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _block(key: str) -> int:
+    if not key.isdigit():
+        raise ValueError(f"graphs.steps key {key!r} is not a block index")
+    return int(key)
 
 
 def _hex(value: Any) -> str:
     if not isinstance(value, str) or len(value) != 64 or set(value) - set("0123456789abcdef"):
-        raise ValueError(f"expected a sha256 hex digest, got {value!r}")
+        raise ValueError(f"expected a sha256 hex digest, got {_short(value)}")
     return value
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value or not value.replace("_", "").isalnum():
-        raise ValueError(f"expected a plain name, got {value!r}")
+        raise ValueError(f"expected a plain name, got {_short(value)}")
     return value
 
 
 def _graph(entry: Any) -> GraphFile:
-    file = entry["file"]
-    if not isinstance(file, str) or Path(file).name != file or not file.endswith(".onnx"):
-        raise ValueError(f"graph file must be a plain *.onnx name inside the export, got {file!r}")
-    return GraphFile(file=file, sha256=_hex(entry["sha256"]))
+    if not isinstance(entry, dict):
+        raise ValueError(f"a graph entry must be an object with file and sha256, got "
+                         f"{_short(entry)}")
+    file = _field(entry, "file", str, "graph.")
+    if Path(file).name != file or not file.endswith(".onnx"):
+        raise ValueError(f"graph file must be a plain *.onnx name inside the export, got "
+                         f"{_short(file)}")
+    return GraphFile(file=file, sha256=_hex(_field(entry, "sha256", str, "graph.")))

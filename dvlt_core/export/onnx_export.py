@@ -25,13 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from dvlt_core.export.manifest import (
-    DECODER_INPUTS,
-    DECODER_OUTPUTS,
-    ENCODER_INPUTS,
-    ENCODER_OUTPUTS,
-    STEP_INPUTS,
-    STEP_OUTPUTS,
-    VIEW_AXIS,
     ExportError,
     ExportManifest,
     GraphFile,
@@ -40,9 +33,21 @@ from dvlt_core.export.manifest import (
     model_fingerprint,
     save_manifest,
 )
+from dvlt_core.export.stages import (
+    DECODER_INPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    MIN_OPSET,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    VIEW_AXIS,
+    decoder_outputs,
+    stage_identity,
+    step_blocks,
+    step_file_name,
+)
 from dvlt_core.model import DVLTModel
 
-MIN_OPSET = 17
 DEFAULT_OPSET = 17
 # Operators whose output shape depends on tensor values, or that hide control flow.
 DATA_DEPENDENT_OPS = frozenset(
@@ -84,18 +89,6 @@ class _Decoder(nn.Module):
         return tuple(out[name] for name in self.outputs)
 
 
-def step_blocks(model: DVLTModel) -> list[int]:
-    """Block indices the loop can use: all blocks for a fixed per-step-block plan, else [0]."""
-    cfg = model.config
-    if cfg.k_sampling is None:
-        return sorted(set(model.inference_plan(None).block_indices))
-    return [0]
-
-
-def step_file_name(block_index: int, num_blocks: int) -> str:
-    return "step.onnx" if num_blocks == 1 else f"step_block{block_index:02d}.onnx"
-
-
 def check_exportable(model: DVLTModel, height: int, width: int, views: ViewRange) -> None:
     """Refuse settings the graphs cannot represent, with what to change."""
     p = model.patch_size
@@ -128,12 +121,15 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def _pin_output_shapes(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Write the static output dimensions into the graph (the exporter leaves some symbolic);
-    S stays symbolic. Weights in external data files are left untouched."""
+def _finish_graph(path: Path, shapes: dict[str, tuple[int, ...]],
+                  identity: dict[str, str]) -> None:
+    """Write the static output dimensions into the graph (the exporter leaves some symbolic;
+    S stays symbolic) and its stage identity into ``metadata_props``. Weights in external data
+    files are left untouched."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, identity)
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim
         for axis, size in enumerate(shapes[output.name]):
@@ -151,6 +147,7 @@ def _export_graph(
     input_names: tuple[str, ...],
     output_names: tuple[str, ...],
     opset: int,
+    identity: dict[str, str],
 ) -> GraphFile:
     dynamic = {name: {VIEW_AXIS: "S"} for name in (*input_names, *output_names)}
     for name, arg in zip(input_names, args, strict=True):
@@ -173,8 +170,8 @@ def _export_graph(
         )
         outputs = module(*args)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    _pin_output_shapes(path, {n: tuple(o.shape) for n, o in zip(output_names, outputs,
-                                                                 strict=True)})
+    _finish_graph(path, {n: tuple(o.shape) for n, o in zip(output_names, outputs, strict=True)},
+                  identity)
     return GraphFile(file=path.name, sha256=file_sha256(path))
 
 
@@ -207,27 +204,33 @@ def export_onnx(
     trace_views = min(2, views.max)
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(1, trace_views, 3, height, width, generator=gen)
+    config, fingerprint = model.config.to_dict(), model_fingerprint(model)
+
+    def identity(stage: str, block: int | None = None) -> dict[str, str]:
+        return stage_identity(stage, block, height, width, fingerprint, config)
+
     say(f"exporting encoder ({height}x{width}, S traced at {trace_views}, dynamic {views})")
     encoder = _export_graph(_Encoder(model), (images,), out / "encoder.onnx",
-                            ENCODER_INPUTS, ENCODER_OUTPUTS, opset)
+                            ENCODER_INPUTS, ENCODER_OUTPUTS, opset, identity("encoder"))
     with torch.no_grad():
         tokens = model.encode(images)
-    blocks = step_blocks(model)
+    blocks = step_blocks(model.config)
     t_now, t_next = (torch.tensor(v, dtype=torch.float32) for v in (0.25, 0.5))
     steps = {}
     for block in blocks:
         name = step_file_name(block, len(blocks))
         say(f"exporting loop step {name} (block {block})")
         steps[block] = _export_graph(_Step(model, block, image_hw), (tokens, t_now, t_next),
-                                     out / name, STEP_INPUTS, STEP_OUTPUTS, opset)
-    outputs = DECODER_OUTPUTS if model.camera_head is not None else DECODER_OUTPUTS[:-1]
+                                     out / name, STEP_INPUTS, STEP_OUTPUTS, opset,
+                                     identity("step", block))
+    outputs = decoder_outputs(model.config)
     say("exporting decoder and heads")
     decoder = _export_graph(_Decoder(model, image_hw, outputs), (tokens,), out / "decoder.onnx",
-                            DECODER_INPUTS, outputs, opset)
+                            DECODER_INPUTS, outputs, opset, identity("decoder"))
     manifest = ExportManifest(
         root=out,
-        config=model.config.to_dict(),
-        checkpoint_sha256=model_fingerprint(model),
+        config=config,
+        checkpoint_sha256=fingerprint,
         height=height,
         width=width,
         views=views,

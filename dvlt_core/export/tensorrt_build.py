@@ -36,7 +36,8 @@ from dvlt_core.export.engine_cache import (
     EngineKey,
     EngineMissingError,
 )
-from dvlt_core.export.manifest import VIEW_AXIS, ExportManifest, GraphFile, ViewRange
+from dvlt_core.export.manifest import ExportManifest, GraphFile, ViewRange
+from dvlt_core.export.stages import VIEW_AXIS
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 # 10.3 (JetPack 6.1) has every call used here, e.g. IExecutionContext.set_device_memory.
