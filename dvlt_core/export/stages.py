@@ -125,8 +125,9 @@ def stage_problems(
             return [f"it was exported {label.format(found.get(key, '?'))}, not from the export its "
                     "manifest describes (copied from another export?)"]
     problems = []
-    if signature.opsets.get("", 0) != opset:
-        problems.append(f"opset {signature.opsets.get('', 0)}, the manifest says {opset}")
+    declared = signature.opsets.get("", signature.opsets.get("ai.onnx", 0))  # default domain
+    if declared != opset:
+        problems.append(f"opset {declared}, the manifest says {opset}")
     inputs, outputs = stage_io(stage, sizes)
     optional = OPTIONAL_STEP_INPUTS if stage == "step" else frozenset()
     problems += _io_problems("input", signature.inputs, inputs, optional)
