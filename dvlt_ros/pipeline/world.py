@@ -123,10 +123,6 @@ class WorldAligner:
         self._last: Placement | None = None
         self._epoch: int | None = None
 
-    @property
-    def last_placement(self) -> Placement | None:
-        return self._last
-
     def reset(self) -> None:
         """Start a new world with the next window."""
         self._history.clear()
