@@ -24,12 +24,6 @@ class StageTimings:
     def num_steps(self) -> int:
         return len(self.step_ms)
 
-    def predict_total_ms(self, num_steps: int) -> float:
-        """Estimated total for another K, from this run's mean step time."""
-        mean_step = sum(self.step_ms) / max(1, len(self.step_ms))
-        fixed = self.total_ms - sum(self.step_ms)
-        return fixed + mean_step * num_steps
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "encode_ms": self.encode_ms,

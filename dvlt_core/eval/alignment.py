@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from dvlt_core.eval.quantile import kthvalue_quantile
+from dvlt_core.geometry.similarity import Sim3
 
 
 def umeyama_alignment(
@@ -48,40 +47,6 @@ def umeyama_alignment(
     return rotation, translation, scale
 
 
-def _apply_rigid(points: Tensor, rotation: Tensor, translation: Tensor) -> Tensor:
-    """``R·p + t`` for points (..., 3), evaluated in homogeneous form like the upstream code."""
-    transform = torch.eye(4, dtype=points.dtype, device=points.device)
-    transform[:3, :3] = rotation
-    transform[:3, 3] = translation
-    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
-    return torch.einsum("...i,ji->...j", homogeneous, transform)[..., :3]
-
-
-@dataclass(frozen=True)
-class Sim3:
-    """A similarity ``p ↦ R·(c·p) + t``."""
-
-    rotation: Tensor  # (3, 3)
-    translation: Tensor  # (3,)
-    scale: Tensor  # 0-d
-
-    @property
-    def matrix_3x4(self) -> Tensor:
-        """``[R | t]`` (the scale is kept separately, as the upstream evaluator reports it)."""
-        return torch.cat([self.rotation, self.translation[:, None]], dim=-1)
-
-    def apply_points(self, points: Tensor) -> Tensor:
-        """Transform points of shape (..., 3)."""
-        return _apply_rigid(self.scale * points, self.rotation, self.translation)
-
-    def apply_c2w(self, c2w: Tensor) -> Tensor:
-        """Transform c2w poses (..., 3|4, 4): ``R_i ← R·R_i``, ``t_i ← R·(c·t_i) + t``."""
-        out = c2w.clone()
-        out[..., :3, :3] = self.rotation @ c2w[..., :3, :3]
-        out[..., :3, 3] = self.apply_points(c2w[..., :3, 3])
-        return out
-
-
 def fit_sim3(
     pred_points: Tensor,
     gt_points: Tensor,
@@ -110,7 +75,7 @@ def fit_sim3(
                          f"{tuple(gt_points.shape)}")
     rotation, translation, scale = umeyama_alignment(pred_points.T, gt_points.T, with_scale)
     for _ in range(outlier_rounds):
-        aligned = _apply_rigid(scale * pred_points, rotation, translation)
+        aligned = Sim3(rotation, translation, scale).apply_points(pred_points)
         residuals = (aligned - gt_points).norm(dim=-1)
         threshold = kthvalue_quantile(residuals, outlier_percentile / 100.0)
         inliers = residuals <= threshold

@@ -1,12 +1,23 @@
-"""Camera geometry: pose fitting from rays, depth unprojection, rigid transforms."""
+"""Camera geometry: pose fitting from rays, depth unprojection, rigid and similarity
+transforms, quaternions, and a time-indexed transform tree."""
 
 from dvlt_core.geometry.rays_to_pose import PoseFit, PoseMode, RobustOptions, rays_to_pose
+from dvlt_core.geometry.similarity import Sim3
+from dvlt_core.geometry.tf_tree import (
+    ExtrapolationError,
+    FrameNotFoundError,
+    NotConnectedError,
+    TfTree,
+    TransformError,
+    rigid_from_translation_quaternion,
+)
 from dvlt_core.geometry.transforms import (
     cameras_from_pose_encoding,
     invert_pose,
     pose_encoding_from_cameras,
     quaternion_to_rotation,
     rotation_to_quaternion,
+    slerp,
     to_homogeneous,
 )
 from dvlt_core.geometry.unproject import (
@@ -20,9 +31,15 @@ from dvlt_core.geometry.unproject import (
 __all__ = [
     "PIXEL_CENTRE_OFFSET",
     "UPSTREAM_PIXEL_OFFSET",
+    "ExtrapolationError",
+    "FrameNotFoundError",
+    "NotConnectedError",
     "PoseFit",
     "PoseMode",
     "RobustOptions",
+    "Sim3",
+    "TfTree",
+    "TransformError",
     "cameras_from_pose_encoding",
     "compute_world_rays",
     "invert_pose",
@@ -30,7 +47,9 @@ __all__ = [
     "pose_encoding_from_cameras",
     "quaternion_to_rotation",
     "rays_to_pose",
+    "rigid_from_translation_quaternion",
     "rotation_to_quaternion",
+    "slerp",
     "to_homogeneous",
     "unproject_depth",
 ]

@@ -162,3 +162,17 @@ def cameras_from_pose_encoding(
     intrinsics[..., 1, 2] = height / 2
     intrinsics[..., 2, 2] = 1
     return extrinsics, intrinsics
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, fraction: float) -> np.ndarray:
+    """Spherical linear interpolation of unit quaternions (scalar last), on the shorter arc:
+    ``fraction`` 0 gives ``q0``, 1 gives ``q1`` (or ``-q1``)."""
+    q0, q1 = np.asarray(q0, dtype=np.float64), np.asarray(q1, dtype=np.float64)
+    dot = float(q0 @ q1)
+    if dot < 0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:  # nearly parallel: normalised lerp avoids dividing by sin(θ) ≈ 0
+        q = q0 + fraction * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(dot)
+    return (np.sin((1 - fraction) * theta) * q0 + np.sin(fraction * theta) * q1) / np.sin(theta)

@@ -38,7 +38,7 @@ RELEASED_REPO = "nvidia/dvlt"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
-# The released checkpoint: DVLTModel defaults with these overrides (ARCH.md §1).
+# The released checkpoint: DVLTModel defaults with these overrides (docs/architecture.md §1).
 RELEASED_CONFIG_OVERRIDES: dict[str, Any] = {"img_size": 504, "depth_head_type": "conv"}
 LICENCE_NOTICE = (
     "The nvidia/dvlt weights are released under the NVIDIA License (non-commercial): "

@@ -1,4 +1,4 @@
-"""Loading image sequences and turning them into the network input (ARCH.md §3.1)."""
+"""Loading image sequences and turning them into the network input (docs/architecture.md §3.1)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Multi-head self-attention and the small layers shared by every transformer block.
 
-Attention (ARCH.md §8): one qkv Linear split as (3, heads, head_dim), optional per-head qk
-LayerNorm (eps 1e-5, shared across heads), optional 2-D RoPE on q and k, then
+Attention (docs/architecture.md §8): one qkv Linear split as (3, heads, head_dim), optional
+per-head qk LayerNorm (eps 1e-5, shared across heads), optional 2-D RoPE on q and k, then
 ``torch.nn.functional.scaled_dot_product_attention`` (scale 1/sqrt(head_dim), no mask).
 """
 

@@ -1,4 +1,5 @@
-"""Ray and depth decoders: transformer front-end + linear or conv output stage (ARCH.md §11).
+"""Ray and depth decoders: transformer front-end + linear or conv output stage
+(docs/architecture.md §11).
 
 Front-end: ``proj_in`` (C → D) on all P tokens, ``depth`` pre-norm blocks with qk-norm and the
 trunk's RoPE positions, kept as ``features`` (the camera head reads token 0 of the ray

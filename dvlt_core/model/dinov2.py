@@ -1,4 +1,4 @@
-"""DINOv2 ViT/14 backbone with registers, as DVLT uses it (ARCH.md §5).
+"""DINOv2 ViT/14 backbone with registers, as DVLT uses it (docs/architecture.md §5).
 
 Built from scratch (no download): the checkpoint supplies the weights. Differences from the
 original DINOv2 that DVLT relies on: the final norm is an affine-free LayerNorm (eps 1e-5), so

@@ -1,4 +1,4 @@
-"""Step-conditioned depth scaling: the gates of the looped block (ARCH.md §9).
+"""Step-conditioned depth scaling: the gates of the looped block (docs/architecture.md §9).
 
 A sinusoidal embedding of the step time goes through ``Linear → SiLU → Linear`` and ``+ 1``,
 giving ``G`` per-channel gate vectors (``s_attn``, ``s_mlp`` and, in gated mode, ``s_out``).

@@ -1,4 +1,4 @@
-"""Output stages of the decoders and the camera head (ARCH.md §11-12).
+"""Output stages of the decoders and the camera head (docs/architecture.md §11-12).
 
 * linear head: per-patch ``Linear(D → o·p²)`` and ``pixel_shuffle(p)``;
 * conv head (MoGe-style): three ×2 upsampling stages with UV channels, GroupNorm residual

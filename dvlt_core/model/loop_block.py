@@ -1,4 +1,4 @@
-"""The looped block: a frame sub-block then a global sub-block (ARCH.md §8).
+"""The looped block: a frame sub-block then a global sub-block (docs/architecture.md §8).
 
 Each sub-block is pre-norm attention + MLP with LayerScale, scaled by the step's gates::
 

@@ -1,4 +1,4 @@
-"""2-D rotary position embedding (ARCH.md §7), with tables precomputed per patch grid.
+"""2-D rotary position embedding (docs/architecture.md §7), with tables precomputed per patch grid.
 
 Each head of size ``d`` is split into a y half and an x half of ``d/2`` channels. Inside a half,
 channel ``k`` is paired with channel ``k + d/4`` ("rotate-half"), rotated by ``pos·f_k`` with

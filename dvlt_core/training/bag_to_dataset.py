@@ -28,8 +28,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dvlt_core.geometry import (
+    ExtrapolationError,
+    TfTree,
+    TransformError,
+    rigid_from_translation_quaternion,
+)
 from dvlt_core.training.data.folder import SceneWriter
-from dvlt_core.training.tf_buffer import TransformBuffer, transform
 
 logger = logging.getLogger(__name__)
 DEPTH_ENCODINGS = {"16UC1": 0.001, "mono16": 0.001, "32FC1": 1.0}
@@ -59,7 +64,7 @@ def extrinsic_matrix(values: Sequence[float]) -> np.ndarray:
     v = [float(x) for x in values]
     if len(v) != 7:
         raise ValueError(f"extrinsic {list(values)}: give seven numbers x,y,z,qx,qy,qz,qw")
-    return transform(v[:3], v[3:7])
+    return rigid_from_translation_quaternion(v[:3], v[3:7])
 
 
 @dataclass
@@ -169,8 +174,8 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
     if not bag.exists():
         raise FileNotFoundError(f"bag {bag} not found (give the rosbag2 folder or file)")
     scene_dir = Path(out_dir) / (scene_name or bag.stem)
-    tf = TransformBuffer(conversion.tolerance, conversion.max_gap)
-    odom = TransformBuffer(conversion.tolerance, conversion.max_gap)
+    tf = TfTree(_ns(conversion.max_gap), _ns(conversion.tolerance))
+    odom = TfTree(_ns(conversion.max_gap), _ns(conversion.tolerance))
     infos: dict[str, object] = {}
     image_stamps: dict[str, list[float]] = {c.image: [] for c in conversion.cameras}
     depth_stamps: dict[str, list[float]] = {c.depth: [] for c in conversion.cameras}
@@ -193,20 +198,14 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
         for conn, _, raw in _progress(reader, meta, "reading stamps and poses", progress):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic in ("/tf", "/tf_static"):
-                for tr in msg.transforms:
-                    t, q = tr.transform.translation, tr.transform.rotation
-                    args = (tr.header.frame_id, tr.child_frame_id, (t.x, t.y, t.z),
-                            (q.x, q.y, q.z, q.w))
-                    if conn.topic == "/tf_static":
-                        tf.add_static(*args)
-                    else:
-                        tf.add_dynamic(_stamp(tr.header), *args)
+                try:
+                    tf.add_tf_messages([msg], static=conn.topic == "/tf_static")
+                except TransformError as exc:
+                    raise ValueError(f"{bag}: {conn.topic}: {exc}") from None
             elif conn.topic == conversion.odometry_topic:
-                p = msg.pose.pose
-                odom.add_dynamic(_stamp(msg.header), "world", "base",
-                                 (p.position.x, p.position.y, p.position.z),
-                                 (p.orientation.x, p.orientation.y, p.orientation.z,
-                                  p.orientation.w))
+                p, q = msg.pose.pose.position, msg.pose.pose.orientation
+                odom.set_transform("world", "base", rigid_from_translation_quaternion(
+                    (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)), _ns(_stamp(msg.header)))
                 frame_ids["odometry_child"] = msg.child_frame_id
             elif conn.topic in image_stamps:
                 image_stamps[conn.topic].append(_stamp(msg.header))
@@ -284,19 +283,31 @@ def _progress(reader, connections, desc: str, show: bool):
                 disable=not show, leave=False)
 
 
-def _camera_pose(conversion, tf, odom, frame_ids, cam, t) -> np.ndarray | None:
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def _camera_pose(conversion, tf: TfTree, odom: TfTree, frame_ids, cam, t) -> np.ndarray | None:
+    """The camera's pose at header time ``t`` (seconds), or None where the pose source has no
+    data around ``t``."""
     optical = frame_ids[cam.image]
-    if conversion.pose_source == "tf":
-        return tf.lookup(conversion.fixed_frame, optical, t)
-    base_from_cam = conversion.base_from_camera.get(optical)
-    if base_from_cam is None:
-        base = frame_ids.get("odometry_child", "base_link")
-        base_from_cam = tf.lookup(base, optical, t)
+    try:
+        if conversion.pose_source == "tf":
+            return tf.lookup(conversion.fixed_frame, optical, _ns(t))
+        base_from_cam = conversion.base_from_camera.get(optical)
         if base_from_cam is None:
-            raise ValueError(f"no static transform {base} → {optical}: record /tf_static or "
-                             "pass --extrinsic")
-    world_from_base = odom.lookup("world", "base", t)
-    return None if world_from_base is None else world_from_base @ base_from_cam
+            base = frame_ids.get("odometry_child", "base_link")
+            try:
+                base_from_cam = tf.lookup(base, optical, _ns(t))
+            except TransformError as exc:
+                raise ValueError(f"no transform {base} → {optical} ({exc}): record /tf_static "
+                                 "or pass --extrinsic") from None
+        return odom.lookup("world", "base", _ns(t)) @ base_from_cam
+    except ExtrapolationError:
+        return None
+    except TransformError as exc:
+        raise ValueError(f"{optical!r} is not connected to the pose source's frames ({exc}): "
+                         "check --fixed-frame and the bag's /tf and /tf_static") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

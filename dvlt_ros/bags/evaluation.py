@@ -18,9 +18,8 @@ Metrics (poses are camera-to-world of the OpenCV optical frame):
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,8 @@ import numpy as np
 import torch
 
 from dvlt_core.eval.alignment import umeyama_alignment
+from dvlt_core.geometry import Sim3, rigid_from_translation_quaternion
 from dvlt_ros.bags.issues import BagError
-from dvlt_ros.conversions.transforms import matrix_from_quaternion, quaternion_from_matrix
 
 PoseLookup = Callable[[int], np.ndarray | None]
 
@@ -37,87 +36,6 @@ PoseLookup = Callable[[int], np.ndarray | None]
 def _rotation_angle_deg(rotation: np.ndarray) -> float:
     cos = (np.trace(rotation) - 1.0) / 2.0
     return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    dot = float(np.dot(q0, q1))
-    if dot < 0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + a * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(dot)
-    return (math.sin((1 - a) * theta) * q0 + math.sin(a * theta) * q1) / math.sin(theta)
-
-
-class TfTree:
-    """Static and time-stamped transforms; :meth:`lookup` gives ``root_from_frame``."""
-
-    def __init__(self, max_interval_ns: int = 500_000_000) -> None:
-        self.max_interval_ns = max_interval_ns
-        self._static: dict[str, tuple[str, np.ndarray]] = {}
-        self._dynamic: dict[str, tuple[str, list[int], list[np.ndarray]]] = {}
-
-    def add(self, parent: str, child: str, parent_from_child: np.ndarray,
-            stamp_ns: int | None = None) -> None:
-        """Add one transform; ``stamp_ns`` None makes it static."""
-        parent, child = parent.lstrip("/"), child.lstrip("/")
-        if stamp_ns is None:
-            self._static[child] = (parent, parent_from_child)
-            return
-        _, stamps, poses = self._dynamic.setdefault(child, (parent, [], []))
-        i = bisect.bisect(stamps, stamp_ns)
-        stamps.insert(i, stamp_ns)
-        poses.insert(i, parent_from_child)
-
-    def add_messages(self, messages: Iterable, static: bool) -> None:
-        """Add every transform of TFMessage objects."""
-        for msg in messages:
-            for tf in msg.transforms:
-                t, r = tf.transform.translation, tf.transform.rotation
-                pose = np.eye(4)
-                pose[:3, :3] = matrix_from_quaternion(np.array([r.x, r.y, r.z, r.w]))
-                pose[:3, 3] = (t.x, t.y, t.z)
-                stamp = tf.header.stamp.sec * 1_000_000_000 + tf.header.stamp.nanosec
-                self.add(tf.header.frame_id, tf.child_frame_id, pose, None if static else stamp)
-
-    @property
-    def frames(self) -> set[str]:
-        return set(self._static) | set(self._dynamic)
-
-    def _edge(self, child: str, stamp_ns: int) -> tuple[str, np.ndarray] | None:
-        if child in self._static:
-            return self._static[child]
-        parent, stamps, poses = self._dynamic[child]
-        i = bisect.bisect_left(stamps, stamp_ns)
-        if i < len(stamps) and stamps[i] == stamp_ns:
-            return parent, poses[i]
-        if i == 0 or i == len(stamps) or stamps[i] - stamps[i - 1] > self.max_interval_ns:
-            return None
-        a = (stamp_ns - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
-        p0, p1 = poses[i - 1], poses[i]
-        pose = np.eye(4)
-        pose[:3, 3] = (1 - a) * p0[:3, 3] + a * p1[:3, 3]
-        q = _slerp(quaternion_from_matrix(p0[:3, :3]), quaternion_from_matrix(p1[:3, :3]), a)
-        pose[:3, :3] = matrix_from_quaternion(q)
-        return parent, pose
-
-    def lookup(self, frame: str, stamp_ns: int) -> tuple[str, np.ndarray] | None:
-        """(root frame, root_from_frame) at ``stamp_ns``; None where a time-stamped link
-        has no samples around the stamp."""
-        frame = frame.lstrip("/")
-        pose = np.eye(4)
-        seen = set()
-        while frame in self._static or frame in self._dynamic:
-            if frame in seen:
-                raise BagError(f"the ground-truth TF tree has a cycle through {frame!r}")
-            seen.add(frame)
-            edge = self._edge(frame, stamp_ns)
-            if edge is None:
-                return None
-            frame, parent_from_child = edge
-            pose = parent_from_child @ pose
-        return frame, pose
 
 
 def read_tum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +53,7 @@ def read_tum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             t, *rest = (float(v) for v in values)
         except ValueError as exc:
             raise BagError(f"{path}:{number}: {exc}") from None
-        pose = np.eye(4)
-        pose[:3, 3] = rest[:3]
-        pose[:3, :3] = matrix_from_quaternion(np.array(rest[3:]))
+        pose = rigid_from_translation_quaternion(rest[:3], rest[3:])
         stamps.append(round(t * 1e9))
         poses.append(pose)
     if not poses:
@@ -240,17 +156,11 @@ def evaluate(
                        "use window_timesteps >= 2)")
     rotation, translation, scale = (t.numpy() for t in umeyama_alignment(
         torch.from_numpy(all_est.T), torch.from_numpy(all_gt.T), with_scale=align == "sim3"))
-    scale = float(scale)
-
-    def aligned(pose: np.ndarray) -> np.ndarray:
-        out = np.eye(4)
-        out[:3, :3] = rotation @ pose[:3, :3]
-        out[:3, 3] = scale * rotation @ pose[:3, 3] + translation
-        return out
+    est_to_gt = Sim3(rotation, translation, float(scale))
 
     scores, all_errors = [], []
     for camera, (est, gt) in pairs.items():
-        est_a = [aligned(p) for p in est]
+        est_a = [est_to_gt.apply_c2w(p) for p in est]
         errors = np.array([np.linalg.norm(e[:3, 3] - g[:3, 3]) for e, g in zip(est_a, gt,
                                                                                 strict=True)])
         all_errors.append(errors)
@@ -268,5 +178,5 @@ def evaluate(
             float(np.mean(rots)) if rots else None,
         ))
     errors = np.concatenate(all_errors)
-    return Evaluation(align, scale, len(errors), float(np.sqrt(np.mean(errors**2))),
+    return Evaluation(align, est_to_gt.scale, len(errors), float(np.sqrt(np.mean(errors**2))),
                       tuple(scores), unmatched)

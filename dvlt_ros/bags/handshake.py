@@ -27,9 +27,3 @@ ACK_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
-
-
-def ack_topic_of(node_name: str, namespace: str = "/") -> str:
-    """Absolute acknowledgement topic of a node: ``/<ns>/<node>/consumed``."""
-    base = "/" + namespace.strip("/")
-    return f"{base.rstrip('/')}/{node_name}/consumed"

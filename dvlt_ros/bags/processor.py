@@ -27,8 +27,9 @@ from rclpy.serialization import deserialize_message
 from tf2_msgs.msg import TFMessage
 
 from dvlt_core.backends import InferenceBackend
+from dvlt_core.geometry import TfTree, TransformError
 from dvlt_ros.bags.decode import CameraTopics, FrameDecoder, camera_topics
-from dvlt_ros.bags.evaluation import Evaluation, TfTree, evaluate, read_tum, tum_lookup
+from dvlt_ros.bags.evaluation import Evaluation, evaluate, read_tum, tum_lookup
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.msgtypes import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, TF_MESSAGE
 from dvlt_ros.bags.outputs import FusedCloud, StagedOutput, Trajectories, epoch_suffix
@@ -373,8 +374,11 @@ class BagProcessor:
             tree = TfTree()
             for topic, static in ((gt.tf_topic, False), ("/tf_static", True)):
                 if topic in self.bag.topics and self.bag.topics[topic].msgtype == TF_MESSAGE:
-                    tree.add_messages((deserialize_message(m.raw, TFMessage)
-                                       for m in self.bag.messages([topic])), static)
+                    try:
+                        tree.add_tf_messages((deserialize_message(m.raw, TFMessage)
+                                              for m in self.bag.messages([topic])), static)
+                    except TransformError as exc:
+                        raise BagError(f"ground truth on {topic}: {exc}") from None
             for camera, frame_id in self.frame_ids.items():
                 if frame_id not in tree.frames:
                     self.issues.warn("evaluation_frame_missing",
@@ -393,8 +397,10 @@ class BagProcessor:
 
 def _tree_lookup(tree: TfTree, frame_id: str) -> Callable[[int], np.ndarray | None]:
     def lookup(stamp_ns: int) -> np.ndarray | None:
-        found = tree.lookup(frame_id, stamp_ns)
-        return None if found is None else found[1]
+        try:
+            return tree.lookup_root(frame_id, stamp_ns)[1]
+        except TransformError:
+            return None
 
     return lookup
 

@@ -34,7 +34,6 @@ from dvlt_ros.pipeline.world import (
     MetricScale,
     Placement,
     RigBaselineScale,
-    Sim3,
     WorldAligner,
     WorldConfig,
 )
@@ -65,7 +64,6 @@ __all__ = [
     "RigBaselineScale",
     "RigSnapshot",
     "RigSynchronizer",
-    "Sim3",
     "SyncConfig",
     "ViewWindow",
     "WindowConfig",

@@ -283,7 +283,7 @@ class ReconstructionPipeline:
                 )
             )
         if recon.views[0].pose_valid:
-            reference = sim.apply_pose(recon.views[0].extrinsics_c2w)
+            reference = sim.apply_c2w(recon.views[0].extrinsics_c2w)
             self._trajectory.append((window.stamp_ns, reference[:3, 3].copy()))
         return cloud, tuple(depths), tuple(poses), window_poses, tuple(frusta)
 

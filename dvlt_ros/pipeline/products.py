@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dvlt_core.geometry import Sim3
 from dvlt_core.result import Reconstruction, ViewReconstruction
 from dvlt_ros.pipeline.frames import CameraFrame
-from dvlt_ros.pipeline.world import Sim3
 
 CLOUD_VIEWS = ("all", "newest")
 
@@ -227,7 +227,7 @@ def camera_pose(
         frame.camera,
         frame.stamp_ns,
         child_frame_id(frame, suffix),
-        world_from_window.apply_pose(view.extrinsics_c2w),
+        world_from_window.apply_c2w(view.extrinsics_c2w),
     )
 
 

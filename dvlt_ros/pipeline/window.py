@@ -79,13 +79,6 @@ class ViewWindow:
         """The newest snapshot's frames."""
         return tuple(f for f, t in zip(self.frames, self.timesteps, strict=True) if t == 0)
 
-    @classmethod
-    def from_snapshots(cls, snapshots: list[RigSnapshot], epoch: int = 0) -> ViewWindow:
-        """A window of the given snapshots, newest first, without any selection."""
-        frames = [f for snap in snapshots for f in snap.frames]
-        steps = [t for t, snap in enumerate(snapshots) for _ in snap.frames]
-        return cls(tuple(frames), tuple(steps), epoch)
-
 
 def grey_thumbnail(rgb: np.ndarray, size: int) -> np.ndarray:
     """Block-mean grey image with the longer side about ``size`` px, float32 in [0, 1]."""

@@ -25,51 +25,15 @@ the earlier ones:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from dvlt_core.geometry import Sim3
 from dvlt_core.result import Reconstruction, ViewReconstruction
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.window import ViewWindow
-
-
-@dataclass(frozen=True)
-class Sim3:
-    """``p -> scale * rotation @ p + translation``."""
-
-    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
-    translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    scale: float = 1.0
-
-    @classmethod
-    def from_rigid(cls, matrix: np.ndarray, scale: float = 1.0) -> Sim3:
-        """``rigid ∘ (p -> scale * p)`` for a 4x4 rigid ``matrix``."""
-        matrix = np.asarray(matrix, dtype=np.float64)
-        return cls(matrix[:3, :3].copy(), matrix[:3, 3].copy(), float(scale))
-
-    def matrix(self) -> np.ndarray:
-        """4x4 ``[s R | t]``."""
-        out = np.eye(4)
-        out[:3, :3] = self.scale * self.rotation
-        out[:3, 3] = self.translation
-        return out
-
-    def apply_points(self, points: np.ndarray) -> np.ndarray:
-        """Transform (..., 3) points."""
-        return self.scale * (np.asarray(points) @ self.rotation.T) + self.translation
-
-    def apply_pose(self, c2w: np.ndarray) -> np.ndarray:
-        """A camera-to-window pose as a (rigid) camera-to-world pose."""
-        out = np.eye(4)
-        out[:3, :3] = self.rotation @ c2w[:3, :3]
-        out[:3, 3] = self.scale * self.rotation @ c2w[:3, 3] + self.translation
-        return out
-
-    def inverse(self) -> Sim3:
-        rot = self.rotation.T
-        return Sim3(rot, -(rot @ self.translation) / self.scale, 1.0 / self.scale)
 
 
 class MetricScale(Protocol):
@@ -158,10 +122,6 @@ class WorldAligner:
         self._history: OrderedDict[tuple[str, int], _ViewEstimate] = OrderedDict()
         self._last: Placement | None = None
         self._epoch: int | None = None
-
-    @property
-    def last_placement(self) -> Placement | None:
-        return self._last
 
     def reset(self) -> None:
         """Start a new world with the next window."""
@@ -290,7 +250,7 @@ class WorldAligner:
                 continue
             self._history.pop(key, None)
             self._history[key] = _ViewEstimate(
-                world_from_window.apply_pose(view.extrinsics_c2w),
+                world_from_window.apply_c2w(view.extrinsics_c2w),
                 self._depth_samples(view) * world_from_window.scale,
             )
         while len(self._history) > self.config.history_size:

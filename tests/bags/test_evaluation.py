@@ -9,7 +9,7 @@ import pytest
 
 from dvlt_core.io.writers import write_tum
 from dvlt_core.synthetic import default_rig
-from dvlt_ros.bags.evaluation import TfTree, evaluate, read_tum, tum_lookup
+from dvlt_ros.bags.evaluation import evaluate, read_tum, tum_lookup
 from dvlt_ros.bags.issues import BagError
 
 
@@ -92,22 +92,3 @@ def test_tum_round_trip_and_tolerance(tmp_path):
     bad.write_text("1.0 2.0 3.0\n")
     with pytest.raises(BagError, match="8 numbers"):
         read_tum(bad)
-
-
-def test_tf_tree_chains_static_and_interpolated_transforms():
-    tree = TfTree(max_interval_ns=1_000_000_000)
-    mount = np.eye(4)
-    mount[:3, 3] = (0.5, 0.0, 0.2)
-    tree.add("base_link", "cam_optical", mount)
-    for stamp, angle, x in ((0, 0.0, 0.0), (1_000_000_000, 0.4, 2.0)):
-        pose = np.eye(4)
-        pose[:3, :3] = _rotation(np.array([0.0, 0.0, 1.0]), angle)
-        pose[:3, 3] = (x, 0.0, 0.0)
-        tree.add("/world", "base_link", pose, stamp)
-    root, middle = tree.lookup("cam_optical", 500_000_000)
-    assert root == "world"
-    expected_base = np.eye(4)
-    expected_base[:3, :3] = _rotation(np.array([0.0, 0.0, 1.0]), 0.2)
-    expected_base[:3, 3] = (1.0, 0.0, 0.0)
-    assert np.allclose(middle, expected_base @ mount, atol=1e-9)
-    assert tree.lookup("cam_optical", 2_000_000_000) is None  # no extrapolation

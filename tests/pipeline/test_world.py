@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dvlt_core.geometry import Sim3
 from dvlt_core.inference import Reconstructor
 from dvlt_core.synthetic.rig import rotation_z
 from dvlt_ros.pipeline import (
     RigBaselineScale,
-    Sim3,
     WindowConfig,
     WorldAligner,
     WorldConfig,
@@ -33,7 +33,7 @@ def _transformed(recon, sim: Sim3):
     views = [
         dataclasses.replace(
             v,
-            extrinsics_c2w=sim.apply_pose(v.extrinsics_c2w),
+            extrinsics_c2w=sim.apply_c2w(v.extrinsics_c2w),
             depth=v.depth * sim.scale,
             world_points=sim.apply_points(v.world_points),
         )
@@ -50,7 +50,7 @@ def recons(pipeline_gt_backend, pipeline_windows):
 def _pose_errors(placement, recon, truth):
     errs = []
     for view, gt in zip(recon.views, truth, strict=True):
-        got = placement.world_from_window.apply_pose(view.extrinsics_c2w)
+        got = placement.world_from_window.apply_c2w(view.extrinsics_c2w)
         errs.append(np.abs(got - gt).max())
     return max(errs)
 

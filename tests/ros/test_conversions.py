@@ -9,6 +9,7 @@ import pytest
 from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 
+from dvlt_core.geometry import TfTree
 from dvlt_ros.conversions.image import (
     ImageConversionError,
     array_to_image,
@@ -18,11 +19,10 @@ from dvlt_ros.conversions.image import (
 )
 from dvlt_ros.conversions.pointcloud import cloud_to_array, pack_rgb, points_to_cloud, unpack_rgb
 from dvlt_ros.conversions.transforms import (
-    matrix_from_quaternion,
     matrix_from_transform,
     ns_from_stamp,
-    quaternion_from_matrix,
     stamp_from_ns,
+    tf_message,
     transform_stamped,
 )
 
@@ -114,24 +114,39 @@ def test_pointcloud_shape_mismatch():
 
 
 def test_transform_round_trip():
-    angles = RNG.uniform(-np.pi, np.pi, size=(200, 3))
-    for a, b, c in angles:
-        ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
-        rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
-        ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
-        rx = np.array([[1, 0, 0], [0, cc, -sc], [0, sc, cc]])
-        rot = rz @ ry @ rx
-        q = quaternion_from_matrix(rot)
-        assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
-        np.testing.assert_allclose(matrix_from_quaternion(q), rot, atol=1e-12)
-    for rot in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):
-        np.testing.assert_allclose(matrix_from_quaternion(quaternion_from_matrix(rot)), rot,
-                                   atol=1e-12)
-    pose = np.eye(4)
-    pose[:3, :3] = rot
-    pose[:3, 3] = (1, -2, 3)
-    msg = transform_stamped(pose, "map", "cam", stamp_from_ns(5))
-    np.testing.assert_allclose(matrix_from_transform(msg), pose, atol=1e-12)
+    angles = RNG.uniform(-np.pi, np.pi, size=(50, 3))
+    rotations = [_euler(*a) for a in angles] + [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1])]
+    for i, rot in enumerate(rotations):
+        pose = np.eye(4)
+        pose[:3, :3] = rot
+        pose[:3, 3] = (1, -2, 3 + i)
+        msg = transform_stamped(pose, "map", "cam", stamp_from_ns(5))
+        q = msg.transform.rotation
+        assert q.w >= 0 and abs(np.linalg.norm([q.x, q.y, q.z, q.w]) - 1) < 1e-12
+        np.testing.assert_allclose(matrix_from_transform(msg), pose, atol=1e-12)
+
+
+def test_tf_messages_fill_the_tf_tree():
+    """Real tf2_msgs/TFMessage objects go into the core's TF tree (static and stamped)."""
+    mount, odom = np.eye(4), np.eye(4)
+    mount[:3, :3] = _euler(0.1, -0.2, 0.3)
+    mount[:3, 3] = (0.2, 0.0, 0.1)
+    odom[:3, 3] = (1.0, 2.0, 0.0)
+    tree = TfTree()
+    tree.add_tf_messages([tf_message([transform_stamped(mount, "base_link", "cam_optical",
+                                                        stamp_from_ns(0))])], static=True)
+    tree.add_tf_messages([tf_message([transform_stamped(odom, "odom", "base_link",
+                                                        stamp_from_ns(10**9))])], static=False)
+    np.testing.assert_allclose(tree.lookup("odom", "cam_optical", 10**9), odom @ mount,
+                               atol=1e-12)
+
+
+def _euler(a: float, b: float, c: float) -> np.ndarray:
+    ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
+    rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
+    ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
+    rx = np.array([[1, 0, 0], [0, cc, -sc], [0, sc, cc]])
+    return rz @ ry @ rx
 
 
 def test_stamps():

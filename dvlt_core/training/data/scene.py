@@ -1,10 +1,10 @@
 """The scene interface every training source implements, and shared image/depth readers.
 
-Conventions (the same as the model's, ARCH.md §14.2): images are RGB uint8 (H, W, 3); depth is
-float32 z-depth in metres with 0 for invalid pixels; poses are OpenCV camera-to-world 4x4
-(x right, y down, z forward); intrinsics are 3x3 in pixels with pixel (u, v) covering
-[u, u+1) x [v, v+1), so its centre is (u + 0.5, v + 0.5) (the COLMAP / nerfstudio convention;
-a ROS ``CameraInfo`` or OpenCV matrix has cx, cy half a pixel smaller).
+Conventions (the same as the model's, docs/architecture.md §14.2): images are RGB uint8
+(H, W, 3); depth is float32 z-depth in metres with 0 for invalid pixels; poses are OpenCV
+camera-to-world 4x4 (x right, y down, z forward); intrinsics are 3x3 in pixels with pixel
+(u, v) covering [u, u+1) x [v, v+1), so its centre is (u + 0.5, v + 0.5) (the COLMAP /
+nerfstudio convention; a ROS ``CameraInfo`` or OpenCV matrix has cx, cy half a pixel smaller).
 """
 
 from __future__ import annotations

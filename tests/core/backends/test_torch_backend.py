@@ -47,9 +47,6 @@ def test_host_loop_reproduces_the_golden_outputs(model, case):
     assert t.num_steps == int(case["K"]) and all(ms > 0 for ms in t.step_ms)
     assert t.encode_ms > 0 and t.decode_ms > 0
     assert t.encode_ms + sum(t.step_ms) + t.decode_ms <= t.total_ms + 1e-6
-    assert t.predict_total_ms(t.num_steps) == pytest.approx(t.total_ms)
-    mean_step = sum(t.step_ms) / t.num_steps
-    assert t.predict_total_ms(t.num_steps + 4) == pytest.approx(t.total_ms + 4 * mean_step)
     assert set(t.as_dict()) == {"encode_ms", "step_ms", "decode_ms", "transfer_ms", "total_ms"}
 
 

@@ -76,3 +76,15 @@ def test_pose_encoding_round_trip():
     c2w_np, k_np = cameras_from_pose_encoding(encoding.numpy(), (126, 168))
     np.testing.assert_allclose(c2w_np, c2w.numpy())
     np.testing.assert_allclose(k_np, k.numpy())
+
+
+def test_quaternions_of_many_rotations_and_half_turns():
+    rng = np.random.default_rng(7)
+    for quat in rng.normal(size=(200, 4)):
+        rotation = quaternion_to_rotation(quat)
+        q = rotation_to_quaternion(rotation)
+        assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
+        np.testing.assert_allclose(quaternion_to_rotation(q), rotation, atol=1e-12)
+    for half_turn in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):
+        np.testing.assert_allclose(quaternion_to_rotation(rotation_to_quaternion(half_turn)),
+                                   half_turn, atol=1e-12)

@@ -1,4 +1,5 @@
-"""Preprocessing (ARCH.md §3.1) and the per-view transform record that maps results back."""
+"""Preprocessing (docs/architecture.md §3.1) and the per-view transform record that maps
+results back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The inference t-grid and step plan (ARCH.md §10)."""
+"""The inference t-grid and step plan (docs/architecture.md §10)."""
 
 from __future__ import annotations
 
