@@ -198,8 +198,11 @@ class McapSalvager:
                     (stated,) = struct.unpack_from("<I", record.body, 0)
                     scan.data_crc = ("absent" if not stated else "ok" if stated == data_crc
                                      else "mismatch")
-                    if scan.data_crc == "mismatch":
-                        scan.damaged.append("the data section fails its CRC check")
+                    if scan.data_crc == "mismatch" and not scan.damaged:  # else explained
+                        scan.damaged.append(
+                            "the data section fails its CRC check: a record outside the "
+                            "CRC-checked chunks is damaged (the messages of chunks without a "
+                            "CRC may be wrong)")
                 return
             if record.op == OP_FOOTER:
                 return

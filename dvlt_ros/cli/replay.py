@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     say("info", f"{'stopped' if report.stopped else 'done'}: {report.published} messages, "
         f"{report.loops} pass(es) in {report.wall_s:.1f} s"
         + (f"; {report.acknowledged} images acknowledged, {report.waited_s:.1f} s waiting for "
-           "the node" if args.lossless else ""))
+           "the node" if args.lossless else "")
+        + ("; the bag is damaged or cut off: messages were skipped (see the warnings above)"
+           if not bag.complete else ""))
     return EXIT_INTERRUPTED if report.stopped else 0
 
 

@@ -362,3 +362,18 @@ def test_garbage_metadata_without_storage_files_is_a_one_line_refusal(tmp_path, 
     (line,) = _error_lines(capsys.readouterr().err)
     assert "metadata.yaml cannot be used: it is not valid YAML" in line
     assert "holds no .mcap/.db3 file" in line
+
+
+def test_damage_outside_the_chunks_fails_the_data_section_crc(chunked, tmp_path):
+    copy = shutil.copytree(chunked, tmp_path / "bag")
+    (file,) = copy.glob("*.mcap")
+    data = file.read_bytes()
+    index = next(r for r in records(data, len(MAGIC), len(data) - len(MAGIC))
+                 if r.op == 0x07)  # a message index record after a chunk
+    _flip(file, index.offset + 9 + 8)
+    salvager = McapSalvager(file)
+    scan = salvager.scan
+    salvager.close()
+    (damage,) = scan.damaged
+    assert damage.startswith("the data section fails its CRC check")
+    assert scan.chunks_checked == len(_chunks(file)) and scan.complete
