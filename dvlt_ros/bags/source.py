@@ -151,6 +151,8 @@ class BagSource:
         try:
             self._parts.append(self._open_reader(self.path))
         except BagError:
+            if not files:
+                raise
             # A damaged storage file inside a complete directory: read the files one by one.
             self._parts = [self._open_file(file) for file in files]
 
