@@ -12,7 +12,11 @@ ERROR = "error"
 
 
 class BagError(RuntimeError):
-    """A bag (or a command line) that cannot be used; the message says what to do."""
+    """A bag (or a command line) that cannot be used; the message says what to do, on one
+    line (the text of a reader's error it quotes is joined onto it)."""
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from std_msgs.msg import UInt64
 
 from dvlt_ros.bags.handshake import ACK_QOS
 from dvlt_ros.bags.issues import BagError, IssueLog
-from dvlt_ros.bags.msgtypes import IMAGE_TYPES, message_class
+from dvlt_ros.bags.msgtypes import IMAGE_TYPES
 from dvlt_ros.bags.source import BagMessage, BagSource
 from dvlt_ros.conversions.transforms import stamp_from_ns
 
@@ -109,13 +109,11 @@ class BagPlayer:
         publishers = {}
         for name in topics:
             info = self.bag.topics[name]
-            cls = message_class(info.msgtype)
-            if cls is None:
-                self.issues.warn("unknown_type",
-                                 f"type {info.msgtype} is not installed in this Python "
-                                 "environment: the topic is not played (install or build its "
-                                 "message package)", name)
+            problem = self.bag.topic_problem(name)
+            if problem is not None:
+                self.issues.warn(problem.code, f"{problem}: the topic is not played", name)
                 continue
+            cls = self.bag.message_class(name)
             latched = info.durability == "transient_local" or name == "/tf_static"
             qos = QoSProfile(
                 history=HistoryPolicy.KEEP_LAST,
@@ -126,7 +124,8 @@ class BagPlayer:
             )
             publishers[name] = (self.node.create_publisher(cls, name, qos), latched, info.msgtype)
         if not publishers:
-            raise BagError(f"nothing to play from {self.bag.path}: no topic of a known type")
+            raise BagError(f"nothing to play from {self.bag.path}: no topic of a known type "
+                           "whose messages deserialise (see the warnings above)")
         return publishers
 
     @property

@@ -150,6 +150,8 @@ class BagProcessor:
                     f"'{transport}' (use image_transport:=compressed for CompressedImage)")
             if self.bag.topics[t.image].count == 0:
                 self.issues.warn("empty_topic", "no messages recorded", t.image)
+            elif (problem := self.bag.topic_problem(t.image)) is not None:
+                raise BagError(f"{t.image} cannot be used: {problem}")
             info = self.bag.topics.get(t.info)
             if info is None:
                 if self.params["use_input_camera_info"]:
@@ -306,12 +308,13 @@ class BagProcessor:
         files["trajectories"] = trajectories
         evaluation = self._evaluate(epochs)
         interrupted = self._stop_requested
-        complete = error is None and not interrupted and not self.bag.truncated
+        complete = error is None and not interrupted and self.bag.complete
         sync_stats = self.session.sync.stats()
         summary: dict[str, object] = {
             "bag": str(self.bag.path),
             "output": str(self.output.final),
             "complete": complete,
+            "bag_damaged": self.bag.damaged,
             "interrupted": interrupted,
             "error": error,
             "frames": {

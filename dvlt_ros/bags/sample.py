@@ -122,9 +122,12 @@ def read_sample_config(bag: BagSource) -> SampleBagConfig:
                        "the ground_truth backend only works on sample bags; use a model "
                        "backend (--backend torch) for other recordings")
     for message in bag.messages([SCENE_TOPIC]):
-        values = json.loads(deserialize_message(message.raw, String).data)
-        return SampleBagConfig(**values)
-    raise BagError(f"{SCENE_TOPIC} in {bag.path} holds no message")
+        try:
+            return SampleBagConfig(**json.loads(deserialize_message(message.raw, String).data))
+        except (ValueError, TypeError) as exc:  # not JSON, or not the generator's settings
+            raise BagError(f"{SCENE_TOPIC} in {bag.path} does not hold the settings of "
+                           f"`dvlt-ros sample-bag` ({exc}): write the sample bag again") from None
+    raise BagError(f"{SCENE_TOPIC} in {bag.path} holds no readable message")
 
 
 def ground_truth_backend(bag: BagSource, img_size: int) -> GroundTruthBackend:

@@ -1,12 +1,20 @@
 """Open a rosbag2 (sqlite3 or mcap; a bag directory or one storage file) with ``rosbags``
 and stream its raw messages, keeping whatever is readable of a damaged bag.
 
-* A directory without ``metadata.yaml`` (the recorder was killed before writing it) is
-  read through its storage files (warning ``metadata_missing``).
+* A directory without ``metadata.yaml`` (the recorder was killed before writing it), or
+  whose ``metadata.yaml`` is not usable (not YAML, wrong structure, missing fields), is
+  read through its storage files (warning ``metadata_missing`` / ``metadata_invalid``).
 * An MCAP file without footer/index (killed recording, cut copy) is read sequentially up
   to the first incomplete record (warning ``truncated``).
-* A read error in the middle of a bag ends the stream with warning ``truncated``: what
-  was read before is kept.
+* MCAP CRCs are checked where the file has them: a summary (index) that fails its CRC
+  makes the file be read sequentially; a chunk that fails its CRC is skipped and reading
+  goes on after it (warning ``damaged``; the bag is not :attr:`BagSource.complete`).
+* A read error in the middle of a bag ends the stream with warning ``truncated`` (an MCAP
+  file is read on sequentially past the damage instead): what was read before is kept.
+* Message types resolve only to classes of known interface packages
+  (:func:`~dvlt_ros.bags.msgtypes.message_class`); every message of such a type is
+  checked to deserialise before it is handed out (warning ``malformed_message``), and
+  :meth:`BagSource.topic_problem` says why a topic cannot be used at all.
 
 Topic remapping (``--remap FROM:=TO``) is applied here, so every later stage sees the
 remapped names.
@@ -18,12 +26,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 
+from dvlt_ros.bags.bag_metadata import metadata_problem
 from dvlt_ros.bags.issues import BagError, IssueLog
-from dvlt_ros.bags.mcap_salvage import McapSalvager
+from dvlt_ros.bags.mcap_crc import summary_crc_problem
+from dvlt_ros.bags.mcap_salvage import McapSalvager, SalvageScan
+from dvlt_ros.bags.msgtypes import UnknownMessageTypeError, message_class
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
+#: Messages read to decide whether a topic's payloads deserialise at all.
+PROBE_MESSAGES = 3
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,17 @@ class BagMessage:
     msgtype: str
     log_ns: int
     raw: bytes
+
+
+@dataclass(frozen=True)
+class TopicProblem:
+    """Why a topic cannot be used: ``code`` ``unknown_type`` or ``malformed_topic``."""
+
+    code: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass
@@ -81,6 +106,9 @@ class BagSource:
         self.remap = dict(remap or {})
         self._parts: list[_Part] = []
         self.truncated = False
+        self.damaged = False
+        self._classes: dict[str, type | UnknownMessageTypeError] = {}
+        self._problems: dict[str, TopicProblem | None] = {}
         if not self.path.exists():
             raise BagError(f"bag {self.path} does not exist")
         self._open()
@@ -91,55 +119,88 @@ class BagSource:
 
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
-        if self.path.is_dir() and not (self.path / "metadata.yaml").exists():
-            files = sorted(p for p in self.path.iterdir() if p.suffix in STORAGE_SUFFIXES)
+        if self.path.is_file():
+            if self.path.suffix not in STORAGE_SUFFIXES:
+                raise BagError(f"{self.path}: unknown bag format (expected a rosbag2 directory, "
+                               "an .mcap or a .db3 file)")
+            self._parts.append(self._open_file(self.path))
+            return
+        files = sorted(p for p in self.path.iterdir() if p.suffix in STORAGE_SUFFIXES)
+        metadata = self.path / "metadata.yaml"
+        if not metadata.exists():
             if not files:
                 raise BagError(
                     f"{self.path} is not a rosbag2: no metadata.yaml and no .mcap/.db3 file in it"
                 )
-            self.issues.warn("metadata_missing",
-                             f"{self.path} has no metadata.yaml (was the recording interrupted?); "
-                             f"reading its storage files directly: "
-                             f"{', '.join(f.name for f in files)}")
-            for file in files:
-                self._parts.append(self._open_file(file))
+            self._read_files_directly(files, "metadata_missing",
+                                      f"{self.path} has no metadata.yaml (was the recording "
+                                      "interrupted?)")
             return
-        if self.path.is_file() and self.path.suffix not in STORAGE_SUFFIXES:
-            raise BagError(f"{self.path}: unknown bag format (expected a rosbag2 directory, "
-                           "an .mcap or a .db3 file)")
+        problem = metadata_problem(metadata)
+        if problem is not None:
+            if not files:
+                raise BagError(f"{metadata} cannot be used: {problem}; and {self.path} holds no "
+                               ".mcap/.db3 file to read instead: restore the file from the "
+                               "recording")
+            self._read_files_directly(files, "metadata_invalid",
+                                      f"{metadata} cannot be used: {problem}")
+            return
+        if any(summary_crc_problem(f) for f in files if f.suffix == ".mcap"):
+            self._parts = [self._open_file(file) for file in files]
+            return
         try:
             self._parts.append(self._open_reader(self.path))
         except BagError:
-            if not self.path.is_dir():
+            if not files:
                 raise
             # A damaged storage file inside a complete directory: read the files one by one.
-            files = sorted(p for p in self.path.iterdir() if p.suffix in STORAGE_SUFFIXES)
             self._parts = [self._open_file(file) for file in files]
 
+    def _read_files_directly(self, files: list[Path], code: str, reason: str) -> None:
+        self.issues.warn(code, f"{reason}; reading its storage files directly: "
+                         f"{', '.join(f.name for f in files)}")
+        self._parts = [self._open_file(file) for file in files]
+
     def _open_file(self, file: Path) -> _Part:
+        if file.suffix == ".mcap" and (problem := summary_crc_problem(file)) is not None:
+            self.damaged = True
+            self.issues.warn("damaged", f"{file.name}: {problem}; reading it sequentially, "
+                             "every chunk checked against its CRC")
+            return self._salvage(file, None)
         try:
             return self._open_reader(file)
         except BagError as exc:
             if file.suffix != ".mcap":
                 raise
-            reason = exc
+            return self._salvage(file, exc)
+
+    def _salvage(self, file: Path, reason: BagError | None) -> _Part:
+        """A part read sequentially by :class:`McapSalvager`; ``reason``: why the index
+        reader refused the file (None: its summary is damaged)."""
         try:
             salvager = McapSalvager(file)
         except (OSError, ValueError) as exc:
-            raise BagError(f"cannot read {file}: {reason}; {exc}") from None
+            raise BagError(f"cannot read {file}: {reason or 'damaged summary'}; {exc}") from None
         scan = salvager.scan
-        kept = sum(scan.counts.values())
-        self.truncated = True
-        self.issues.warn("truncated",
-                         f"{file.name} is incomplete ({reason}); reading it sequentially: "
-                         f"{kept} messages are readable"
-                         + (f", the rest is cut off ({scan.stop_reason})" if not scan.complete
-                            else ""))
+        if reason is not None:
+            kept = sum(scan.counts.values())
+            self.truncated = True
+            self.issues.warn("truncated",
+                             f"{file.name} is incomplete ({reason}); reading it sequentially: "
+                             f"{kept} messages are readable"
+                             + (f", the rest is cut off ({scan.stop_reason})"
+                                if not scan.complete else ""))
+        self._report_damage(file, scan)
         part = _Part(file, salvager=salvager)
         for cid, channel in scan.channels.items():
             part.topics.setdefault(channel.topic, []).append(
                 (cid, channel.msgtype, scan.counts.get(cid, 0), "volatile"))
         return part
+
+    def _report_damage(self, file: Path, scan: SalvageScan) -> None:
+        for where in scan.damaged:
+            self.damaged = True
+            self.issues.warn("damaged", f"{file.name} is damaged: {where}")
 
     def _open_reader(self, path: Path) -> _Part:
         try:
@@ -183,6 +244,11 @@ class BagSource:
 
     # ------------------------------------------------------------------ reading
     @property
+    def complete(self) -> bool:
+        """Everything in the bag was readable so far: not cut off, no damage found."""
+        return not self.truncated and not self.damaged
+
+    @property
     def message_count(self) -> int:
         return sum(t.count for t in self.topics.values())
 
@@ -198,11 +264,69 @@ class BagSource:
                 ends.append(part.salvager.scan.end_ns)
         return (min(starts), max(ends)) if starts else None
 
+    def message_class(self, topic: str) -> type:
+        """The rclpy class of ``topic``'s type; :class:`UnknownMessageTypeError` when it
+        does not resolve to a known interface package's message."""
+        if topic not in self._classes:
+            try:
+                self._classes[topic] = message_class(self.topics[topic].msgtype)
+            except UnknownMessageTypeError as exc:
+                self._classes[topic] = exc
+        found = self._classes[topic]
+        if isinstance(found, UnknownMessageTypeError):
+            raise found
+        return found
+
+    def topic_problem(self, topic: str) -> TopicProblem | None:
+        """Why ``topic`` cannot be used, or None: its type is unknown, or none of its
+        first messages deserialises as that type (damaged, or recorded with another
+        definition of the type)."""
+        if topic not in self._problems:
+            self._problems[topic] = self._find_problem(topic)
+        return self._problems[topic]
+
+    def _find_problem(self, topic: str) -> TopicProblem | None:
+        try:
+            cls = self.message_class(topic)
+        except UnknownMessageTypeError as exc:
+            return TopicProblem("unknown_type", str(exc))
+        probed = 0
+        for message in self._raw_messages({topic}, None, report=False):
+            if _deserialises(message.raw, cls):
+                return None
+            probed += 1
+            if probed == PROBE_MESSAGES:
+                break
+        if probed == 0:
+            return None
+        return TopicProblem(
+            "malformed_topic",
+            f"its first {probed} message(s) do not deserialise as {self.topics[topic].msgtype} "
+            "(a damaged bag, or one recorded with another definition of that type)")
+
     def messages(self, topics: Iterable[str] | None = None,
                  start_ns: int | None = None) -> Iterator[BagMessage]:
         """Messages of ``topics`` (remapped names; all when None) in log-time order per
-        storage file, from ``start_ns`` on. A read error ends the stream (``truncated``)."""
+        storage file, from ``start_ns`` on. A read error ends the stream (``truncated``);
+        a message of a known type that does not deserialise is skipped
+        (``malformed_message``)."""
         wanted = set(self.topics if topics is None else topics)
+        for message in self._raw_messages(wanted, start_ns):
+            try:
+                cls = self.message_class(message.topic)
+            except UnknownMessageTypeError:
+                cls = None  # nothing here reads it; players skip such topics
+            if cls is not None and not _deserialises(message.raw, cls):
+                self.damaged = True
+                self.issues.warn("malformed_message",
+                                 f"the message logged at {message.log_ns} ns does not "
+                                 f"deserialise as {message.msgtype}: skipped",
+                                 message.topic, message.log_ns)
+                continue
+            yield message
+
+    def _raw_messages(self, wanted: set[str], start_ns: int | None,
+                      report: bool = True) -> Iterator[BagMessage]:
         for part in self._parts:
             selected = {
                 name: entries[0] for name, entries in part.topics.items()
@@ -210,41 +334,78 @@ class BagSource:
             }
             if not selected:
                 continue
-            yield from self._part_messages(part, selected, start_ns)
+            yield from self._part_messages(part, selected, start_ns, report)
 
-    def _part_messages(self, part: _Part, selected: dict, start_ns: int | None
-                       ) -> Iterator[BagMessage]:
+    def _part_messages(self, part: _Part, selected: dict, start_ns: int | None,
+                       report: bool) -> Iterator[BagMessage]:
         # connection (reader) or channel (salvage) id -> (remapped topic, type)
         names = {
             (entry[0].id if part.reader is not None else entry[0]): (self.remap.get(n, n), entry[1])
             for n, entry in selected.items()
         }
-        count = 0
+        count, last_ns = 0, -1
         try:
             if part.reader is not None:
                 conns = [entry[0] for entry in selected.values()]
                 for conn, log_ns, raw in part.reader.messages(conns, start=start_ns):
                     topic, msgtype = names[conn.id]
-                    count += 1
+                    count, last_ns = count + 1, log_ns
                     yield BagMessage(topic, msgtype, log_ns, raw)
             else:
                 assert part.salvager is not None
-                for cid, log_ns, raw in part.salvager.messages(set(names)):
-                    if start_ns is not None and log_ns < start_ns:
-                        continue
-                    topic, msgtype = names[cid]
-                    count += 1
-                    yield BagMessage(topic, msgtype, log_ns, raw)
+                yield from self._salvaged(part.salvager, names, start_ns)
         except Exception as exc:  # a damaged page/chunk in the middle of the file
-            self.truncated = True
-            self.issues.warn("truncated",
-                             f"{part.path.name}: reading stopped after {count} messages: {exc}; "
-                             "the messages before are kept")
+            mcaps = _mcap_files(part.path)
+            if not report:
+                return
+            if not mcaps:
+                self.truncated = True
+                self.issues.warn("truncated",
+                                 f"{part.path.name}: reading stopped after {count} messages: "
+                                 f"{exc}; the messages before are kept")
+                return
+            self.damaged = True
+            self.issues.warn("damaged", f"{part.path.name}: reading failed after {count} "
+                             f"messages ({exc}); reading on sequentially past the damage")
+            yield from self._read_on(mcaps, selected, max(last_ns + 1, start_ns or 0))
+
+    def _salvaged(self, salvager: McapSalvager, names: dict, start_ns: int | None
+                  ) -> Iterator[BagMessage]:
+        for cid, log_ns, raw in salvager.messages(set(names)):
+            if start_ns is not None and log_ns < start_ns:
+                continue
+            topic, msgtype = names[cid]
+            yield BagMessage(topic, msgtype, log_ns, raw)
+
+    def _read_on(self, files: list[Path], selected: dict, from_ns: int
+                 ) -> Iterator[BagMessage]:
+        """The messages of ``selected`` logged from ``from_ns`` on, read sequentially from
+        ``files`` (the index reader, which failed, yields in log-time order: everything
+        before was handed out already). Damaged chunks are reported and skipped."""
+        wanted = {(bag_name, entry[1]): self.remap.get(bag_name, bag_name)
+                  for bag_name, entry in selected.items()}
+        for file in files:
+            try:
+                salvager = McapSalvager(file)
+            except (OSError, ValueError) as exc:
+                self.issues.warn("truncated", f"{file.name} cannot be read on: {exc}")
+                self.truncated = True
+                continue
+            try:
+                self._report_damage(file, salvager.scan)
+                names = {cid: (wanted[(c.topic, c.msgtype)], c.msgtype)
+                         for cid, c in salvager.scan.channels.items()
+                         if (c.topic, c.msgtype) in wanted}
+                yield from self._salvaged(salvager, names, from_ns)
+            finally:
+                salvager.close()
 
     def close(self) -> None:
         for part in self._parts:
             if part.reader is not None and part.reader.is_open:
                 part.reader.close()
+            if part.salvager is not None:
+                part.salvager.close()
         self._parts = []
 
     def __enter__(self) -> BagSource:
@@ -252,3 +413,18 @@ class BagSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _deserialises(raw: bytes, cls: type) -> bool:
+    try:
+        deserialize_message(raw, cls)
+    except (RuntimeError, ValueError):  # rclpy raises RMWError (a RuntimeError)
+        return False
+    return True
+
+
+def _mcap_files(path: Path) -> list[Path]:
+    """The MCAP storage files of a part (one file, or a bag directory's)."""
+    if path.is_file():
+        return [path] if path.suffix == ".mcap" else []
+    return sorted(path.glob("*.mcap"))

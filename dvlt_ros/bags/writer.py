@@ -2,11 +2,14 @@
 
 :class:`BagWriter` serialises each message with ``rclpy.serialization`` (the bytes a live
 publisher would send) and registers its type from the ``rosbags`` typestore, so the type
-hashes match a live system. :class:`RecordingNode` lets code written for a ROS node (the
-reconstruction node's :class:`~dvlt_ros.node_support.outputs.OutputPublishers`) publish
-into the bag instead: ``create_publisher(type, topic, qos)`` returns a publisher that
-writes each message at the stamp set with :meth:`RecordingNode.set_stamp`, and ``~/x``
-topics resolve under the node name like they do live.
+hashes match a live system. Closing an mcap bag fills in the CRCs that ``rosbags`` leaves
+at 0 (:func:`~dvlt_ros.bags.mcap_crc.write_crcs`), so readers detect damaged data.
+
+:class:`RecordingNode` lets code written for a ROS node (the reconstruction node's
+:class:`~dvlt_ros.node_support.outputs.OutputPublishers`) publish into the bag instead:
+``create_publisher(type, topic, qos)`` returns a publisher that writes each message at the
+stamp set with :meth:`RecordingNode.set_stamp`, and ``~/x`` topics resolve under the node
+name like they do live.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rosbags.interfaces import (
 )
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from dvlt_ros.bags.mcap_crc import write_crcs
 from dvlt_ros.bags.msgtypes import type_name, typestore
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -47,6 +51,7 @@ class BagWriter:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         self.path = Path(path)
+        self.storage = storage
         self._writer = Writer(self.path, version=9, storage_plugin=STORAGES[storage])
         self._writer.open()
         self._connections: dict[str, object] = {}
@@ -72,10 +77,13 @@ class BagWriter:
         self.write_raw(topic, serialize_message(msg), stamp_ns)
 
     def close(self) -> None:
-        """Finalise the bag (idempotent)."""
+        """Finalise the bag, with its CRCs (idempotent)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if self.storage == "mcap":
+                for file in sorted(self.path.glob("*.mcap")):
+                    write_crcs(file)
 
     def __enter__(self) -> BagWriter:
         return self

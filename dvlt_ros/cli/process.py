@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                                  log=say, progress=bar)
     except BagError as exc:
         say("error", str(exc))
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT
     cameras = ", ".join(processor.session.cameras)
     say("info", f"processing {args.bag} -> {args.out}: cameras {cameras}, "
         f"K {params['num_steps_mode']} (num_steps={params['num_steps']}), "
@@ -185,7 +186,8 @@ def _print_summary(summary: dict, say) -> None:
     first = summary["time_to_first_output_s"]
     state = ("complete" if summary["complete"] else
              "INTERRUPTED, partial result kept" if summary["interrupted"] else
-             "PARTIAL result kept (see the warnings above)")
+             "DAMAGED bag, the readable part was processed (see the warnings above)"
+             if summary["bag_damaged"] else "PARTIAL result kept (see the warnings above)")
     lines = [
         f"{state}: {summary['windows']} windows from {frames['read']} of {frames['in_bag']} "
         f"images in {summary['wall_s']:.1f} s"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     def say(level: str, text: str) -> None:
         print(f"[{level}] {text}", file=sys.stderr)
 
-    issues = IssueLog(lambda issue: say(issue.level, str(issue)))
+    issues = IssueLog(lambda issue: say(issue.level, f"{issue.code}: "
+                                        + (f"[{issue.topic}] " if issue.topic else "")
+                                        + issue.message))
     try:
         bag = BagSource(args.bag, issues, parse_remaps(args.remap))
         options = PlayOptions(
@@ -67,15 +70,19 @@ def run(args: argparse.Namespace) -> int:
         )
     except (BagError, ValueError) as exc:
         say("error", str(exc))
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT
 
     rclpy.init()
     node = rclpy.create_node("dvlt_replay")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        player = BagPlayer(node, bag, options, lambda t: executor.spin_once(timeout_sec=t),
-                           log=say)
+        try:
+            player = BagPlayer(node, bag, options, lambda t: executor.spin_once(timeout_sec=t),
+                               log=say)
+        except BagError as exc:  # nothing playable, unknown --topics
+            say("error", str(exc))
+            return EXIT_BAD_INPUT
         signal.signal(signal.SIGINT, lambda *_: player.stop())
         span = bag.time_range_ns()
         duration = 0.0 if span is None else (span[1] - span[0]) / 1e9
@@ -89,12 +96,15 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         node.destroy_node()
         executor.shutdown()
+        bag.close()
         if rclpy.ok():
             rclpy.shutdown()
     say("info", f"{'stopped' if report.stopped else 'done'}: {report.published} messages, "
         f"{report.loops} pass(es) in {report.wall_s:.1f} s"
         + (f"; {report.acknowledged} images acknowledged, {report.waited_s:.1f} s waiting for "
-           "the node" if args.lossless else ""))
+           "the node" if args.lossless else "")
+        + ("; the bag is damaged or cut off: messages were skipped (see the warnings above)"
+           if not bag.complete else ""))
     return EXIT_INTERRUPTED if report.stopped else 0
 
 

@@ -1,22 +1,33 @@
-"""Damaged and unusual bags: truncated files, a missing metadata.yaml, missing or
-mistyped topics, missing camera_info, gaps and time jumps. Each gives a clear error or
-warning, and whatever could be reconstructed is kept."""
+"""Damaged and unusual bags: truncated files, a missing or garbage metadata.yaml, missing
+or mistyped topics, missing camera_info, gaps and time jumps, message types the bag names
+(never imported), payloads that do not deserialise, flipped bytes caught by MCAP CRCs.
+Each gives a clear error or warning, and whatever could be reconstructed is kept."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import struct
+import sys
 from dataclasses import replace
 
 import pytest
 from bag_helpers import SAMPLE, make_sample, parameters, process, rewrite_bag
+from rclpy.serialization import serialize_message
 from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from std_msgs.msg import String
 
+from dvlt_ros.bags.bag_metadata import metadata_problem
 from dvlt_ros.bags.issues import BagError, IssueLog
-from dvlt_ros.bags.msgtypes import typestore
+from dvlt_ros.bags.mcap_crc import summary_crc_problem
+from dvlt_ros.bags.mcap_salvage import MAGIC, OP_CHUNK, ChunkHeader, McapSalvager, records
+from dvlt_ros.bags.msgtypes import UnknownMessageTypeError, message_class, typestore
 from dvlt_ros.bags.processor import BagProcessor
 from dvlt_ros.bags.sample import ground_truth_backend
 from dvlt_ros.bags.source import BagSource
+from dvlt_ros.cli import process as process_cli
+from dvlt_ros.cli import replay as replay_cli
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +124,256 @@ def test_gaps_and_time_jumps_are_reported_and_start_a_new_world(tmp_path):
     out = tmp_path / "out"
     assert summary["files"]["trajectories"]["trajectory_cam_front_left.epoch1.tum"] == 4
     assert (out / "cloud.epoch1.ply").exists() and (out / "cloud.ply").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Bag files: message types named by the bag, payloads that do not deserialise, MCAP CRCs,
+# garbage metadata.yaml.
+# ------------------------------------------------------------------------------------------
+
+PROBE_MODULE = "dvlt_probe_imported_by_type_name"
+
+
+def _custom_bag(path, *, topics):
+    """A bag of ``topics``: [(topic, type, msgdef or None, [payloads])]; a msgdef of None
+    takes the type's definition from the Kilted typestore."""
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    stamp = SAMPLE.start_ns
+    for topic, msgtype, msgdef, payloads in topics:
+        if msgdef is None:
+            conn = writer.add_connection(topic, msgtype, typestore=typestore())
+        else:
+            conn = writer.add_connection(topic, msgtype, msgdef=msgdef,
+                                         rihs01="RIHS01_" + "0" * 64)
+        for payload in payloads:
+            stamp += 1000
+            writer.write(conn, stamp, payload)
+    writer.close()
+    return path
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("[error]")]
+
+
+def test_replay_never_imports_a_module_named_by_the_bag(tmp_path, monkeypatch, capsys):
+    """A type ``pkg/msg/Foo`` of an unknown package is skipped with a warning; the module
+    ``pkg`` is never imported (``this`` would print, ours records that it ran)."""
+    marker = tmp_path / "imported"
+    package = tmp_path / "modules" / PROBE_MODULE
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    hello = serialize_message(String(data="hello"))
+    bag = _custom_bag(tmp_path / "bag", topics=[
+        ("/probe", f"{PROBE_MODULE}/msg/Foo", "int32 x\n", [b"\x00\x01\x00\x00\x07\x00\x00\x00"]),
+        ("/this", "this/msg/Foo", "int32 x\n", [b"\x00\x01\x00\x00\x07\x00\x00\x00"]),
+        ("/garbage_definition", "my_pkg/msg/Bar", "@@ not { a definition", [b"\x00\x01"]),
+        ("/no_definition", "other_pkg/msg/Baz", "", [b"\x00\x01"]),
+        ("/malformed", "std_msgs/msg/String", None, [b"\x00\x01\x00\x00\xff\xff\xff\x7f"] * 3),
+        ("/note", "std_msgs/msg/String", None, [hello]),
+    ])
+    this_loaded = "this" in sys.modules
+    assert replay_cli.main([str(bag), "--rate", "0", "--no-clock"]) == 0
+    err = capsys.readouterr().err
+    assert not marker.exists() and PROBE_MODULE not in sys.modules
+    assert ("this" in sys.modules) == this_loaded
+    assert not _error_lines(err)
+    for topic in ("/probe", "/this", "/garbage_definition", "/no_definition"):
+        assert f"unknown_type: [{topic}]" in err
+    assert f"type {PROBE_MODULE}/msg/Foo is not a message of a known ROS interface" in err
+    assert "malformed_topic: [/malformed] its first 3 message(s) do not deserialise" in err
+    assert "playing" in err and "done: 1 messages" in err
+    for name in (f"{PROBE_MODULE}/msg/Foo", "this/msg/Foo", "os/msg/path", "std_msgs/msg/os",
+                 "std_msgs/msg/../x", "sensor_msgs/srv/Image"):
+        with pytest.raises(UnknownMessageTypeError):
+            message_class(name)
+    assert not marker.exists()
+    assert message_class("sensor_msgs/msg/Image").__name__ == "Image"
+
+    nothing = _custom_bag(tmp_path / "nothing", topics=[
+        ("/this", "this/msg/Foo", "int32 x\n", [b"\x00\x01\x00\x00\x07\x00\x00\x00"])])
+    assert replay_cli.main([str(nothing), "--rate", "0"]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "nothing to play" in line
+
+
+def _replace_payloads(source, dest, topic, payload):
+    return rewrite_bag(source, dest, lambda messages: [
+        replace(m, raw=payload(m.raw)) if m.topic == topic else m for m in messages])
+
+
+def test_a_message_that_does_not_deserialise_is_skipped_with_a_warning(sample, tmp_path):
+    cut = {SAMPLE.stamp_ns(2)}
+    bag = rewrite_bag(sample, tmp_path / "bag", lambda messages: [
+        replace(m, raw=m.raw[:40]) if m.topic == "/cam_front_left/image_raw"
+        and m.log_ns in cut else m for m in messages])
+    summary, issues = process(bag, tmp_path / "out", backend_from=sample)
+    (warning,) = [i for i in issues.issues if i.code == "malformed_message"]
+    assert warning.topic == "/cam_front_left/image_raw" and warning.stamp_ns in cut
+    assert "does not deserialise as sensor_msgs/msg/Image: skipped" in warning.message
+    assert summary["windows"] == SAMPLE.frames - 1
+    assert not summary["complete"] and summary["bag_damaged"]
+
+
+@pytest.mark.parametrize("topic", ["/cam_front_right/image_raw", "/dvlt_sample/scene"])
+def test_cli_refuses_a_needed_topic_whose_messages_do_not_deserialise(sample, tmp_path, topic,
+                                                                       capsys):
+    bag = _replace_payloads(sample, tmp_path / "bag", topic, lambda raw: raw[:9])
+    args = [str(bag), "--out", str(tmp_path / "out"), "--backend", "ground_truth", "--quiet",
+            "-p", "img_size:=112"]
+    assert process_cli.main(args) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert topic in line
+    assert not (tmp_path / "out").exists()
+
+
+def _chunks(file):
+    data = file.read_bytes()
+    return [r for r in records(data, len(MAGIC), len(data) - len(MAGIC)) if r.op == OP_CHUNK]
+
+
+def _flip(file, offset):
+    data = bytearray(file.read_bytes())
+    data[offset] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    """A sample bag of several MCAP chunks (rosbags starts a new one past 1 MiB)."""
+    return make_sample(tmp_path_factory.mktemp("chunked") / "bag", frames=8, width=320,
+                       height=240)
+
+
+def test_written_mcap_bags_carry_real_crcs(chunked, tmp_path):
+    (file,) = chunked.glob("*.mcap")
+    chunks = _chunks(file)
+    assert len(chunks) >= 3
+    assert all(ChunkHeader.parse(c.body).crc != 0 for c in chunks)
+    salvager = McapSalvager(file)
+    scan = salvager.scan
+    salvager.close()
+    assert scan.damaged == [] and scan.data_crc == "ok"
+    assert scan.chunks_checked == len(chunks) and scan.chunks_without_crc == 0
+    data = file.read_bytes()
+    (summary_crc,) = struct.unpack_from("<I", data, len(data) - len(MAGIC) - 4)
+    assert summary_crc != 0 and summary_crc_problem(file) is None
+
+
+def test_written_mcap_crcs_satisfy_the_mcap_library(chunked, tmp_path):
+    mcap_reader = pytest.importorskip("mcap.stream_reader")
+    (file,) = chunked.glob("*.mcap")
+    assert sum(1 for _ in mcap_reader.StreamReader(str(file), validate_crcs=True).records)
+    copy = shutil.copytree(chunked, tmp_path / "copy")
+    (flipped,) = copy.glob("*.mcap")
+    chunk = _chunks(flipped)[1]
+    _flip(flipped, chunk.offset + 9 + ChunkHeader.parse(chunk.body).records_at + 5000)
+    with pytest.raises(mcap_reader.CRCValidationError, match="in Chunk"):
+        for _ in mcap_reader.StreamReader(str(flipped), validate_crcs=True).records:
+            pass
+
+
+def _points_stamps(out):
+    with AnyReader([out / "reconstruction"], default_typestore=typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == "/reconstruct_node/points"]
+        return [stamp for _, stamp, _ in reader.messages(conns)]
+
+
+@pytest.mark.parametrize("where", ["payload", "payload_single_file", "summary"])
+def test_a_flipped_byte_is_detected_and_the_rest_is_processed(chunked, tmp_path, where):
+    copy = shutil.copytree(chunked, tmp_path / "bag")
+    (file,) = copy.glob("*.mcap")
+    data = file.read_bytes()
+    if where == "summary":
+        (summary_start,) = struct.unpack_from("<Q", data, len(data) - len(MAGIC) - 20)
+        _flip(file, summary_start + 20)
+    else:
+        chunk = _chunks(file)[1]
+        _flip(file, chunk.offset + 9 + ChunkHeader.parse(chunk.body).records_at + 5000)
+    bag = file if where == "payload_single_file" else copy
+    summary, issues = process(bag, tmp_path / "out", backend_from=chunked)
+    damage = [i.message for i in issues.issues if i.code == "damaged"]
+    assert damage and not summary["complete"] and summary["bag_damaged"]
+    assert summary["error"] is None
+    last = SAMPLE.start_ns + round(7 * 1e9 / SAMPLE.rate_hz)
+    stamps = _points_stamps(tmp_path / "out")
+    assert stamps[-1] == last  # reading went on past the damage
+    if where == "summary":
+        assert "summary (the index at the end of the file) fails its CRC check" in damage[0]
+        assert summary["windows"] == 8
+    else:
+        assert any("chunk at byte" in m and "is skipped: its records fail their CRC check"
+                   in m for m in damage)
+        assert 0 < summary["windows"] < 8
+        assert len(set(stamps)) == len(stamps)  # nothing handed out twice
+    assert summary_crc_problem(next((tmp_path / "out" / "reconstruction").glob("*.mcap"))) \
+        is None
+
+
+GARBAGE_METADATA = {
+    "not_yaml": "rosbag2_bagfile_information: [unclosed\n  : {",
+    "binary": "\x89PNG\x00\x01\x02",
+    "a_list": "- version\n- 9\n",
+    "empty": "",
+    "missing_storage": "rosbag2_bagfile_information:\n  version: 9\n",
+    "wrong_type": "rosbag2_bagfile_information:\n  version: nine\n",
+}
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("kind", sorted(GARBAGE_METADATA))
+def test_garbage_metadata_yaml_is_a_warning_and_the_storage_files_are_read(tmp_path, storage,
+                                                                          kind):
+    bag = make_sample(tmp_path / "bag", storage, frames=2)
+    (bag / "metadata.yaml").write_text(GARBAGE_METADATA[kind])
+    summary, issues = process(bag, tmp_path / "out")
+    (warning,) = [i for i in issues.issues if i.code == "metadata_invalid"]
+    assert "metadata.yaml cannot be used: " in warning.message
+    assert "reading its storage files directly" in warning.message
+    assert summary["windows"] == 2
+
+
+def test_metadata_yaml_problems_are_named(tmp_path):
+    bag = make_sample(tmp_path / "bag", frames=1)
+    meta = bag / "metadata.yaml"
+    good = meta.read_text()
+    assert metadata_problem(meta) is None
+    cases = {
+        GARBAGE_METADATA["not_yaml"]: "not valid YAML at line",
+        GARBAGE_METADATA["a_list"]: "holds a list",
+        GARBAGE_METADATA["missing_storage"]: "storage_identifier is missing",
+        GARBAGE_METADATA["wrong_type"]: "version is str",
+        good.replace("bag.mcap", "gone.mcap"): "storage files that are not there: gone.mcap",
+        good.replace("message_count: 1", "message_count: many", 1): "message_count is str",
+    }
+    for text, reason in cases.items():
+        meta.write_text(text)
+        assert reason in metadata_problem(meta)
+
+
+def test_garbage_metadata_without_storage_files_is_a_one_line_refusal(tmp_path, capsys):
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text(GARBAGE_METADATA["not_yaml"])
+    assert process_cli.main([str(bag), "--out", str(tmp_path / "out")]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "metadata.yaml cannot be used: it is not valid YAML" in line
+    assert "holds no .mcap/.db3 file" in line
+
+
+def test_damage_outside_the_chunks_fails_the_data_section_crc(chunked, tmp_path):
+    copy = shutil.copytree(chunked, tmp_path / "bag")
+    (file,) = copy.glob("*.mcap")
+    data = file.read_bytes()
+    index = next(r for r in records(data, len(MAGIC), len(data) - len(MAGIC))
+                 if r.op == 0x07)  # a message index record after a chunk
+    _flip(file, index.offset + 9 + 8)
+    salvager = McapSalvager(file)
+    scan = salvager.scan
+    salvager.close()
+    (damage,) = scan.damaged
+    assert damage.startswith("the data section fails its CRC check")
+    assert scan.chunks_checked == len(_chunks(file)) and scan.complete

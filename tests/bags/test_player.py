@@ -93,7 +93,8 @@ def test_unknown_message_types_are_skipped_with_a_warning(graph, tmp_path):
     player = graph.player(BagSource(path, issues), rate=0.0)
     warning = next(i for i in issues.issues if i.code == "unknown_type")
     assert warning.topic == "/robot/thing"
-    assert "my_robot_msgs/msg/Thing is not installed" in warning.message
+    assert "my_robot_msgs/msg/Thing is not a message of a known ROS interface package" in (
+        warning.message)
     assert player.topics == ["/note"]
     assert graph.spin_until(lambda: player.subscriber_count("/note"))
     player.play()

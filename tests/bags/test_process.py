@@ -95,7 +95,7 @@ def test_cli_process_refuses_existing_output_and_overwrites_on_request(bags, tmp
     args = [str(bags["mcap"]), "--out", str(out), "--backend", "ground_truth", "--quiet",
             "-p", "img_size:=112", "-p", "num_steps:=3", "-p", "window_timesteps:=2",
             "-p", "keyframe_min_spacing:=0.0"]
-    assert process_cli.main(args) == 1
+    assert process_cli.main(args) == 2
     assert "already holds files" in capsys.readouterr().err
     assert (out / "old.txt").exists()
 
