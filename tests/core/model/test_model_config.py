@@ -84,9 +84,9 @@ def test_unknown_arguments_are_refused_by_name():
         ({"embed_dim": 384}, "does not match the dinov2_vitb14_reg width 768"),
         ({"num_heads": 7}, "not divisible"),
         ({"decoder_num_heads": 64}, "multiple of 4"),
-        ({"inference_steps": 0}, "inference_steps must be a positive int"),
-        ({"k_sampler_beta_a": 1.5}, "k_sampler_beta_a must be a positive int"),
-        ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive int"),
+        ({"inference_steps": 0}, r"inference_steps must be an int in \[1, 1024\] or null, got 0"),
+        ({"k_sampler_beta_a": 1.5}, "k_sampler_beta_a must be an int >= 1, got 1.5"),
+        ({"decode_chunk_size": 0}, "decode_chunk_size must be an int >= 1 or null, got 0"),
         ({"finetune_mode": "everything"}, "finetune_mode must be one of"),
     ],
 )
