@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 
 import numpy as np
 import pytest
 import torch
 
 from dvlt_core.model import DVLTConfig, DVLTModel
+from dvlt_core.model.config import NUMERIC_RANGES
 
 # Upstream ``DVLTModel.__init__`` parameters: what its PyTorchModelHubMixin config.json holds.
 HUB_KEYS = {
@@ -93,6 +96,14 @@ def test_unknown_arguments_are_refused_by_name():
 def test_invalid_values_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DVLTConfig(**kwargs)
+
+
+def test_every_numeric_argument_has_a_range():
+    """A new int/float argument must get bounds, or a config.json could ask for any size."""
+    hints = typing.get_type_hints(DVLTConfig)
+    numeric = {f.name for f in dataclasses.fields(DVLTConfig)
+               if {int, float} & {hints[f.name], *typing.get_args(hints[f.name])}}
+    assert numeric == set(NUMERIC_RANGES)
 
 
 def test_default_k_follows_upstream_dvltmodel():
