@@ -6,9 +6,9 @@ stored with Git LFS such as weights, their sha256. The transfer itself is
 the Hugging Face cache layout (``blobs/``, ``snapshots/<commit>/``, ``refs/``), so files cached
 here or by other Hugging Face tools serve each other, also offline.
 
-Offline is detected once per repository: ``HF_HUB_OFFLINE=1``, or a first metadata request
-that gets no answer within :data:`PROBE_TIMEOUT_S` (one attempt, no retries). From then on
-only the cache is used.
+Offline is detected once per :class:`HubRepo` (one checkpoint load): ``HF_HUB_OFFLINE=1``, or a
+first metadata request that gets no answer within :data:`PROBE_TIMEOUT_S` (one attempt, no
+retries). From then on only the cache is used.
 """
 
 from __future__ import annotations
