@@ -138,8 +138,8 @@ def _backend_options(args: argparse.Namespace) -> tuple[str, dict]:
             "cache_dir": args.cache_dir,
             "allow_pickle": args.allow_pickle,
         }
-        return args.checkpoint or default_checkpoint(), options
-    if args.checkpoint is None:
+        return default_checkpoint() if args.checkpoint is None else args.checkpoint, options
+    if args.checkpoint is None or not args.checkpoint.strip():
         raise ValueError(
             f"--backend {args.backend} runs an export folder: pass --checkpoint <folder written "
             "by dvlt-export>, or use --backend torch"

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dvlt_core.backends import available_backends, create_backend
 from dvlt_core.eval.datasets import BENCHMARKS, DATASETS, SyntheticEvalDataset, build_dataset
 from dvlt_core.eval.runner import results_table, run_benchmark, write_report
+from dvlt_core.io.checkpoint import CheckpointError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,8 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"dvlt-eval: {exc}", file=sys.stderr)
         return 2
-    backend = create_backend(args.backend, checkpoint=args.checkpoint, device=args.device,
-                             precision=args.precision)
+    try:
+        backend = create_backend(args.backend, checkpoint=args.checkpoint, device=args.device,
+                                 precision=args.precision)
+    except (CheckpointError, ValueError) as exc:
+        print(f"dvlt-eval: {exc}", file=sys.stderr)
+        return 2
     report = run_benchmark(backend, datasets, args.num_steps, args.pose_mode, args.max_sequences)
     path = write_report(report, args.out)
     print(results_table(report))

@@ -3,7 +3,9 @@
 A checkpoint is ``model.safetensors`` (the ``DVLTModel`` state dict) plus, optionally, a
 ``config.json`` with the model's constructor arguments. Weights are read with safetensors;
 pickled files (``.pt/.pth/.bin``) are refused unless ``allow_pickle=True``, and even then
-read with ``torch.load(weights_only=True)``.
+read with ``torch.load(weights_only=True)``. ``config.json`` is read and checked (types,
+ranges, consistency) before the weights are fetched or the model is built; keys this version
+does not know are ignored with a warning once the weights load with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from safetensors.torch import load_file, save_file
 from dvlt_core.atomic import write_atomic
 from dvlt_core.backends.device import resolve_device
 from dvlt_core.io.download import (
+    CONFIG_LIMITS,
+    WEIGHTS_LIMITS,
     DownloadError,
     RemoteFileNotFoundError,
     cached_download,
     default_cache_dir,
     url_file_name,
 )
+from dvlt_core.io.hub import HubRepo, HubUnreachableError
 from dvlt_core.model import DVLTConfig, DVLTModel
+from dvlt_core.model.config import config_field_names
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +52,14 @@ LICENCE_NOTICE = (
     "https://huggingface.co/nvidia/dvlt for the licence text."
 )
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_OFFLINE_HINT = "set DVLT_CHECKPOINT to a local directory or file (config.json + model.safetensors)"
+_OFFLINE_HINT = (
+    "set DVLT_CHECKPOINT (or --checkpoint) to a local directory holding config.json and "
+    "model.safetensors, or to a .safetensors file"
+)
+_SOURCE_KINDS = (
+    "a local directory or weights file, an https URL, or a Hugging Face repository id like "
+    "'nvidia/dvlt'"
+)
 
 
 class CheckpointError(RuntimeError):
@@ -58,13 +71,14 @@ class ResolvedCheckpoint:
     """Where the weights (and config) of a checkpoint source ended up on disk."""
 
     weights: Path
-    config: dict[str, Any] | None
+    config: dict[str, Any] | None  # the checked config.json, without ignored_config_keys
     origin: str
     released: bool
+    ignored_config_keys: tuple[str, ...] = ()
 
 
 def default_checkpoint() -> str:
-    """``$DVLT_CHECKPOINT`` if set, else the released Hub repository ``nvidia/dvlt``."""
+    """``$DVLT_CHECKPOINT`` if set (an empty value counts as unset), else ``nvidia/dvlt``."""
     return os.environ.get("DVLT_CHECKPOINT") or RELEASED_REPO
 
 
@@ -104,8 +118,14 @@ def load_model(
     model_config = _pick_config(config, resolved)
     model = DVLTModel(**model_config.to_dict())
     state_dict = read_state_dict(resolved.weights, allow_pickle=allow_pickle)
-    check_state_dict(model, state_dict, origin=resolved.origin)
+    ignored = resolved.ignored_config_keys if config is None else ()
+    check_state_dict(model, state_dict, origin=resolved.origin, ignored_config_keys=ignored)
     model.load_state_dict(state_dict, strict=True)
+    if ignored:
+        logger.warning(
+            "config.json of %s holds keys this version does not know, ignored (the weights "
+            "load with strict=True): %s", resolved.origin, ", ".join(ignored)
+        )
     return model.eval().to(device)
 
 
@@ -114,13 +134,13 @@ def _pick_config(
 ) -> DVLTConfig:
     if isinstance(config, DVLTConfig):
         return config
-    try:
-        if config is not None:
+    if config is not None:
+        try:
             return DVLTConfig.from_kwargs(dict(config))
-        if resolved.config is not None:
-            return DVLTConfig.from_json(resolved.config)
-    except ValueError as exc:
-        raise CheckpointError(f"invalid model config for {resolved.origin}: {exc}") from exc
+        except ValueError as exc:
+            raise CheckpointError(f"invalid model config argument: {exc}") from exc
+    if resolved.config is not None:
+        return DVLTConfig.from_kwargs(resolved.config)  # checked by resolve_checkpoint
     return released_config()
 
 
@@ -131,8 +151,17 @@ def resolve_checkpoint(
     cache_dir: str | Path | None = None,
     allow_pickle: bool = False,
 ) -> ResolvedCheckpoint:
-    """Find (downloading if needed) the weights file and config of a checkpoint source."""
+    """Find (downloading if needed) the weights file and config of a checkpoint source.
+
+    The config is fetched and checked first, so a bad ``config.json`` is refused before any
+    weights are downloaded. Raises :class:`CheckpointError` saying what to fix.
+    """
     text = str(source)
+    if not text.strip():
+        raise CheckpointError(
+            f"the checkpoint is empty ({text!r}; check --checkpoint, the checkpoint parameter "
+            f"and DVLT_CHECKPOINT): give {_SOURCE_KINDS}, or leave it unset for {RELEASED_REPO}"
+        )
     path = Path(text).expanduser()
     if path.is_dir():
         return _resolve_directory(path, allow_pickle)
@@ -155,6 +184,27 @@ def resolve_checkpoint(
     )
 
 
+def _checked_config(
+    data: dict[str, Any] | None, where: str
+) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """(the known keys of a ``config.json``, checked; the unknown keys, to be ignored)."""
+    if data is None:
+        return None, ()
+    known_names = config_field_names()
+    known = {k: v for k, v in data.items() if k in known_names}
+    try:
+        DVLTConfig.from_kwargs(known)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}; correct config.json") from exc
+    return known, tuple(sorted(set(data) - known_names))
+
+
+def _resolved(weights: Path, raw_config: dict[str, Any] | None, where: str, origin: str,
+              released: bool) -> ResolvedCheckpoint:
+    config, ignored = _checked_config(raw_config, where)
+    return ResolvedCheckpoint(weights, config, origin, released, ignored)
+
+
 def _resolve_directory(path: Path, allow_pickle: bool) -> ResolvedCheckpoint:
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
@@ -168,12 +218,14 @@ def _resolve_directory(path: Path, allow_pickle: bool) -> ResolvedCheckpoint:
             )
             raise CheckpointError(f"no {WEIGHTS_NAME} in checkpoint directory {path}.{hint}")
         weights = pickled[0]
-    return ResolvedCheckpoint(weights, _read_config(path / CONFIG_NAME), str(path), False)
+    config = path / CONFIG_NAME
+    return _resolved(weights, _read_config(config), str(config), str(path), False)
 
 
 def _resolve_file(path: Path, allow_pickle: bool) -> ResolvedCheckpoint:
     _check_weights_suffix(path, allow_pickle)
-    return ResolvedCheckpoint(path, _read_config(path.parent / CONFIG_NAME), str(path), False)
+    config = path.parent / CONFIG_NAME
+    return _resolved(path, _read_config(config), str(config), str(path), False)
 
 
 def _check_weights_suffix(path: Path, allow_pickle: bool) -> None:
@@ -197,9 +249,14 @@ def _check_weights_suffix(path: Path, allow_pickle: bool) -> None:
 def _read_config(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
+    if path.stat().st_size > CONFIG_LIMITS.max_bytes:
+        raise CheckpointError(
+            f"{path} is {path.stat().st_size} bytes, more than a config.json of model "
+            f"arguments can be ({CONFIG_LIMITS.max_bytes}); fix or remove the file"
+        )
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"cannot parse {path}: {exc}; fix or remove the file") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object of model arguments")
@@ -212,44 +269,39 @@ def _resolve_url(url: str, cache_dir: str | Path | None, allow_pickle: bool) -> 
     try:
         if url.lower().split("?")[0].endswith((".safetensors", *PICKLE_SUFFIXES)):
             _check_weights_suffix(Path(url_file_name(url)), allow_pickle)  # before downloading
-            weights = cached_download(url, cache)
+            weights = cached_download(url, cache, WEIGHTS_LIMITS)
             return ResolvedCheckpoint(weights, None, url, released)
         base = url.rstrip("/") + "/"
-        weights = cached_download(base + WEIGHTS_NAME, cache)
         try:
-            config = _read_config(cached_download(base + CONFIG_NAME, cache))
+            raw_config = _read_config(cached_download(base + CONFIG_NAME, cache, CONFIG_LIMITS))
         except RemoteFileNotFoundError:
-            config = None
+            raw_config = None
+        config, ignored = _checked_config(raw_config, base + CONFIG_NAME)
+        weights = cached_download(base + WEIGHTS_NAME, cache, WEIGHTS_LIMITS)
     except DownloadError as exc:
         raise CheckpointError(f"{exc} ({_OFFLINE_HINT})") from exc
-    return ResolvedCheckpoint(weights, config, url, released)
+    return ResolvedCheckpoint(weights, config, url, released, ignored)
 
 
 def _resolve_hub(
     repo_id: str, revision: str | None, cache_dir: str | Path | None
 ) -> ResolvedCheckpoint:
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
-        EntryNotFoundError,
         GatedRepoError,
-        LocalEntryNotFoundError,
+        HfHubHTTPError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     origin = f"{repo_id}@{revision}" if revision else repo_id
-
-    def fetch(filename: str) -> Path:
-        return Path(
-            hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
-        )
-
+    repo = HubRepo(repo_id, revision, cache_dir)
     try:
-        weights = fetch(WEIGHTS_NAME)
-        try:
-            config = _read_config(fetch(CONFIG_NAME))
-        except EntryNotFoundError:
-            config = None
+        config_path = repo.get(CONFIG_NAME, CONFIG_LIMITS, optional=True)
+        raw_config = None if config_path is None else _read_config(config_path)
+        config, ignored = _checked_config(raw_config, f"config.json of {origin}")
+        weights = repo.get(WEIGHTS_NAME, WEIGHTS_LIMITS)
+        if weights is None:
+            raise CheckpointError(f"{origin} has no {WEIGHTS_NAME}")
     except GatedRepoError as exc:
         raise CheckpointError(
             f"{repo_id} is gated: accept its licence on huggingface.co and log in with "
@@ -262,16 +314,24 @@ def _resolve_hub(
             f"Hugging Face repository {repo_id!r} not found (or private); check the id, or "
             f"{_OFFLINE_HINT}"
         ) from exc
-    except LocalEntryNotFoundError as exc:
+    except HubUnreachableError as exc:
         raise CheckpointError(
-            f"cannot download {origin} from the Hugging Face Hub and it is not in the local "
-            f"cache (offline?); {_OFFLINE_HINT}, or connect once to fill the cache"
+            f"{exc}: {_OFFLINE_HINT}; or connect once to fill the cache"
         ) from exc
-    except EntryNotFoundError as exc:
-        raise CheckpointError(f"{origin} has no {WEIGHTS_NAME}") from exc
-    except OSError as exc:
+    except HfHubHTTPError as exc:
+        raise CheckpointError(
+            f"the Hugging Face Hub refused {origin}: {_one_line(exc)}; try again later, or "
+            f"{_OFFLINE_HINT}"
+        ) from exc
+    except (DownloadError, OSError) as exc:
         raise CheckpointError(f"download of {origin} failed: {exc}; {_OFFLINE_HINT}") from exc
-    return ResolvedCheckpoint(weights, config, origin, repo_id.lower() == RELEASED_REPO)
+    except ValueError as exc:  # huggingface_hub's validation of the id or revision
+        raise CheckpointError(f"{origin}: {_one_line(exc)}") from exc
+    return ResolvedCheckpoint(weights, config, origin, repo_id.lower() == RELEASED_REPO, ignored)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -299,9 +359,16 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
 
 
 def check_state_dict(
-    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], origin: str = "checkpoint"
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    origin: str = "checkpoint",
+    ignored_config_keys: tuple[str, ...] = (),
 ) -> None:
-    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped key."""
+    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped key.
+
+    The message is one line (the first 20 keys of each kind); ``ignored_config_keys``, the
+    unknown keys of the config.json the model was built from, are named as a likely cause.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -312,7 +379,7 @@ def check_state_dict(
     )
     if not (missing or unexpected or mismatched):
         return
-    lines = [f"{origin} does not match the model built from its config:"]
+    parts = []
     for title, items in (
         ("missing keys", missing),
         ("unexpected keys", unexpected),
@@ -320,12 +387,16 @@ def check_state_dict(
     ):
         if items:
             more = f", ... ({len(items) - 20} more)" if len(items) > 20 else ""
-            shown = ", ".join(items[:20]) + more
-            lines.append(f"  {len(items)} {title}: {shown}")
-    lines.append(
+            parts.append(f"{len(items)} {title}: {', '.join(items[:20])}{more}")
+    ignored = (
+        f"; its config.json also holds keys this version ignores ({', '.join(ignored_config_keys)})"
+        if ignored_config_keys
+        else ""
+    )
+    raise CheckpointError(
+        f"{origin} does not match the model built from its config: {'; '.join(parts)}{ignored}. "
         "Check that config.json (or the config argument) describes this checkpoint."
     )
-    raise CheckpointError("\n".join(lines))
 
 
 def save_checkpoint(model: DVLTModel, directory: str | Path) -> Path:

@@ -1,22 +1,35 @@
-"""HTTP(S) download of checkpoint files into a cache, atomically and with a progress bar."""
+"""HTTP(S) downloads of checkpoint files: bounded in size and time, verified, atomic.
+
+Every download streams into a ``.part`` file beside its target and is renamed to the target
+only once complete and verified (size, and sha256 where the server announced one), so the
+cache never holds a partial or corrupt file under its final name. The ``.part`` file is
+removed on any error and on interrupts (Ctrl-C); one left by a killed process is removed by
+the next download into the same folder once it is older than the deadline.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
-import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from dvlt_core.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _CHUNK = 1 << 20
+GIB = 1 << 30
 
 
 class DownloadError(RuntimeError):
@@ -25,6 +38,26 @@ class DownloadError(RuntimeError):
 
 class RemoteFileNotFoundError(DownloadError):
     """The server answered 404 for the URL."""
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds of one download.
+
+    ``max_bytes``: refused if announced larger, stopped if it grows larger. ``deadline_s``: the
+    whole transfer, connection included. ``stall_s``: the longest wait for the next bytes
+    (the deadline is checked between reads, so it is overrun by at most ``stall_s``).
+    """
+
+    max_bytes: int
+    deadline_s: float = 3600.0
+    stall_s: float = 30.0
+
+
+# Weights: 8 GiB is 17x the released model.safetensors (117 M float32 parameters, 470 MB).
+WEIGHTS_LIMITS = DownloadLimits(max_bytes=8 * GIB)
+# config.json holds a few dozen constructor arguments: 1 MiB is plenty.
+CONFIG_LIMITS = DownloadLimits(max_bytes=1 << 20, deadline_s=120.0)
 
 
 def default_cache_dir() -> Path:
@@ -50,29 +83,45 @@ def check_url(url: str) -> None:
     )
 
 
-def cached_download(url: str, cache_dir: str | Path | None = None, timeout: float = 30.0) -> Path:
+def cached_download(
+    url: str, cache_dir: str | Path | None = None, limits: DownloadLimits = WEIGHTS_LIMITS
+) -> Path:
     """Return the local copy of ``url``, downloading it first if it is not cached.
 
-    Files land in ``<cache_dir>/urls/<sha256(url)[:16]>/<file name>``; a download is
-    written to a temporary name in the same folder and renamed when complete, so an
-    interrupted download never leaves a partial file under the final name. URLs are
-    treated as immutable: delete the cached file to fetch it again.
+    Files land in ``<cache_dir>/urls/<sha256(url)[:16]>/<file name>`` (see
+    :func:`download_file` for the checks). URLs are treated as immutable: delete the cached
+    file to fetch it again.
     """
-    check_url(url)
-    name = url_file_name(url)
-    folder = Path(cache_dir or default_cache_dir()) / "urls" / _url_key(url)
-    target = folder / name
+    target = Path(cache_dir or default_cache_dir()) / "urls" / _url_key(url) / url_file_name(url)
     if target.is_file():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _fetch(url, out, timeout, name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    return download_file(url, target, limits)
+
+
+def download_file(
+    url: str,
+    target: Path,
+    limits: DownloadLimits,
+    *,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Path:
+    """Download ``url`` to ``target`` within ``limits``; returns ``target``.
+
+    ``expected_size`` and ``sha256`` are what an index (the Hub's metadata) announced: the
+    download is refused before it starts if the announced size exceeds ``limits.max_bytes``,
+    and the file is kept only if it matches both. ``headers`` (credentials) go to ``url``'s
+    host only, never along a redirect. Raises :class:`DownloadError` saying what to do.
+    """
+    check_url(url)
+    if expected_size is not None:
+        _check_size(url, expected_size, limits)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(target, limits.deadline_s)
+    write_atomic(
+        target, lambda part: _fetch(url, part, limits, expected_size, sha256, headers or {})
+    )
     return target
 
 
@@ -93,10 +142,28 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_CheckedRedirects)
 
 
-def _fetch(url: str, out, timeout: float, label: str) -> None:
+def _check_size(url: str, size: int, limits: DownloadLimits) -> None:
+    if size > limits.max_bytes:
+        raise DownloadError(
+            f"refusing to download {url}: it is {size} bytes, more than the {limits.max_bytes}-"
+            "byte limit for this file; download it yourself and pass its local path"
+        )
+
+
+def _fetch(
+    url: str,
+    part: Path,
+    limits: DownloadLimits,
+    expected_size: int | None,
+    sha256: str | None,
+    headers: Mapping[str, str],
+) -> None:
+    deadline = time.monotonic() + limits.deadline_s
     request = urllib.request.Request(url, headers={"User-Agent": "dvlt_core"})
+    for key, value in headers.items():
+        request.add_unredirected_header(key, value)
     try:
-        response = _OPENER.open(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=limits.stall_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise RemoteFileNotFoundError(f"{url} does not exist (HTTP 404)") from exc
@@ -107,20 +174,77 @@ def _fetch(url: str, out, timeout: float, label: str) -> None:
             "set DVLT_CHECKPOINT to its local path"
         ) from exc
     with response:
-        total = response.headers.get("Content-Length")
-        expected = int(total) if total and total.isdigit() else None
-        received = 0
-        with tqdm(total=expected, unit="B", unit_scale=True, desc=label, leave=False) as bar:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if expected is not None and received != expected:
+        announced = response.headers.get("Content-Length")
+        announced = int(announced) if announced and announced.isdigit() else None
+        if announced is not None:
+            if expected_size is not None and announced != expected_size:
+                raise DownloadError(
+                    f"{url}: the server sends {announced} bytes but the index announced "
+                    f"{expected_size}; try again later"
+                )
+            _check_size(url, announced, limits)
+        total = expected_size if expected_size is not None else announced
+        received, digest = _stream(response, part, url, limits, deadline, total)
+    if total is not None and received != total:
         raise DownloadError(
-            f"download of {url} stopped after {received} of {expected} bytes; try again"
+            f"download of {url} stopped after {received} of {total} bytes; try again"
         )
+    if sha256 is not None and digest != sha256.lower():
+        raise DownloadError(
+            f"download of {url} is corrupt: sha256 {digest}, expected {sha256}; try again"
+        )
+
+
+def _stream(response, part: Path, url: str, limits: DownloadLimits, deadline: float,
+            total: int | None) -> tuple[int, str]:
+    """Copy the body into ``part`` within the limits; returns its size and sha256."""
+    received = 0
+    digest = hashlib.sha256()
+    try:
+        with open(part, "wb") as out, tqdm(
+            total=total, unit="B", unit_scale=True, desc=url_file_name(url), leave=False
+        ) as bar:
+            # read1 returns after one network read, so a trickle cannot hold a read past the
+            # deadline; each read waits at most stall_s.
+            while chunk := response.read1(_CHUNK):
+                received += len(chunk)
+                if received > limits.max_bytes:
+                    raise DownloadError(
+                        f"download of {url} passed the {limits.max_bytes}-byte limit for this "
+                        "file; download it yourself and pass its local path"
+                    )
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+                if time.monotonic() > deadline:
+                    raise DownloadError(
+                        f"download of {url} did not finish within {limits.deadline_s:.0f} s; "
+                        "try again on a faster connection, or download the file yourself and "
+                        "pass its local path"
+                    )
+    except TimeoutError as exc:
+        raise DownloadError(
+            f"download of {url} stalled: no data for {limits.stall_s:.0f} s after {received} "
+            "bytes; try again"
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(
+            f"download of {url} broke off after {received} bytes ({exc}); try again"
+        ) from exc
+    return received, digest.hexdigest()
+
+
+def _remove_stale_parts(target: Path, older_than_s: float) -> None:
+    """Delete ``.part`` files of ``target`` untouched for longer than a download may last:
+    left by a killed process, they can belong to no running download."""
+    cutoff = time.time() - older_than_s
+    for part in target.parent.glob(f".{target.name}.*.part"):
+        try:
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _url_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
-

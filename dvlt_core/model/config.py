@@ -12,7 +12,11 @@ do not change the network. Defaults are those of the inner ``DVLTModel`` (see
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,45 @@ K_SAMPLINGS = (None, "linspace")
 HEAD_TYPES = ("linear", "conv")
 STOCHASTIC_DEPTH_MODES = ("random", "prefix")
 FINETUNE_MODES = (None, "depth_output", "depth_decoder", "depth_decoder_recurrent", "all_heads")
+
+# The arguments that take one of a fixed set of values (and patch_embed: a BACKBONE_SPECS key).
+CHOICES: dict[str, tuple] = {
+    "recurrence_mode": RECURRENCE_MODES,
+    "time_conditioning": TIME_CONDITIONINGS,
+    "k_sampling": K_SAMPLINGS,
+    "decoder_head_type": HEAD_TYPES,
+    "depth_head_type": (None, *HEAD_TYPES),
+    "stochastic_depth_mode": STOCHASTIC_DEPTH_MODES,
+    "finetune_mode": FINETUNE_MODES,
+}
+# Allowed ranges of the numeric arguments, inclusive (None: unbounded). Sizes stay far above
+# every published DVLT configuration (released: decoder_depth 2, widths <= 768, 16 steps, ViT-g
+# backbones 1536 wide) yet low enough that a config.json cannot make building the model
+# exhaust memory or time before its weights are checked against it.
+NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "img_size": (1, 4096),
+    "patch_size": (4, 64),
+    "embed_dim": (1, 4096),
+    "num_steps": (1, 64),
+    "min_steps": (1, 64),
+    "num_heads": (1, 64),
+    "mlp_ratio": (0.25, 16.0),
+    "num_register_tokens": (0, 64),
+    "decoder_depth": (1, 32),
+    "decoder_embed_dim": (1, 4096),
+    "decoder_num_heads": (1, 64),
+    "drop_path": (0.0, 1.0),
+    "stochastic_depth": (0.0, 1.0),
+    "k_sampler_beta_a": (1, None),
+    "k_sampler_beta_b": (1, None),
+    "inference_steps": (1, 1024),
+    "depth_decoder_depth": (1, 32),
+    "depth_decoder_embed_dim": (1, 4096),
+    "depth_decoder_num_heads": (1, 64),
+    "decoder_init_values": (None, None),
+    "decode_chunk_size": (1, None),
+    "log_every_n_steps": (1, None),
+}
 
 # The keys a ``PyTorchModelHubMixin`` ``config.json`` of upstream ``DVLTModel`` holds.
 HUB_CONFIG_FIELDS = (
@@ -127,7 +170,7 @@ class DVLTConfig:
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> DVLTConfig:
         """Build from constructor keyword arguments, refusing unknown names."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = config_field_names()
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ValueError(
@@ -191,31 +234,23 @@ class DVLTConfig:
     # ---- validation -----------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Raise ``ValueError`` on settings upstream refuses or that cannot build a network."""
+        """Raise ``ValueError`` on settings upstream refuses or that cannot build a network.
 
-        def choice(name: str, allowed: tuple) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-        def positive_int(name: str, *, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-        choice("recurrence_mode", RECURRENCE_MODES)
-        choice("time_conditioning", TIME_CONDITIONINGS)
-        choice("k_sampling", K_SAMPLINGS)
-        choice("decoder_head_type", HEAD_TYPES)
-        choice("depth_head_type", (None, *HEAD_TYPES))
-        choice("stochastic_depth_mode", STOCHASTIC_DEPTH_MODES)
-        choice("finetune_mode", FINETUNE_MODES)
-        if self.patch_embed not in BACKBONE_SPECS:
-            raise ValueError(
-                f"patch_embed must be one of {sorted(BACKBONE_SPECS)}, got {self.patch_embed!r}"
-            )
+        Each argument's type and range is checked first (one line naming the argument, the
+        allowed type or range and the value), then the choices and the relations between
+        arguments, so no check ever trips over a value of the wrong type.
+        """
+        hints = _field_types()
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            # Backbones are looked up live: tests register small ones at run time.
+            allowed = (tuple(sorted(BACKBONE_SPECS)) if field.name == "patch_embed"
+                       else CHOICES.get(field.name))
+            if allowed is None:
+                _check_type(field.name, value, hints[field.name])
+            elif value not in allowed:  # tuple membership: no hashing of unhashable values
+                raise ValueError(f"{field.name} must be one of {list(allowed)}, "
+                                 f"got {_shown(value)}")
         if (
             self.gate_mode != "none"
             and self.time_conditioning == "interval"
@@ -225,24 +260,11 @@ class DVLTConfig:
                 "time_conditioning='interval' requires k_sampling='linspace' (the (t_now, t_next) "
                 "pairs only exist on the linspace grid); use time_conditioning='continuous'"
             )
-        for name in ("patch_size", "embed_dim", "num_steps", "min_steps", "num_heads"):
-            positive_int(name)
-        for name in ("decoder_depth", "decoder_embed_dim", "decoder_num_heads"):
-            positive_int(name)
-        for name in ("k_sampler_beta_a", "k_sampler_beta_b"):
-            positive_int(name)
-        for name in (
-            "inference_steps",
-            "decode_chunk_size",
-            "depth_decoder_depth",
-            "depth_decoder_embed_dim",
-            "depth_decoder_num_heads",
-        ):
-            positive_int(name, optional=True)
-        if isinstance(self.num_register_tokens, bool) or self.num_register_tokens < 0:
-            raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens!r}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if self.img_size < self.patch_size:
+            raise ValueError(
+                f"img_size={self.img_size} is smaller than one patch (patch_size="
+                f"{self.patch_size}); use an img_size of at least {self.patch_size}"
+            )
         backbone_dim = BACKBONE_SPECS[self.patch_embed].embed_dim
         if self.embed_dim != backbone_dim:
             raise ValueError(
@@ -253,6 +275,61 @@ class DVLTConfig:
         _check_heads("decoder", self.decoder_embed_dim, self.decoder_num_heads)
         _, width, heads, _ = self.depth_decoder_settings
         _check_heads("depth decoder", width, heads)
+
+
+def config_field_names() -> frozenset[str]:
+    """The argument names :class:`DVLTConfig` knows."""
+    return frozenset(f.name for f in dataclasses.fields(DVLTConfig))
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(DVLTConfig)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, shortened so that an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Refuse ``value`` unless it has the field's type (JSON types) and lies in its range."""
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    if optional:
+        if value is None:
+            return
+        (hint,) = (a for a in args if a is not type(None))
+    origin = typing.get_origin(hint) or hint
+    low, high = NUMERIC_RANGES.get(name, (None, None))
+    if origin is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "an int"
+    elif origin is float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
+        kind = "a finite number"
+    elif origin is bool:
+        ok, kind = isinstance(value, bool), "true or false"
+    elif origin is str:
+        ok, kind = isinstance(value, str), "a string"
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        kind = "a JSON object"
+    elif origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        kind = "a list of strings"
+    else:  # a field type this check does not know: a programming error, not bad input
+        raise TypeError(f"DVLTConfig.{name}: unsupported field type {hint!r}")
+    in_range = ok and (low is None or value >= low) and (high is None or value <= high)
+    if in_range:
+        return
+    if low is not None and high is not None:
+        kind += f" in [{low}, {high}]"
+    elif low is not None:
+        kind += f" >= {low}"
+    raise ValueError(f"{name} must be {kind}{' or null' if optional else ''}, got {_shown(value)}")
 
 
 def _check_heads(where: str, dim: int, heads: int) -> None:

@@ -84,7 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ModuleNotFoundError) as exc:
         print(f"dvlt-train: data: {exc}", file=sys.stderr)
         return 2
-    result = Trainer(config, args.output_dir, scenes=scenes).fit(resume=args.resume)
+    from dvlt_core.io.checkpoint import CheckpointError
+
+    try:  # a bad init checkpoint (empty, missing, wrong config.json) is the user's to fix
+        result = Trainer(config, args.output_dir, scenes=scenes).fit(resume=args.resume)
+    except CheckpointError as exc:
+        print(f"dvlt-train: {exc}", file=sys.stderr)
+        return 2
     if result.final_model is not None:
         print(f"trained to step {result.global_step}; final model: {result.final_model}")
     return 0

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     rig = default_rig(width=args.width, height=args.height, num_cameras=args.num_cameras)
     times = [i * args.interval for i in range(args.snapshots)]
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint = default_checkpoint() if args.checkpoint is None else args.checkpoint
     try:
         backend = _make_backend(args, rig, times, checkpoint)
     except (CheckpointError, DownloadError, OSError) as exc:

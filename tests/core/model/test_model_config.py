@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 
 import numpy as np
 import pytest
 import torch
 
 from dvlt_core.model import DVLTConfig, DVLTModel
+from dvlt_core.model.config import NUMERIC_RANGES
 
 # Upstream ``DVLTModel.__init__`` parameters: what its PyTorchModelHubMixin config.json holds.
 HUB_KEYS = {
@@ -84,15 +87,23 @@ def test_unknown_arguments_are_refused_by_name():
         ({"embed_dim": 384}, "does not match the dinov2_vitb14_reg width 768"),
         ({"num_heads": 7}, "not divisible"),
         ({"decoder_num_heads": 64}, "multiple of 4"),
-        ({"inference_steps": 0}, "inference_steps must be a positive int"),
-        ({"k_sampler_beta_a": 1.5}, "k_sampler_beta_a must be a positive int"),
-        ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive int"),
+        ({"inference_steps": 0}, r"inference_steps must be an int in \[1, 1024\] or null, got 0"),
+        ({"k_sampler_beta_a": 1.5}, "k_sampler_beta_a must be an int >= 1, got 1.5"),
+        ({"decode_chunk_size": 0}, "decode_chunk_size must be an int >= 1 or null, got 0"),
         ({"finetune_mode": "everything"}, "finetune_mode must be one of"),
     ],
 )
 def test_invalid_values_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DVLTConfig(**kwargs)
+
+
+def test_every_numeric_argument_has_a_range():
+    """A new int/float argument must get bounds, or a config.json could ask for any size."""
+    hints = typing.get_type_hints(DVLTConfig)
+    numeric = {f.name for f in dataclasses.fields(DVLTConfig)
+               if {int, float} & {hints[f.name], *typing.get_args(hints[f.name])}}
+    assert numeric == set(NUMERIC_RANGES)
 
 
 def test_default_k_follows_upstream_dvltmodel():
