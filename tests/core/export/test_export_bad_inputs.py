@@ -130,7 +130,8 @@ def test_a_manifest_that_is_not_one_is_refused(folder, content, match):
     (lambda d: d["graphs"]["decoder"].update(file="../decoder.onnx"), r"plain \*\.onnx name"),
     (lambda d: d.update(outputs="rays"), r"outputs must be a list"),
     (lambda d: d.update(checkpoint_sha256="abc"), r"expected a sha256 hex digest"),
-    (lambda d: d["config"].update(mlp_ratio=-1.0), r"config: mlp_ratio must be a finite number in \[0.25, 16.0\], got -1.0"),
+    (lambda d: d["config"].update(mlp_ratio=-1.0),
+     r"config: mlp_ratio must be a finite number in \[0.25, 16.0\], got -1.0"),
     (lambda d: d["config"].update(colour="red"), r"config: unknown DVLT argument"),
 ])
 def test_manifest_fields_missing_or_of_the_wrong_type_are_refused(folder, edit, match):
