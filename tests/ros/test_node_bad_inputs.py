@@ -53,18 +53,29 @@ def backend(rig):
     return backend
 
 
-@pytest.fixture
-def setup(rig, backend):
+def _graph(rig, backend, **params):
     graph = RosGraph()
     node = graph.reconstruct_node(
         backend, cameras=rig.names, rate=20.0, input_qos="reliable", camera_timeout=CAMERA_TIMEOUT,
-        resolution_policy="reject", use_input_camera_info=True, max_pixels=MAX_PIXELS,
-        window_timesteps=2,
+        use_input_camera_info=True, max_pixels=MAX_PIXELS, window_timesteps=2, **params,
     )
     publisher = RigPublisher(graph, rig, camera_info=True)
     collector = OutputCollector(graph, rig.names)
     publisher.wait_connected()
-    yield graph, node, publisher, collector
+    return graph, node, publisher, collector
+
+
+@pytest.fixture
+def setup(rig, backend):
+    graph, *rest = _graph(rig, backend, resolution_policy="reject")
+    yield graph, *rest
+    graph.close()
+
+
+@pytest.fixture
+def padded(rig, backend):
+    graph, *rest = _graph(rig, backend, resolution_policy="pad")
+    yield graph, *rest
     graph.close()
 
 
@@ -217,10 +228,10 @@ def test_time_jump_clears_a_camera_timeout(setup, rig):
     assert status is not None, collector.statuses(f"camera {cam1}")[0].message
 
 
-def test_aspect_is_checked_at_the_model_input_size_on_arrival(setup, rig):
+def test_aspect_is_checked_at_the_model_input_size_on_arrival(padded, rig):
     """250x20 keeps a 14 px patch at 504 px but not at the model's 112: refused on
-    arrival, so the cycle of the other camera's frames does not fail."""
-    graph, node, publisher, collector = setup
+    arrival, so the cycle of the other cameras does not fail."""
+    graph, node, publisher, collector = padded
     cam0, cam1 = rig.names
     _still_works(graph, node, publisher, TIMES[0])
     stamp = stamp_of(TIMES[1])
