@@ -44,14 +44,11 @@ class ImageDecodeError(ValueError):
 @dataclass(frozen=True)
 class DecodedImage:
     """``rgb``: writable uint8 (H, W, 3), at most ``max_pixels`` pixels;
-    ``source_size``: (width, height) the image has as stored (before any reduction)."""
+    ``source_size``: (width, height) the image has as stored (before any reduction; after
+    its EXIF orientation, when that is applied)."""
 
     rgb: np.ndarray
     source_size: tuple[int, int]
-
-    @property
-    def downscaled(self) -> bool:
-        return (self.rgb.shape[1], self.rgb.shape[0]) != self.source_size
 
 
 def fit_max_pixels(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
@@ -61,11 +58,6 @@ def fit_max_pixels(width: int, height: int, max_pixels: int | None) -> tuple[int
         return width, height
     factor = math.sqrt(max_pixels / (width * height))
     return max(1, math.floor(width * factor)), max(1, math.floor(height * factor))
-
-
-def decode_limit(max_pixels: int | None) -> int | None:
-    """Most pixels a raster may have when it is decoded for ``max_pixels``."""
-    return None if max_pixels is None else DECODE_HEADROOM * max_pixels
 
 
 def check_decode_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
@@ -79,7 +71,7 @@ def check_decode_size(width: int, height: int, max_pixels: int | None, what: str
             f"{what} claims {width}x{height} ({width * height / 1e6:.0f} MP), above the "
             f"decompression-bomb limit of {bomb / 1e6:.0f} MP: refused; downscale it first"
         )
-    limit = decode_limit(max_pixels)
+    limit = None if max_pixels is None else DECODE_HEADROOM * max_pixels
     if limit is not None and width * height > limit:
         raise ImageDecodeError(
             f"{what} is {width}x{height} ({width * height / 1e6:.1f} MP): refused, only "
@@ -149,8 +141,8 @@ def decode_image(
             rgb = oriented if oriented.mode == "RGB" else oriented.convert("RGB")
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageDecodeError(f"{cannot}: {exc}") from None
-        source = (width, height) if oriented.size == img.size else (height, width)
-        size = fit_max_pixels(*source, max_pixels if downscale else None)
+        stored = (width, height) if oriented.size == img.size else (height, width)
+        size = fit_max_pixels(*stored, max_pixels if downscale else None)
         if size != rgb.size:
             rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-        return DecodedImage(np.array(rgb), source)
+        return DecodedImage(np.array(rgb), stored)

@@ -49,7 +49,7 @@ def test_small_images_decode_exactly_and_writable():
     rgb = _smooth(30, 40)
     decoded = decode_image(_encode(rgb, "PNG"), MAX_PIXELS)
     np.testing.assert_array_equal(decoded.rgb, rgb)
-    assert decoded.source_size == (40, 30) and not decoded.downscaled
+    assert decoded.source_size == (40, 30)
     assert decoded.rgb.flags.writeable  # torch.from_numpy would warn on a read-only one
 
 
@@ -57,7 +57,6 @@ def test_a_large_jpeg_is_reduced_while_decoding_then_downscaled():
     rgb = _smooth(600, 800)  # 64 x MAX_PIXELS: refused unless reduced while decoding
     decoded = decode_image(_encode(rgb, "JPEG", quality=95), MAX_PIXELS)
     assert decoded.rgb.shape == (75, 100, 3) and decoded.source_size == (800, 600)
-    assert decoded.downscaled
     expected = downscale_rgb(rgb, MAX_PIXELS).astype(int)
     assert np.abs(decoded.rgb.astype(int) - expected).mean() < 4  # JPEG + DCT scaling
 
