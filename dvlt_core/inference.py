@@ -78,7 +78,8 @@ class Reconstructor:
             raise ValueError(
                 f"{count} images but {len(names)} names and {len(times)} timestamps"
             )
-        batch = preprocess(images, img_size=self.img_size, rotate_portrait=self.rotate_portrait)
+        batch = preprocess(images, img_size=self.img_size, rotate_portrait=self.rotate_portrait,
+                           names=names)
         raw = self.backend.infer(batch.images, num_steps=num_steps)
         weights = self._pose_weights(raw.depth_conf, batch.valid)
         cameras = rays_to_pose(raw.rays.float(), weights=weights, mode=self.pose_mode)

@@ -24,6 +24,7 @@ from dvlt_core.export.tensorrt_build import TensorRTUnavailableError
 from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
 from dvlt_core.io.checkpoint import CheckpointError, default_checkpoint
 from dvlt_core.io.download import DownloadError
+from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_core.io.images import load_sequence
 from dvlt_core.io.writers import (
     write_cameras_json,
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--fps", type=float, default=2.0, help="frames per second kept from a video"
     )
     parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="images (and video frames) with more pixels are downscaled to this many while "
+        "they are decoded; those too large to decode within 4x this are refused (default "
+        f"{DEFAULT_MAX_PIXELS}, 1920x1080)",
+    )
+    parser.add_argument(
         "--rotate-portrait",
         action="store_true",
         help="turn portrait images to landscape for the network (results are turned back)",
@@ -122,6 +131,17 @@ def _threshold(text: str) -> float | str:
     if not 0 <= value < 100:
         raise argparse.ArgumentTypeError(f"percentage {text!r} must be in [0, 100)")
     return text
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of --max-pixels."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _pick_device(device: str) -> str:
@@ -192,8 +212,17 @@ def reconstruct(args: argparse.Namespace) -> Reconstruction:
     Raises the errors a user can fix (bad input, checkpoint or export folder, options, a
     missing runtime) as one of :data:`USER_ERRORS`.
     """
-    sequence = load_sequence(_source(args.inputs), fps=args.fps)
+    sequence = load_sequence(_source(args.inputs), fps=args.fps, max_pixels=args.max_pixels)
     print(f"{len(sequence)} view(s) loaded", file=sys.stderr)
+    if sequence.downscaled:
+        first = sequence.downscaled[0]
+        (w, h), image = sequence.source_sizes[first], sequence.images[first]
+        print(
+            f"note: {len(sequence.downscaled)} view(s) above --max-pixels {args.max_pixels} "
+            f"were downscaled while decoded (e.g. {sequence.names[first]}: {w}x{h} -> "
+            f"{image.shape[1]}x{image.shape[0]}); outputs are at the downscaled size",
+            file=sys.stderr,
+        )
     checkpoint, options = _backend_options(args)
     backend = create_backend(
         args.backend,

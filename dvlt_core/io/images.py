@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
+from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from dvlt_core.io.transforms import ViewTransform
 from dvlt_core.io.video import VIDEO_EXTENSIONS, read_video_frames
 
@@ -23,11 +23,21 @@ class ImageSequence:
     """Decoded views: uint8 RGB arrays (H, W, 3), their names, and timestamps in seconds.
 
     Timestamps are presentation times for videos and the frame index otherwise.
+    ``source_sizes`` are the (width, height) of each view as stored; a view whose image
+    is smaller was downscaled to ``max_pixels`` while it was decoded.
     """
 
     images: list[np.ndarray]
     names: list[str]
     timestamps: list[float]
+    source_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def downscaled(self) -> list[int]:
+        """Indices of the views that were downscaled while they were decoded."""
+        return [i for i, (image, size) in enumerate(zip(self.images, self.source_sizes,
+                                                        strict=True))
+                if (image.shape[1], image.shape[0]) != tuple(size)]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -43,22 +53,28 @@ class PreprocessedBatch:
     transforms: list[ViewTransform]
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one image file as uint8 RGB (H, W, 3), applying its EXIF orientation."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB")).copy()
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file as uint8 RGB (H, W, 3), applying its EXIF orientation, with at
+    most ``max_pixels`` pixels (:func:`dvlt_core.io.image_decode.decode_image`: larger
+    images are downscaled, those too large to decode within that bound are refused)."""
+    return _read(Path(path), max_pixels).rgb
+
+
+def _read(path: Path, max_pixels: int | None) -> DecodedImage:
+    return decode_image(path, max_pixels, what=f"image {path}", exif_transpose=True)
 
 
 def load_sequence(
-    source: str | Path | Sequence[str | Path], fps: float | None = 2.0
+    source: str | Path | Sequence[str | Path],
+    fps: float | None = 2.0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ImageSequence:
     """Load the views of a scene.
 
     ``source`` is a directory (its image files, sorted by name), a video (frames subsampled
-    to ``fps``), a single image, or a list of image files (kept in the given order).
+    to ``fps``), a single image, or a list of image files (kept in the given order). Every
+    view is decoded with at most ``max_pixels`` pixels (larger ones are downscaled while
+    they are decoded; see :mod:`dvlt_core.io.image_decode`).
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -71,14 +87,14 @@ def load_sequence(
                     f"directory {path} holds no images; expected files ending in "
                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
                 )
-            return _load_files(files)
+            return _load_files(files, max_pixels)
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
-            frames, times = read_video_frames(path, fps=fps)
+            frames, times, size = read_video_frames(path, fps=fps, max_pixels=max_pixels)
             names = [f"{path.stem}_{i:06d}" for i in range(len(frames))]
-            return ImageSequence(frames, names, times)
+            return ImageSequence(frames, names, times, [size] * len(frames))
         if suffix in IMAGE_EXTENSIONS:
-            return _load_files([path])
+            return _load_files([path], max_pixels)
         raise ValueError(
             f"unsupported input {path}: give a directory, an image "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or a video "
@@ -90,12 +106,14 @@ def load_sequence(
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"input image(s) not found: {', '.join(missing)}")
-    return _load_files(files)
+    return _load_files(files, max_pixels)
 
 
-def _load_files(files: Sequence[Path]) -> ImageSequence:
-    images = [read_image(p) for p in files]
-    return ImageSequence(images, [p.stem for p in files], [float(i) for i in range(len(files))])
+def _load_files(files: Sequence[Path], max_pixels: int | None) -> ImageSequence:
+    decoded = [_read(p, max_pixels) for p in files]
+    return ImageSequence([d.rgb for d in decoded], [p.stem for p in files],
+                         [float(i) for i in range(len(files))],
+                         [d.source_size for d in decoded])
 
 
 def resize_antialiased(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -108,11 +126,41 @@ def resize_antialiased(image: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     )[0]
 
 
+def network_size(height: int, width: int, img_size: int) -> tuple[int, int]:
+    """(height, width) of an image once its longer side is scaled to ``img_size``."""
+    scale = img_size / max(height, width)
+    return round(height * scale), round(width * scale)
+
+
+def image_size_problem(
+    height: int, width: int, img_size: int, patch_size: int = PATCH_SIZE
+) -> str | None:
+    """Why a ``height`` x ``width`` image cannot be a view of the network at ``img_size``,
+    or None: its shorter side must keep one ``patch_size`` patch after resizing, and hold
+    at least one patch of real pixels (a smaller image is upsampled blur)."""
+    if height < 1 or width < 1:
+        return f"empty image {width}x{height}"
+    shorter = min(network_size(height, width, img_size))
+    if shorter < patch_size:
+        return (
+            f"{width}x{height} is too elongated: its shorter side becomes {shorter} px at "
+            f"img_size {img_size}, less than one {patch_size} px patch; crop it to at most "
+            f"1:{img_size // patch_size}"
+        )
+    if min(height, width) < patch_size:
+        return (
+            f"{width}x{height} is smaller than one {patch_size} px patch per side: too small "
+            "to reconstruct; use images of at least that size"
+        )
+    return None
+
+
 def preprocess(
     images: Sequence[np.ndarray],
     img_size: int = 504,
     rotate_portrait: bool = False,
     patch_size: int = PATCH_SIZE,
+    names: Sequence[str] | None = None,
 ) -> PreprocessedBatch:
     """Resize, crop and pad a list of uint8 RGB images (H, W, 3) into one network batch.
 
@@ -120,6 +168,7 @@ def preprocess(
     longer side to ``img_size`` (sizes rounded with Python ``round``), with a bilinear
     antialiased resize; centre-crop each side down to a multiple of ``patch_size``. Images
     of different sizes are then zero-padded, centred, to the largest height and width.
+    Images :func:`image_size_problem` refuses raise ValueError (``names`` name them).
     """
     if len(images) == 0:
         raise ValueError("no images to preprocess")
@@ -129,21 +178,19 @@ def preprocess(
     crops: list[torch.Tensor] = []
     partial: list[dict] = []
     for i, image in enumerate(images):
-        array = _as_rgb_uint8(image, i)
+        label = f"image {names[i]!r}" if names is not None else f"image {i}"
+        array = _as_rgb_uint8(image, label)
         h0, w0 = array.shape[:2]
+        problem = image_size_problem(h0, w0, img_size, patch_size)
+        if problem is not None:
+            raise ValueError(f"{label}: {problem}")
         k = 1 if rotate_portrait and h0 > w0 else 0
         array = np.rot90(array, k=k)
         h, w = array.shape[:2]
-        scale = img_size / max(h, w)
-        new_h, new_w = round(h * scale), round(w * scale)
-        t = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
-        if min(new_h, new_w) < patch_size:
-            raise ValueError(
-                f"image {i} ({h0}x{w0}) is too elongated: its shorter side becomes "
-                f"{min(new_h, new_w)} px after resizing, less than one {patch_size} px patch; "
-                "crop it to a less extreme aspect ratio"
-            )
-        t = resize_antialiased(t, (new_h, new_w))
+        new_h, new_w = network_size(h, w, img_size)
+        # A float copy: never a view of a read-only decoded buffer.
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+        t = resize_antialiased(t / 255.0, (new_h, new_w))
         crop_h = max(patch_size, patch_size * (new_h // patch_size))
         crop_w = max(patch_size, patch_size * (new_w // patch_size))
         top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
@@ -172,13 +219,11 @@ def preprocess(
     return PreprocessedBatch(batch[None], valid[None], transforms)
 
 
-def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
+def _as_rgb_uint8(image: np.ndarray, label: str) -> np.ndarray:
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(
-            f"image {index}: expected a uint8 RGB array of shape (H, W, 3), got dtype "
+            f"{label}: expected a uint8 RGB array of shape (H, W, 3), got dtype "
             f"{array.dtype} and shape {array.shape}; load files with dvlt_core.io.load_sequence"
         )
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError(f"image {index} is empty (shape {array.shape})")
     return array

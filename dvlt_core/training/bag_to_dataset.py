@@ -16,7 +16,6 @@ The image ``frame_id`` must be the camera's optical frame (x right, y down, z fo
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import sys
 from collections import Counter
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from dvlt_core.geometry import (
@@ -34,6 +32,7 @@ from dvlt_core.geometry import (
     TransformError,
     rigid_from_translation_quaternion,
 )
+from dvlt_core.io.image_decode import decode_image
 from dvlt_core.training.data.folder import SceneWriter
 
 logger = logging.getLogger(__name__)
@@ -104,11 +103,13 @@ def _stamp(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
-def decode_color(msg, msgtype: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from an ``Image`` or ``CompressedImage``."""
+def decode_color(msg, msgtype: str, max_pixels: int | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an ``Image`` or ``CompressedImage``. A compressed image
+    with more than ``max_pixels`` pixels (its camera_info's size) is refused before it
+    is decoded (:func:`dvlt_core.io.image_decode.decode_image`)."""
     if msgtype.endswith("CompressedImage"):
-        with Image.open(io.BytesIO(bytes(msg.data))) as img:
-            return np.asarray(img.convert("RGB"))
+        return decode_image(bytes(msg.data), max_pixels, what=f"{msg.format} image",
+                            downscale=False).rgb
     if msg.encoding not in COLOR_ENCODINGS:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}; use one of "
                          f"{COLOR_ENCODINGS}")
@@ -240,6 +241,7 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
                 depth_wanted.add((cam.depth, float(dstamps[j])))
 
         # Pass 2: decode only the planned images and depth maps.
+        cameras = {c.image: c for c in conversion.cameras}
         images: dict[tuple[str, float], np.ndarray] = {}
         depths: dict[tuple[str, float], np.ndarray] = {}
         streams = [c for c in reader.connections if c.topic in image_stamps
@@ -248,7 +250,8 @@ def convert_bag(bag: str | Path, out_dir: str | Path, conversion: BagConversion,
             msg = reader.deserialize(raw, conn.msgtype)
             key = (conn.topic, _stamp(msg.header))
             if key in plan and key not in images:
-                images[key] = decode_color(msg, conn.msgtype)
+                info = infos[cameras[conn.topic].info]
+                images[key] = decode_color(msg, conn.msgtype, info.width * info.height)
             elif key in depth_wanted and key not in depths:
                 depths[key] = decode_depth(msg)
 

@@ -1,7 +1,8 @@
 """Camera messages read from a bag -> pipeline :class:`CameraFrame` s, with the node's own
 conversion (:func:`dvlt_ros.node_support.inputs.frame_from_image`): the latest CameraInfo
 of a camera goes with its next image, conversion failures become ``image_rejected``
-events, an empty ``frame_id`` becomes ``<camera>_optical_frame``.
+events (unset stamps ``stamp_rejected``), images are decoded within ``max_pixels``, an
+empty ``frame_id`` becomes ``<camera>_optical_frame``.
 
 Messages are deserialised with ``rclpy.serialization`` into the very classes a live
 subscription receives.
@@ -39,10 +40,12 @@ def camera_topics(namespace: str, transport: str) -> CameraTopics:
 
 
 class FrameDecoder:
-    """Turns serialised image and CameraInfo messages into frames (one per image)."""
+    """Turns serialised image and CameraInfo messages into frames (one per image), each
+    within ``max_pixels`` (see :func:`~dvlt_ros.node_support.inputs.frame_from_image`)."""
 
-    def __init__(self, use_camera_info: bool) -> None:
+    def __init__(self, use_camera_info: bool, max_pixels: int | None = None) -> None:
         self.use_camera_info = use_camera_info
+        self.max_pixels = max_pixels
         self._infos: dict[str, CameraInfoData] = {}
 
     def camera_info(self, camera: str, raw: bytes) -> None:
@@ -50,11 +53,12 @@ class FrameDecoder:
         self._infos[camera] = camera_info_data(deserialize_message(raw, CameraInfo))
 
     def image(self, camera: str, raw: bytes, compressed: bool
-              ) -> tuple[CameraFrame | None, PipelineEvent | None]:
-        """The frame of one image message, or the event saying why it was rejected."""
+              ) -> tuple[CameraFrame | None, list[PipelineEvent]]:
+        """The frame of one image message (None when it is rejected) and the events to
+        report (why it was rejected, or that it was downscaled)."""
         msg = deserialize_message(raw, CompressedImage if compressed else Image)
         info = self._infos.get(camera) if self.use_camera_info else None
-        return frame_from_image(msg, camera, compressed, info)
+        return frame_from_image(msg, camera, compressed, info, self.max_pixels)
 
 
 def detect_cameras(topics: dict, transport: str) -> list[str]:

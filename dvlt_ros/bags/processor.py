@@ -86,6 +86,7 @@ class _Stats:
     views: Counter = field(default_factory=Counter)
     timings: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     events: Counter = field(default_factory=Counter)
+    first_rejection: str | None = None
 
 
 class BagProcessor:
@@ -112,8 +113,11 @@ class BagProcessor:
         self._log = log or (lambda level, text: None)
         self._progress = progress
         self.topics = self._check_topics()
-        self.session = LosslessSession(backend, self.params, metric_scale=metric_scale)
-        self.decoder = FrameDecoder(bool(self.params["use_input_camera_info"]))
+        self._image_topics = {t.camera: t.image for t in self.topics}
+        self.session = LosslessSession(backend, self.params, metric_scale=metric_scale,
+                                       on_accept=self._on_accept)
+        self.decoder = FrameDecoder(bool(self.params["use_input_camera_info"]),
+                                    int(self.params["max_pixels"]))
         self.monitor = StreamMonitor(self.issues,
                                      jump_threshold_ns=round(
                                          float(self.params["time_jump_threshold"]) * 1e9))
@@ -208,12 +212,13 @@ class BagProcessor:
                 continue
             camera = by_image[message.topic]
             self.stats.frames_read += 1
-            frame, event = self.decoder.image(camera.camera, message.raw, camera.compressed)
-            if event is not None:
+            frame, events = self.decoder.image(camera.camera, message.raw, camera.compressed)
+            for event in events:
                 self._report(event)
+            if frame is None:
+                self.session.sync.count_rejected(camera.camera)
             else:
                 self.frame_ids.setdefault(frame.camera, frame.frame_id)
-                self.monitor.check(message.topic, frame.stamp_ns)
                 for ev in self.session.add(frame, message.log_ns):
                     self._report(ev)
             for ev in self.session.after_image(message.log_ns):
@@ -257,8 +262,15 @@ class BagProcessor:
         for stage in STAGES:
             stats.timings[stage].append(timings[stage])
 
+    def _on_accept(self, frame) -> None:
+        """Stamp checks of the bag's streams see the frames the synchroniser queues (not
+        those it refuses as outliers)."""
+        self.monitor.check(self._image_topics[frame.camera], frame.stamp_ns)
+
     def _report(self, event: PipelineEvent) -> None:
         self.stats.events[event.code] += 1
+        if self.stats.first_rejection is None and _is_rejection(event):
+            self.stats.first_rejection = str(event)
         if event.level >= Level.WARN and self.stats.events[event.code] <= 3:
             self._log("warning" if event.level == Level.WARN else "error", str(event))
 
@@ -320,8 +332,10 @@ class BagProcessor:
             "frames": {
                 "read": stats.frames_read,
                 "in_bag": stats.images_total,
-                "per_camera": {c: {"received": s.received, "used": s.used, "dropped": s.dropped}
+                "per_camera": {c: {"received": s.received, "used": s.used, "dropped": s.dropped,
+                                   "rejected": s.rejected}
                                for c, s in sync_stats.items()},
+                "first_rejection": stats.first_rejection,
             },
             "windows": stats.windows,
             "k": {"mode": self.params["num_steps_mode"],
@@ -396,6 +410,12 @@ class BagProcessor:
             stamps, poses = read_tum(path)
             lookups[camera] = tum_lookup(stamps, poses, gt.tolerance_ns)
         return lookups
+
+
+def _is_rejection(event: PipelineEvent) -> bool:
+    """Whether ``event`` says that an image was refused."""
+    return event.code in ("image_rejected", "stamp_rejected") or (
+        event.code == "resolution_mismatch" and event.level == Level.ERROR)
 
 
 def _tree_lookup(tree: TfTree, frame_id: str) -> Callable[[int], np.ndarray | None]:

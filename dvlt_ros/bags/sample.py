@@ -31,7 +31,7 @@ from dvlt_ros.bags.msgtypes import IMAGE
 from dvlt_ros.bags.source import BagSource
 from dvlt_ros.bags.writer import BagWriter
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
-from dvlt_ros.conversions.image import array_to_image, image_to_rgb8
+from dvlt_ros.conversions.image import ImageConversionError, array_to_image, image_to_rgb8
 from dvlt_ros.conversions.transforms import stamp_from_ns, tf_message, transform_stamped
 
 SCENE_TOPIC = "/dvlt_sample/scene"
@@ -132,7 +132,8 @@ def read_sample_config(bag: BagSource) -> SampleBagConfig:
 
 def ground_truth_backend(bag: BagSource, img_size: int) -> GroundTruthBackend:
     """A :class:`GroundTruthBackend` that knows every image of a sample bag (registered
-    with the rig's exact camera at the image's stamp), for processing or replaying it."""
+    with the rig's exact camera at the image's stamp), for processing or replaying it.
+    Images that cannot be converted are left out (processing rejects them too)."""
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
@@ -146,7 +147,11 @@ def ground_truth_backend(bag: BagSource, img_size: int) -> GroundTruthBackend:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         t = (stamp - config.start_ns) / 1e9
         name = topics[message.topic]
-        backend.register(image_to_rgb8(msg), rig.intrinsics(name), rig.camera_pose(name, t))
+        try:
+            rgb = image_to_rgb8(msg)
+        except ImageConversionError:
+            continue
+        backend.register(rgb, rig.intrinsics(name), rig.camera_pose(name, t))
     return backend
 
 

@@ -13,7 +13,7 @@ node, which the determinism test checks.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from dvlt_core.backends import InferenceBackend
 from dvlt_ros.node_support import configs
@@ -37,7 +37,8 @@ class LosslessSession:
     :meth:`after_image`, then reconstruct with :meth:`next_cycle` until it returns None.
     ``max_pending`` bounds the snapshots waiting for reconstruction; beyond it the oldest
     is dropped and counted in ``dropped_snapshots`` (never happens when snapshots are
-    reconstructed as they come, as offline processing does).
+    reconstructed as they come, as offline processing does). ``on_accept`` sees every
+    frame the synchroniser queues.
     """
 
     def __init__(
@@ -46,14 +47,16 @@ class LosslessSession:
         params: Mapping[str, object],
         metric_scale: MetricScale | None = None,
         max_pending: int = 8,
+        on_accept: Callable[[CameraFrame], None] | None = None,
     ) -> None:
-        self.sync = RigSynchronizer(configs.sync_config(params))
+        self.sync = RigSynchronizer(configs.sync_config(params), on_accept)
         self.windows = WindowSelector(configs.window_config(params))
         self.k_policy = KPolicy(configs.k_policy_config(params))
         self.pipeline = ReconstructionPipeline(
             backend, configs.pipeline_config(params), world=configs.world_config(params),
             metric_scale=metric_scale,
         )
+        self.sync.set_img_size(self.pipeline.reconstructor.img_size)
         self.pending: deque[RigSnapshot] = deque()
         self.max_pending = max_pending
         self.dropped_snapshots = 0

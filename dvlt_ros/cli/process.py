@@ -159,7 +159,27 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(summary, say)
     if summary["interrupted"]:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if summary["error"] else 0
+    if summary["error"]:
+        return EXIT_FAILED
+    if summary["windows"] == 0:
+        say("error", _no_window_reason(summary))
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _no_window_reason(summary: dict) -> str:
+    """One line: why a run made no window, with the per-camera counts."""
+    frames = summary["frames"]
+    counts = "; ".join(f"{camera}: {c['received']} received, {c['rejected']} rejected"
+                       for camera, c in frames["per_camera"].items())
+    if frames["read"] == 0:
+        why = "the bag's camera topics hold no image"
+    elif all(c["rejected"] == c["received"] for c in frames["per_camera"].values()):
+        why = f"every image was rejected ({counts}); first: {frames['first_rejection']}"
+    else:
+        why = (f"the images never formed a complete rig snapshot ({counts}): check that the "
+               "cameras' stamps are within sync_slop of each other")
+    return f"no window was reconstructed: {why}"
 
 
 class _ProgressBar:
@@ -184,7 +204,8 @@ def _print_summary(summary: dict, say) -> None:
     frames = summary["frames"]
     timings = summary["timings_ms"]["total_ms"]
     first = summary["time_to_first_output_s"]
-    state = ("complete" if summary["complete"] else
+    state = ("NOTHING reconstructed" if summary["windows"] == 0 and not summary["interrupted"]
+             else "complete" if summary["complete"] else
              "INTERRUPTED, partial result kept" if summary["interrupted"] else
              "DAMAGED bag, the readable part was processed (see the warnings above)"
              if summary["bag_damaged"] else "PARTIAL result kept (see the warnings above)")
@@ -193,6 +214,9 @@ def _print_summary(summary: dict, say) -> None:
         f"images in {summary['wall_s']:.1f} s"
         + (f" (first output after {first:.2f} s, {timings['mean']:.0f} ms per window)"
            if first is not None and timings else ""),
+        "images per camera: " + "; ".join(
+            f"{camera}: {c['received']} received, {c['used']} used, {c['rejected']} rejected"
+            for camera, c in frames["per_camera"].items()),
         f"K: {summary['k']['mode']} {summary['k']['counts']}; outputs in {summary['output']}: "
         f"{summary['files']['bag']}/, {', '.join(summary['files']['clouds'])}, "
         f"{len(summary['files']['trajectories'])} TUM files, summary.json",

@@ -34,8 +34,10 @@ def sync_config(p: Params) -> SyncConfig:
         queue_size=p["sync_queue_size"],
         camera_timeout_ns=seconds_to_ns(p["camera_timeout"]),
         jump_back_ns=seconds_to_ns(p["time_jump_threshold"]),
+        max_stamp_jump_ns=seconds_to_ns(p["max_stamp_jump"]),
         resolution_policy=p["resolution_policy"],
         max_pixels=p["max_pixels"],
+        img_size=p["img_size"] or None,
     )
 
 

@@ -4,7 +4,13 @@ Each configured camera namespace ``<ns>`` gets ``<ns>/image_raw`` (``Image``) or
 ``<ns>/image_raw/compressed`` (``CompressedImage``), and ``<ns>/camera_info`` when the
 input intrinsics are used. Names are relative, so they follow the node's namespace and
 ordinary ``--ros-args -r`` remapping. Conversion failures become ``image_rejected``
-events; nothing here raises into the executor.
+events, unset or negative header stamps ``stamp_rejected`` events; nothing here raises
+into the executor.
+
+Memory stays bounded by ``max_pixels``: a raw image larger than the decode budget
+(:func:`dvlt_core.io.image_decode.check_decode_size`) is refused before it is converted, a
+compressed one is reduced while it is decoded or refused; what is accepted is downscaled
+to ``max_pixels`` here (its CameraInfo scaled to match).
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ from collections.abc import Callable, Sequence
 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from dvlt_core.io.image_decode import ImageDecodeError, check_decode_size, downscale_rgb
 from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
-from dvlt_ros.conversions.image import ImageConversionError, compressed_to_rgb8, image_to_rgb8
+from dvlt_ros.conversions.image import ImageConversionError, decode_compressed, image_to_rgb8
 from dvlt_ros.conversions.transforms import ns_from_stamp
 from dvlt_ros.node_support.parameters import camera_label
 from dvlt_ros.pipeline.events import Level, PipelineEvent
-from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData
+from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, downscaled_event
 
 FrameSink = Callable[[CameraFrame], None]
 EventSink = Callable[[PipelineEvent], None]
@@ -44,29 +51,53 @@ def camera_info_data(msg: CameraInfo) -> CameraInfoData:
 
 
 def frame_from_image(
-    msg, camera: str, compressed: bool, info: CameraInfoData | None
-) -> tuple[CameraFrame | None, PipelineEvent | None]:
-    """The pipeline frame of an Image/CompressedImage message, or the ``image_rejected``
-    event saying why there is none. Shared by the subscriptions and offline bag
-    processing (``dvlt_ros.bags``), so both turn messages into identical frames."""
+    msg, camera: str, compressed: bool, info: CameraInfoData | None,
+    max_pixels: int | None = None,
+) -> tuple[CameraFrame | None, list[PipelineEvent]]:
+    """The pipeline frame of an Image/CompressedImage message within ``max_pixels``
+    (None when it is refused), and what to report: ``image_rejected`` / ``stamp_rejected``
+    saying why there is no frame, ``image_downscaled``. Shared by the subscriptions and
+    offline bag processing (``dvlt_ros.bags``), so both turn messages into identical
+    frames."""
     stamp = ns_from_stamp(msg.header.stamp)
+    if stamp <= 0:
+        what = "0 (unset)" if stamp == 0 else f"negative ({stamp * 1e-9:.3f} s)"
+        return None, [PipelineEvent(
+            "stamp_rejected", Level.WARN,
+            f"header stamp is {what}: frame dropped (the camera driver must stamp each image "
+            "with its capture time)", camera, stamp)]
     try:
-        rgb = compressed_to_rgb8(msg) if compressed else image_to_rgb8(msg)
-    except ImageConversionError as exc:
-        return None, PipelineEvent("image_rejected", Level.ERROR, f"{exc}; frame dropped",
-                                   camera, stamp)
+        if compressed:
+            decoded = decode_compressed(msg, max_pixels)
+            rgb, source = decoded.rgb, decoded.source_size
+        else:
+            check_decode_size(int(msg.width), int(msg.height), max_pixels,
+                              f"{msg.encoding} image")
+            source = (int(msg.width), int(msg.height))
+            rgb = downscale_rgb(image_to_rgb8(msg), max_pixels)
+    except (ImageConversionError, ImageDecodeError) as exc:
+        return None, [PipelineEvent("image_rejected", Level.ERROR, f"{exc}; frame dropped",
+                                    camera, stamp)]
+    events = []
+    size = (rgb.shape[1], rgb.shape[0])
+    if size != source:
+        events.append(downscaled_event(camera, stamp, source, size, max_pixels))
+        if info is not None and (info.width, info.height) == source:
+            info = info.scaled(*size)
     return CameraFrame(
         camera=camera,
         stamp_ns=stamp,
         frame_id=optical_frame_id(msg.header.frame_id, camera),
         rgb=rgb,
         info=info,
-    ), None
+    ), events
 
 
 class CameraInputs:
-    """Subscribes to every camera and hands valid frames to ``on_frame``; ``after_image``
-    runs after every image message, whatever became of it."""
+    """Subscribes to every camera and hands valid frames to ``on_frame``;
+    ``on_rejected(camera)`` runs for every image message that gives no frame (after its
+    event went to ``on_event``); ``after_image`` runs after every image message, whatever
+    became of it."""
 
     def __init__(
         self,
@@ -78,12 +109,16 @@ class CameraInputs:
         qos,
         on_frame: FrameSink,
         on_event: EventSink,
+        on_rejected: Callable[[str], None] | None = None,
+        max_pixels: int | None = None,
         after_image: Callable[[], None] | None = None,
         callback_group=None,
     ) -> None:
         self._on_frame = on_frame
         self._after_image = after_image
         self._on_event = on_event
+        self._on_rejected = on_rejected or (lambda camera: None)
+        self._max_pixels = max_pixels
         self._logger = node.get_logger()
         self._lock = threading.Lock()
         self._infos: dict[str, CameraInfoData] = {}
@@ -126,6 +161,7 @@ class CameraInputs:
                 f"cannot use the image: {type(exc).__name__}: {exc}; frame dropped", camera,
                 ns_from_stamp(msg.header.stamp),
             ))
+            self._on_rejected(camera)
         finally:
             if self._after_image is not None:
                 self._after_image()
@@ -133,9 +169,11 @@ class CameraInputs:
     def _handle_image(self, msg, camera: str, compressed: bool) -> None:
         with self._lock:
             info = self._infos.get(camera) if self._use_camera_info else None
-        frame, event = frame_from_image(msg, camera, compressed, info)
-        if event is not None:
+        frame, events = frame_from_image(msg, camera, compressed, info, self._max_pixels)
+        for event in events:
             self._on_event(event)
+        if frame is None:
+            self._on_rejected(camera)
             return
         if not msg.header.frame_id and camera not in self._empty_frame_reported:
             self._empty_frame_reported.add(camera)

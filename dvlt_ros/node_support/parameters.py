@@ -20,6 +20,7 @@ from rcl_interfaces.msg import (
 )
 from rclpy.parameter import Parameter
 
+from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_ros.node_support.qos import INPUT_QOS_CHOICES
 from dvlt_ros.pipeline.k_policy import K_LIMITS, K_MODES
 from dvlt_ros.pipeline.sync import RESOLUTION_POLICIES
@@ -93,7 +94,8 @@ SPECS: tuple[ParamSpec, ...] = (
               "camera namespaces; each provides <ns>/image_raw (or <ns>/image_raw/compressed) "
               "and optionally <ns>/camera_info. The first camera is the reference view"),
     ParamSpec("image_transport", "raw",
-              "raw: sensor_msgs/Image on <ns>/image_raw (rgb8, bgr8, rgba8, bgra8, mono8); "
+              "raw: sensor_msgs/Image on <ns>/image_raw (rgb8, bgr8, rgba8, bgra8, mono8, "
+              "uyvy/yuv422, yuyv/yuv422_yuy2, bayer_rggb8/bggr8/gbrg8/grbg8); "
               "compressed: sensor_msgs/CompressedImage on <ns>/image_raw/compressed (jpeg, png)",
               choices=IMAGE_TRANSPORTS),
     ParamSpec("use_input_camera_info", False,
@@ -102,9 +104,11 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("input_qos", "sensor_data",
               "sensor_data (best effort, live cameras) or reliable (bag replay: no frame lost)",
               choices=INPUT_QOS_CHOICES),
-    ParamSpec("max_pixels", 1920 * 1080,
-              "images with more pixels are downscaled (aspect kept) on arrival; depth and "
-              "camera_info then refer to the downscaled size", minimum=1, maximum=2**31 - 1),
+    ParamSpec("max_pixels", DEFAULT_MAX_PIXELS,
+              "images with more pixels are downscaled (aspect kept) on arrival, those with "
+              "more than 4x as many (after a JPEG's reduction while decoding) are refused; "
+              "depth and camera_info then refer to the downscaled size",
+              minimum=1, maximum=2**31 - 1),
     ParamSpec("resolution_policy", "pad",
               "cameras of different sizes: pad (accept, pad the network input) or reject "
               "(drop frames whose size differs from the first camera's)",
@@ -123,8 +127,13 @@ SPECS: tuple[ParamSpec, ...] = (
               "seconds without frames after which a camera is left out of windows (WARN)",
               minimum=0.001, maximum=1e6),
     _positive("time_jump_threshold", 0.5,
-              "seconds: a stamp this far behind the last one resets synchronisation, "
-              "keyframes and the world (looping bag, restarted clock)"),
+              "seconds: when every camera's stamps fall this far behind their last ones "
+              "(looping bag, restarted clock), synchronisation, keyframes and the world reset; "
+              "one camera alone is refused (stamp_rejected)"),
+    ParamSpec("max_stamp_jump", 10.0,
+              "seconds: a stamp this far from the rig's newest one is a jump, used only once "
+              "every camera follows it (else refused as a lone outlier); must exceed the "
+              "longest frame interval of a camera", minimum=0.001, maximum=1e9),
     ParamSpec("window_timesteps", 3,
               "T: the newest snapshot plus up to T-1 earlier keyframe snapshots per window",
               minimum=1, maximum=64),

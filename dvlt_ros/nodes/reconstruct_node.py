@@ -124,7 +124,8 @@ class ReconstructNode(Node):
         self.inputs = CameraInputs(
             self, p["cameras"], transport=p["image_transport"],
             use_camera_info=p["use_input_camera_info"], qos=input_qos(p["input_qos"]),
-            on_frame=self._on_frame, on_event=self._report, after_image=self._after_image,
+            on_frame=self._on_frame, on_event=self._report, on_rejected=self._on_rejected,
+            max_pixels=p["max_pixels"], after_image=self._after_image,
         )
         self.worker = CycleWorker(self._cycle, on_error=self._on_cycle_error)
         # The timer wakes the worker at `rate`; in lossless mode every image wakes it too.
@@ -186,6 +187,10 @@ class ReconstructNode(Node):
                 self._arrivals.popitem(last=False)
         for event in events:
             self._report(event)
+
+    def _on_rejected(self, camera: str) -> None:
+        with self._lock:
+            self.sync.count_rejected(camera)
 
     def _after_image(self) -> None:
         """Lossless mode: after each image message (used or rejected), queue the snapshot
@@ -278,6 +283,10 @@ class ReconstructNode(Node):
             model.backend, self._pipeline_config, world=configs.world_config(self.params),
             metric_scale=self._metric_scale,
         )
+        with self._lock:  # arrivals are checked against this model's input size
+            events = self.sync.set_img_size(self.pipeline.reconstructor.img_size)
+        for event in events:
+            self._report(event)
         self.k_policy.model.reset()
         return True
 

@@ -24,11 +24,12 @@ EVENT_CODES = frozenset(
     {
         "camera_info_invalid",  # NaN / zero / mismatched CameraInfo: predicted intrinsics used
         "camera_info_distortion",  # non-zero distortion in CameraInfo; ignored (pinhole model)
-        "image_rejected",  # empty or too small to reconstruct; the frame is dropped
+        "image_rejected",  # undecodable, too large, too small or elongated; frame dropped
+        "stamp_rejected",  # unset/negative stamp, or a lone stamp far from the rig's; dropped
         "image_downscaled",  # larger than max_pixels; resized (CameraInfo scaled to match)
         "queue_overflow",  # a per-camera queue was full; the oldest frame was dropped
         "out_of_order",  # a stamp not newer than the camera's last one; frame dropped
-        "time_jump_reset",  # stamps jumped back (looping bag): all state was reset
+        "time_jump_reset",  # every camera's stamps jumped back (looping bag): state reset
         "camera_timeout",  # a camera stopped publishing; windows continue without it
         "camera_recovered",  # a timed-out camera publishes again
         "camera_unknown",  # a frame from a camera that is not configured; dropped

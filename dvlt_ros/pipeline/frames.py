@@ -4,22 +4,24 @@ A :class:`CameraFrame` is one image of one camera with its stamp (integer nanose
 its ``frame_id`` and, optionally, the intrinsics of its CameraInfo. :func:`prepare_frame`
 validates a frame once, at arrival: CameraInfo with NaN, zero or mismatched values is
 dropped (the model's predicted intrinsics are used instead), images larger than
-``max_pixels`` are downscaled (CameraInfo scaled to match), unusable images are rejected.
+``max_pixels`` are downscaled (CameraInfo scaled to match), images the network cannot take
+at ``img_size`` (:func:`dvlt_core.io.images.image_size_problem`: too elongated, or smaller
+than one patch per side) are rejected.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
-from dvlt_core.io.images import resize_antialiased
+from dvlt_core.io.image_decode import downscale_rgb
+from dvlt_core.io.images import image_size_problem
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 
-#: The network turns the longer side into 504 px and needs a 14 px patch on the shorter one.
-DEFAULT_MAX_ASPECT = 504 / 14
+#: Network input size used for the arrival checks until the model's own is known (that of
+#: the released nvidia/dvlt weights).
+DEFAULT_IMG_SIZE = 504
 
 
 @dataclass(frozen=True)
@@ -116,16 +118,32 @@ def check_camera_info(
     ]
 
 
+def downscaled_event(camera: str, stamp_ns: int, source: tuple[int, int],
+                     result: tuple[int, int], max_pixels: int | None) -> PipelineEvent:
+    """The ``image_downscaled`` WARN of an image of ``source`` (width, height) made
+    ``result``."""
+    return PipelineEvent(
+        "image_downscaled",
+        Level.WARN,
+        f"{source[0]}x{source[1]} exceeds max_pixels={max_pixels}: downscaled to "
+        f"{result[0]}x{result[1]} (raise max_pixels or resize upstream to avoid this cost)",
+        camera,
+        stamp_ns,
+    )
+
+
 def prepare_frame(
     frame: CameraFrame,
     max_pixels: int | None = None,
-    max_aspect: float = DEFAULT_MAX_ASPECT,
+    img_size: int = DEFAULT_IMG_SIZE,
 ) -> tuple[CameraFrame | None, list[PipelineEvent]]:
     """Validate and, if needed, downscale one frame; None when it must be dropped.
 
     Images with more than ``max_pixels`` pixels are resized (bilinear, antialiased, aspect
-    kept) to at most ``max_pixels``; their CameraInfo is scaled to the new size, so depth
-    and camera_info published for the frame refer to the downscaled image.
+    kept: :func:`dvlt_core.io.image_decode.downscale_rgb`) to at most ``max_pixels``; their
+    CameraInfo is scaled to the new size, so depth and camera_info published for the frame
+    refer to the downscaled image. Images the network cannot take at ``img_size`` are
+    rejected.
     """
     rgb = np.asarray(frame.rgb)
     stamp = frame.stamp_ns
@@ -141,43 +159,19 @@ def prepare_frame(
             )
         ]
     height, width = rgb.shape[:2]
-    if height < 1 or width < 1:
-        return None, [
-            PipelineEvent(
-                "image_rejected", Level.ERROR, f"empty image {width}x{height}", frame.camera, stamp
-            )
-        ]
-    if max(height, width) / min(height, width) > max_aspect:
-        return None, [
-            PipelineEvent(
-                "image_rejected",
-                Level.ERROR,
-                f"{width}x{height} is more elongated than 1:{max_aspect:.0f}; crop it",
-                frame.camera,
-                stamp,
-            )
-        ]
     info, events = check_camera_info(frame.info, height, width, frame.camera)
-    if max_pixels is not None and height * width > max_pixels:
-        factor = math.sqrt(max_pixels / (height * width))
-        new_h, new_w = max(1, math.floor(height * factor)), max(1, math.floor(width * factor))
-        rgb = _resize_uint8(rgb, new_h, new_w)
+    small = downscale_rgb(rgb, max_pixels)
+    if small is not rgb:
+        new_h, new_w = small.shape[:2]
+        rgb = small
         if info is not None:
             info = info.scaled(new_w, new_h)
-        events.append(
-            PipelineEvent(
-                "image_downscaled",
-                Level.WARN,
-                f"{width}x{height} exceeds max_pixels={max_pixels}: downscaled to "
-                f"{new_w}x{new_h} (raise max_pixels or resize upstream to avoid this cost)",
-                frame.camera,
-                stamp,
-            )
-        )
+        events.append(downscaled_event(frame.camera, stamp, (width, height), (new_w, new_h),
+                                       max_pixels))
+    problem = image_size_problem(*rgb.shape[:2], img_size)
+    if problem is not None:
+        return None, [
+            PipelineEvent("image_rejected", Level.ERROR, f"{problem}; frame dropped",
+                          frame.camera, stamp)
+        ]
     return replace(frame, rgb=rgb, info=info), events
-
-
-def _resize_uint8(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
-    out = resize_antialiased(tensor, (height, width))
-    return out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()

@@ -4,10 +4,18 @@ Each camera has a bounded queue (latest wins: when it is full the oldest frame i
 and counted). :meth:`RigSynchronizer.poll` returns the newest *complete* snapshot: one frame
 per active camera, all stamps within ``slop_ns`` of each other, and consumes the queues up
 to it. Cameras that stop publishing for ``camera_timeout_ns`` are left out of later
-snapshots (WARN) until they publish again. A stamp that jumps back by more than
-``jump_back_ns`` (a looping bag) resets the synchroniser; every snapshot carries the
-``epoch`` (number of resets so far) so the window selector and the world placement reset
-with it.
+snapshots (WARN) until they publish again.
+
+Time jumps: a stamp more than ``jump_back_ns`` behind its camera's last one, or more than
+``max_stamp_jump_ns`` away from the rig's newest stamp, is held, not used. It is a real
+jump (a looping bag, a restarted or reset sim clock) once every active camera has jumped
+with it (frames within ``max_stamp_jump_ns`` of each other; on a rig with one active
+camera, two frames): a jump back then resets the synchroniser, a jump forward is taken as
+is, and the held frames are used. It is a lone outlier (a bad stamp of one driver) when
+its camera publishes at the old time again, or when the held frames overflow
+``queue_size``: those frames are refused with a ``stamp_rejected`` WARN and the world
+stays. Every snapshot carries the ``epoch`` (number of resets so far) so the window
+selector and the world placement reset with it.
 
 Cameras of different resolutions: policy ``"pad"`` (default) accepts them; the network
 input is then zero-padded to the largest size (``dvlt_core.io.images.preprocess``), padding
@@ -18,10 +26,13 @@ Policy ``"reject"`` drops frames whose size differs from the first camera's (ERR
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
+from dvlt_core.io.images import image_size_problem
 from dvlt_ros.pipeline.events import Level, PipelineEvent
-from dvlt_ros.pipeline.frames import DEFAULT_MAX_ASPECT, CameraFrame, prepare_frame
+from dvlt_ros.pipeline.frames import DEFAULT_IMG_SIZE, CameraFrame, prepare_frame
 
 RESOLUTION_POLICIES = ("pad", "reject")
 _RATE_SMOOTHING = 0.2
@@ -32,6 +43,8 @@ class SyncConfig:
     """Settings of :class:`RigSynchronizer` (times in integer nanoseconds).
 
     ``cameras`` fixes the camera order (the first present camera is the reference view).
+    ``img_size``: the network input size the arrival checks use (None: the released
+    model's until :meth:`RigSynchronizer.set_img_size` gives the loaded model's).
     """
 
     cameras: tuple[str, ...]
@@ -39,9 +52,10 @@ class SyncConfig:
     queue_size: int = 4
     camera_timeout_ns: int = 1_000_000_000
     jump_back_ns: int = 500_000_000
+    max_stamp_jump_ns: int = 10_000_000_000
     resolution_policy: str = "pad"
-    max_pixels: int | None = 1920 * 1080
-    max_aspect: float = DEFAULT_MAX_ASPECT
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    img_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -52,8 +66,8 @@ class SyncConfig:
             raise ValueError(f"slop must be >= 0, got {self.slop_ns} ns")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-        if self.camera_timeout_ns <= 0 or self.jump_back_ns < 0:
-            raise ValueError("camera_timeout must be > 0 and jump_back >= 0")
+        if self.camera_timeout_ns <= 0 or self.jump_back_ns < 0 or self.max_stamp_jump_ns <= 0:
+            raise ValueError("camera_timeout and max_stamp_jump must be > 0, jump_back >= 0")
         if self.resolution_policy not in RESOLUTION_POLICIES:
             raise ValueError(
                 f"resolution_policy must be one of {RESOLUTION_POLICIES}, "
@@ -119,14 +133,33 @@ class _CameraState:
     stats: CameraStats = field(default_factory=CameraStats)
 
 
+@dataclass
+class _HeldJump:
+    """Frames whose stamps jumped, waiting for the other cameras to follow."""
+
+    frames: list[CameraFrame] = field(default_factory=list)
+
+    @property
+    def cameras(self) -> set[str]:
+        return {f.camera for f in self.frames}
+
+    @property
+    def newest_ns(self) -> int:
+        return max(f.stamp_ns for f in self.frames)
+
+
 class RigSynchronizer:
     """Buffers frames per camera and matches them into :class:`RigSnapshot` s.
 
     ``now_ns`` arguments are the caller's clock (the node's ROS clock, so that timeouts
-    work in simulated time too); stamps are the frames' header stamps.
+    work in simulated time too); stamps are the frames' header stamps. ``on_accept`` is
+    called with every frame that enters a queue (after a time jump, possibly later than
+    its :meth:`add`).
     """
 
-    def __init__(self, config: SyncConfig) -> None:
+    def __init__(
+        self, config: SyncConfig, on_accept: Callable[[CameraFrame], None] | None = None
+    ) -> None:
         self.config = config
         self._states = {
             name: _CameraState(deque(maxlen=config.queue_size)) for name in config.cameras
@@ -134,11 +167,38 @@ class RigSynchronizer:
         self._start_ns: int | None = None
         self._epoch = 0
         self._unknown_reported: set[str] = set()
+        self._img_size = config.img_size or DEFAULT_IMG_SIZE
+        self._newest_ns: int | None = None
+        self._held: _HeldJump | None = None
+        self._on_accept = on_accept
 
     @property
     def epoch(self) -> int:
         """Number of resets so far (time jumps and explicit :meth:`reset` calls)."""
         return self._epoch
+
+    @property
+    def img_size(self) -> int:
+        """The network input size arrivals are checked against."""
+        return self._img_size
+
+    def set_img_size(self, img_size: int) -> list[PipelineEvent]:
+        """Check arrivals against ``img_size`` (the loaded model's) from now on; queued
+        frames the network cannot take at that size are dropped as rejected."""
+        self._img_size = int(img_size)
+        events = []
+        for name, state in self._states.items():
+            kept = deque(maxlen=state.queue.maxlen)
+            for frame in state.queue:
+                problem = image_size_problem(frame.height, frame.width, self._img_size)
+                if problem is None:
+                    kept.append(frame)
+                    continue
+                state.stats.rejected += 1
+                events.append(PipelineEvent("image_rejected", Level.ERROR,
+                                            f"{problem}; frame dropped", name, frame.stamp_ns))
+            state.queue = kept
+        return events
 
     def stats(self) -> dict[str, CameraStats]:
         """Per-camera counters and input rate, in camera order."""
@@ -146,6 +206,14 @@ class RigSynchronizer:
             state.stats.timed_out = state.timed_out
             state.stats.last_stamp_ns = state.last_stamp_ns
         return {name: state.stats for name, state in self._states.items()}
+
+    def count_rejected(self, camera: str) -> None:
+        """Count an image of ``camera`` refused before it became a frame (undecodable,
+        unset stamp, ...): it was received and rejected."""
+        state = self._states.get(camera)
+        if state is not None:
+            state.stats.received += 1
+            state.stats.rejected += 1
 
     def reset(self) -> None:
         """Forget every queued frame and stamp; counters are kept; the epoch advances."""
@@ -157,10 +225,13 @@ class RigSynchronizer:
             state.timed_out = False
             state.mismatch_reported = False
         self._start_ns = None
+        self._newest_ns = None
+        self._held = None
         self._epoch += 1
 
     def add(self, frame: CameraFrame, now_ns: int) -> list[PipelineEvent]:
-        """Queue one frame that arrived at ``now_ns``; returns what to report."""
+        """Queue one frame that arrived at ``now_ns`` (or hold it while its stamp jumped
+        alone); returns what to report."""
         state = self._states.get(frame.camera)
         if state is None:
             if frame.camera in self._unknown_reported:
@@ -178,45 +249,123 @@ class RigSynchronizer:
         if self._start_ns is None:
             self._start_ns = now_ns
         state.stats.received += 1
-        prepared, events = prepare_frame(frame, self.config.max_pixels, self.config.max_aspect)
+        prepared, events = prepare_frame(frame, self.config.max_pixels, self._img_size)
         if prepared is None:
             state.stats.rejected += 1
             return events
-        last = state.last_stamp_ns
-        if last is not None and prepared.stamp_ns < last - self.config.jump_back_ns:
+        if self._jumped(prepared, state):
+            return events + self._hold(prepared, now_ns)
+        if self._held is not None and prepared.camera in self._held.cameras:
+            events += self._refuse_held()  # its camera is back at the rig's time
+        return events + self._accept(prepared, state, now_ns)
+
+    def _jumped(self, frame: CameraFrame, state: _CameraState) -> bool:
+        """Whether ``frame``'s stamp is a jump: far ahead of the rig's newest stamp, or far
+        behind its camera's last one (the rig's newest for a camera without one)."""
+        newest = self._newest_ns
+        if newest is None:
+            return False
+        stamp = frame.stamp_ns
+        if stamp > newest + self.config.max_stamp_jump_ns:
+            return True
+        if state.last_stamp_ns is not None:
+            return stamp < state.last_stamp_ns - self.config.jump_back_ns
+        return stamp < newest - self.config.max_stamp_jump_ns
+
+    def _hold(self, frame: CameraFrame, now_ns: int) -> list[PipelineEvent]:
+        """Hold a jumped frame; take the jump once every active camera followed it."""
+        events: list[PipelineEvent] = []
+        held = self._held
+        if held is not None and abs(frame.stamp_ns - held.newest_ns) > (
+                self.config.max_stamp_jump_ns):
+            events += self._refuse_held()
+            held = None
+        if held is None:
+            held = self._held = _HeldJump()
+        held.frames.append(frame)
+        own = [f for f in held.frames if f.camera == frame.camera]
+        if len(own) > self.config.queue_size:
+            held.frames.remove(own[0])
+            events += self._refuse([own[0]])
+        active = {name for name, state in self._states.items() if not state.timed_out}
+        if len(held.frames) >= 2 and held.cameras >= active:
+            events += self._take_jump(now_ns)
+        return events
+
+    def _take_jump(self, now_ns: int) -> list[PipelineEvent]:
+        """Every active camera jumped: a jump back resets; the held frames are queued."""
+        held, self._held = self._held, None
+        first = held.frames[0]
+        events: list[PipelineEvent] = []
+        if first.stamp_ns < self._newest_ns:
             events.append(
                 PipelineEvent(
                     "time_jump_reset",
                     Level.WARN,
-                    f"stamp jumped back by {(last - prepared.stamp_ns) / 1e9:.3f} s (looping "
-                    "bag or restarted clock): queues, keyframes and the world were reset",
-                    frame.camera,
-                    prepared.stamp_ns,
+                    f"every camera's stamps jumped back by "
+                    f"{(self._newest_ns - first.stamp_ns) / 1e9:.3f} s (looping bag or "
+                    "restarted clock): queues, keyframes and the world were reset",
+                    first.camera,
+                    first.stamp_ns,
                 )
             )
             self.reset()
             self._start_ns = now_ns
-        elif last is not None and prepared.stamp_ns <= last:
+        for frame in sorted(held.frames, key=lambda f: f.stamp_ns):
+            events += self._accept(frame, self._states[frame.camera], now_ns)
+        return events
+
+    def _refuse_held(self) -> list[PipelineEvent]:
+        held, self._held = self._held, None
+        return self._refuse(held.frames) if held is not None else []
+
+    def _refuse(self, frames: list[CameraFrame]) -> list[PipelineEvent]:
+        """Drop held frames whose jump no other camera followed (lone outliers)."""
+        events = []
+        for frame in frames:
+            self._states[frame.camera].stats.rejected += 1
+            offset = (frame.stamp_ns - self._newest_ns) / 1e9
+            side = "ahead of" if offset > 0 else "behind"
+            events.append(
+                PipelineEvent(
+                    "stamp_rejected",
+                    Level.WARN,
+                    f"stamp {frame.stamp_ns / 1e9:.3f} s is {abs(offset):.3f} s {side} the "
+                    "rig's newest and the other cameras did not follow: frame dropped as a "
+                    "lone outlier (check the camera's clock; max_stamp_jump and "
+                    "time_jump_threshold set what counts as a jump)",
+                    frame.camera,
+                    frame.stamp_ns,
+                )
+            )
+        return events
+
+    def _accept(self, frame: CameraFrame, state: _CameraState,
+                now_ns: int) -> list[PipelineEvent]:
+        """Queue a frame whose stamp fits the rig's time (unless it is out of order or
+        refused by the resolution policy)."""
+        events: list[PipelineEvent] = []
+        last = state.last_stamp_ns
+        if last is not None and frame.stamp_ns <= last:
             state.stats.dropped_out_of_order += 1
             return [
-                *events,
                 PipelineEvent(
                     "out_of_order",
                     Level.WARN,
-                    f"stamp {prepared.stamp_ns} is not newer than the last one ({last}); "
+                    f"stamp {frame.stamp_ns} is not newer than the last one ({last}); "
                     "frame dropped",
                     frame.camera,
-                    prepared.stamp_ns,
-                ),
+                    frame.stamp_ns,
+                )
             ]
-        mismatch = self._check_resolution(prepared, state)
+        mismatch = self._check_resolution(frame, state)
         if mismatch is not None:
             events.append(mismatch)
             if mismatch.level is Level.ERROR:
                 state.stats.rejected += 1
                 return events
-        if state.last_stamp_ns is not None:
-            dt = (prepared.stamp_ns - state.last_stamp_ns) / 1e9
+        if last is not None:
+            dt = (frame.stamp_ns - last) / 1e9
             rate = 1.0 / dt if dt > 0 else 0.0
             old = state.stats.rate_hz
             state.stats.rate_hz = rate if old == 0 else old + _RATE_SMOOTHING * (rate - old)
@@ -228,14 +377,18 @@ class RigSynchronizer:
                     Level.INFO,
                     "publishing again; back in the windows",
                     frame.camera,
-                    prepared.stamp_ns,
+                    frame.stamp_ns,
                 )
             )
         if len(state.queue) == state.queue.maxlen:
             state.stats.dropped_overflow += 1
-        state.queue.append(prepared)
-        state.last_stamp_ns = prepared.stamp_ns
+        state.queue.append(frame)
+        state.last_stamp_ns = frame.stamp_ns
         state.last_arrival_ns = now_ns
+        if self._newest_ns is None or frame.stamp_ns > self._newest_ns:
+            self._newest_ns = frame.stamp_ns
+        if self._on_accept is not None:
+            self._on_accept(frame)
         return events
 
     def poll(self, now_ns: int) -> tuple[RigSnapshot | None, list[PipelineEvent]]:

@@ -53,10 +53,11 @@ def parameters(bag: BagSource, **overrides) -> dict[str, object]:
 
 
 def process(bag_path: Path, out: Path, options: ProcessOptions | None = None,
-            backend_from: Path | None = None, **overrides) -> tuple[dict, IssueLog]:
+            backend_from: Path | None = None, remap: dict[str, str] | None = None,
+            **overrides) -> tuple[dict, IssueLog]:
     """Process a sample bag with the ground-truth backend; (summary, issues)."""
     issues = IssueLog()
-    with BagSource(bag_path, issues) as bag:
+    with BagSource(bag_path, issues, remap=remap) as bag:
         params = parameters(bag, **overrides)
         if backend_from is None:
             backend = ground_truth_backend(bag, IMG_SIZE)

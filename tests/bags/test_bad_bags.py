@@ -5,29 +5,45 @@ Each gives a clear error or warning, and whatever could be reconstructed is kept
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from bag_helpers import SAMPLE, make_sample, parameters, process, rewrite_bag
-from rclpy.serialization import serialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from dvlt_core.testing.images import constant_png
 from dvlt_ros.bags.bag_metadata import metadata_problem
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.mcap_crc import summary_crc_problem
 from dvlt_ros.bags.mcap_salvage import MAGIC, OP_CHUNK, ChunkHeader, McapSalvager, records
-from dvlt_ros.bags.msgtypes import UnknownMessageTypeError, message_class, typestore
+from dvlt_ros.bags.msgtypes import (
+    COMPRESSED_IMAGE,
+    IMAGE,
+    UnknownMessageTypeError,
+    message_class,
+    typestore,
+)
 from dvlt_ros.bags.processor import BagProcessor
 from dvlt_ros.bags.sample import ground_truth_backend
 from dvlt_ros.bags.source import BagSource
 from dvlt_ros.cli import process as process_cli
 from dvlt_ros.cli import replay as replay_cli
+from dvlt_ros.conversions.image import array_to_image, image_to_rgb8
+from dvlt_ros.conversions.transforms import stamp_from_ns
+
+CAMERAS = ("cam_front_left", "cam_front_right")
+CHEAP = ["-p", "img_size:=112", "-p", "num_steps:=2", "-p", "window_timesteps:=2",
+         "-p", "keyframe_min_spacing:=0.0"]
 
 
 @pytest.fixture(scope="module")
@@ -377,3 +393,98 @@ def test_damage_outside_the_chunks_fails_the_data_section_crc(chunked, tmp_path)
     (damage,) = scan.damaged
     assert damage.startswith("the data section fails its CRC check")
     assert scan.chunks_checked == len(_chunks(file)) and scan.complete
+
+
+# ---------------------------------------------------------------- images in bags
+def _recode_images(source, dst, recode):
+    """``source`` rewritten with every camera image passed through ``recode(msg, index)``
+    (index: the image's position on its topic), which returns the message to write."""
+    seen: dict[str, int] = {}
+
+    def transform(messages):
+        for message in messages:
+            if message.msgtype == IMAGE:
+                index = seen[message.topic] = seen.get(message.topic, -1) + 1
+                msg = recode(deserialize_message(message.raw, Image), message.topic, index)
+                message = replace(message, raw=serialize_message(msg),
+                                  msgtype=COMPRESSED_IMAGE if isinstance(
+                                      msg, CompressedImage) else IMAGE)
+            yield message
+
+    return rewrite_bag(source, dst, transform)
+
+
+def _uyvy(msg, topic, index):
+    """The image as packed UYVY with its grey levels as luma (no chroma)."""
+    grey = image_to_rgb8(msg).mean(axis=2).round().astype(np.uint8)
+    packed = np.full((*grey.shape, 2), 128, np.uint8)
+    packed[..., 1] = grey
+    return array_to_image(packed, "uyvy", msg.header)
+
+
+def _bayer_gbrg(msg, topic, index):
+    rgb = image_to_rgb8(msg)
+    mosaic = np.empty(rgb.shape[:2], np.uint8)
+    for cell, channel in enumerate((1, 2, 0, 1)):  # g b / r g
+        mosaic[cell // 2 :: 2, cell % 2 :: 2] = rgb[cell // 2 :: 2, cell % 2 :: 2, channel]
+    return array_to_image(mosaic, "bayer_gbrg8", msg.header)
+
+
+@pytest.mark.parametrize("recode", [_uyvy, _bayer_gbrg], ids=["uyvy", "bayer_gbrg8"])
+def test_yuv422_and_bayer_bags_are_converted_and_reconstructed(sample, tmp_path, recode):
+    bag = _recode_images(sample, tmp_path / "recoded", recode)
+    summary, _ = process(bag, tmp_path / "out")
+    assert summary["windows"] == SAMPLE.frames and summary["complete"]
+    assert all(c["rejected"] == 0 for c in summary["frames"]["per_camera"].values())
+
+
+def test_an_unsupported_encoding_exits_2_with_the_counts(sample, tmp_path, capsys):
+    def nv21(msg, topic, index):
+        return Image(header=msg.header, height=msg.height, width=msg.width, encoding="nv21",
+                     step=msg.width, data=bytes(msg.width * msg.height * 3 // 2))
+
+    bag = _recode_images(sample, tmp_path / "nv21", nv21)
+    code = process_cli.main([str(bag), "--out", str(tmp_path / "out"), "--quiet",
+                             "--backend", "ground_truth", *CHEAP])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line = err.splitlines()[-1]  # the last word: why nothing was made
+    assert line.startswith("[error] no window was reconstructed: every image was rejected")
+    assert "cam_front_left: 6 received, 6 rejected" in line and "'nv21'" in line
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"]["per_camera"]["cam_front_right"]["rejected"] == SAMPLE.frames
+
+
+def test_compressed_bombs_in_a_bag_are_refused_and_counted(sample, tmp_path):
+    def bomb(msg, topic, index):
+        data = constant_png(9000, 9000) if index % 2 else constant_png(10**5, 10**5, rows=1)
+        return CompressedImage(header=msg.header, format="png", data=data)
+
+    bag = _recode_images(sample, tmp_path / "bombs", bomb)
+    remap = {f"/{c}/image_raw": f"/{c}/image_raw/compressed" for c in CAMERAS}
+    summary, _ = process(bag, tmp_path / "out", backend_from=sample, remap=remap,
+                         image_transport="compressed")
+    assert summary["windows"] == 0
+    per_camera = summary["frames"]["per_camera"]
+    assert all(c["rejected"] == c["received"] == SAMPLE.frames for c in per_camera.values())
+    assert "decompression bomb" in summary["frames"]["first_rejection"]
+    assert summary["events"]["image_rejected"] == 2 * SAMPLE.frames
+
+
+def test_lone_bad_stamps_are_refused_without_a_new_world(sample, tmp_path):
+    far = 3600 * 10**9
+
+    def stamps(msg, topic, index):
+        if topic.startswith("/cam_front_right") and index == 2:
+            msg.header.stamp = stamp_from_ns(0)
+        elif topic.startswith("/cam_front_left") and index == 4:
+            msg.header.stamp = stamp_from_ns(SAMPLE.stamp_ns(4) + far)
+        return msg
+
+    bag = _recode_images(sample, tmp_path / "stamps", stamps)
+    summary, issues = process(bag, tmp_path / "out", backend_from=sample)
+    assert summary["epochs"] == [0] and "time_jump" not in issues.codes()
+    assert summary["events"]["stamp_rejected"] == 2
+    per_camera = summary["frames"]["per_camera"]
+    assert [c["rejected"] for c in per_camera.values()] == [1, 1]
+    assert summary["windows"] == SAMPLE.frames - 2

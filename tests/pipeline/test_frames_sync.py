@@ -18,7 +18,7 @@ from dvlt_ros.pipeline import (
 MS = 1_000_000
 
 
-def _frame(camera: str, stamp_ms: float, h: int = 12, w: int = 16, info=None) -> CameraFrame:
+def _frame(camera: str, stamp_ms: float, h: int = 14, w: int = 16, info=None) -> CameraFrame:
     rgb = np.full((h, w, 3), int(stamp_ms) % 256, dtype=np.uint8)
     return CameraFrame(camera, int(stamp_ms * MS), f"{camera}_optical", rgb, info)
 
@@ -73,6 +73,9 @@ def test_huge_images_are_downscaled_with_matching_intrinsics():
         (np.zeros((10, 10, 3), np.float32), "uint8 RGB"),
         (np.zeros((0, 10, 3), np.uint8), "empty"),
         (np.zeros((2, 100, 3), np.uint8), "elongated"),
+        (np.zeros((1, 5000, 3), np.uint8), "elongated"),
+        (np.zeros((1, 1, 3), np.uint8), "smaller than one 14 px patch"),
+        (np.zeros((13, 20, 3), np.uint8), "smaller than one 14 px patch"),
     ],
 )
 def test_unusable_images_are_rejected(rgb, text):
@@ -112,11 +115,87 @@ def test_out_of_order_and_time_jump_reset():
     assert _codes(events) == ["out_of_order"]
     assert sync.stats()["a"].dropped_out_of_order == 1
     sync.add(_frame("b", 1000), 0)
-    events = sync.add(_frame("a", 10), MS)  # the bag looped
+    # The bag looped: camera a jumps back first; held until camera b follows.
+    assert sync.add(_frame("a", 10), MS) == [] and sync.epoch == 0
+    events = sync.add(_frame("b", 12), MS)
     assert _codes(events) == ["time_jump_reset"] and sync.epoch == 1
-    sync.add(_frame("b", 12), MS)
+    assert events[0].camera == "a" and "jumped back by 0.990 s" in events[0].message
     snap, _ = sync.poll(MS)
-    assert snap.epoch == 1 and snap.stamp_ns == 10 * MS
+    assert snap.epoch == 1 and snap.stamp_ns == 10 * MS  # the held frame is used
+
+
+def _jump_sync(cameras=("a", "b"), **config) -> RigSynchronizer:
+    return RigSynchronizer(SyncConfig(cameras, jump_back_ns=500 * MS,
+                                      max_stamp_jump_ns=10_000 * MS, **config))
+
+
+@pytest.mark.parametrize("outlier_ms", [10, 50_000, 0.5])  # behind, far ahead, near 0
+def test_a_lone_outlier_stamp_is_refused_and_the_world_stays(outlier_ms):
+    sync = _jump_sync()
+    for t in (1000, 1100):
+        sync.add(_frame("a", t), t * MS)
+        sync.add(_frame("b", t), t * MS)
+    assert sync.add(_frame("a", outlier_ms), 1150 * MS) == []  # held
+    events = sync.add(_frame("b", 1200), 1200 * MS)  # b stays at the rig's time
+    assert events == [] and sync.epoch == 0
+    events = sync.add(_frame("a", 1200), 1200 * MS)  # a is back: its outlier is refused
+    assert _codes(events) == ["stamp_rejected"] and events[0].level is Level.WARN
+    assert "lone outlier" in events[0].message and events[0].stamp_ns == int(outlier_ms * MS)
+    assert sync.epoch == 0 and sync.stats()["a"].rejected == 1
+    snap, _ = sync.poll(1200 * MS)
+    assert snap.stamp_ns == 1200 * MS and snap.epoch == 0
+
+
+def test_a_sustained_forward_jump_of_every_camera_is_taken_without_a_reset():
+    sync = _jump_sync()
+    sync.add(_frame("a", 1000), 0)
+    sync.add(_frame("b", 1000), 0)
+    later = 1000 + 60_000  # both cameras resume a minute later (recording resumed)
+    assert sync.add(_frame("a", later), MS) == []
+    assert sync.add(_frame("b", later), MS) == [] and sync.epoch == 0
+    assert sync.poll(MS)[0].stamp_ns == later * MS
+
+
+def test_a_jump_of_a_single_camera_rig_needs_two_frames():
+    sync = _jump_sync(cameras=("a",))
+    sync.add(_frame("a", 5000), 0)
+    assert sync.add(_frame("a", 10), 0) == [] and sync.epoch == 0
+    assert _codes(sync.add(_frame("a", 20), 0)) == ["time_jump_reset"] and sync.epoch == 1
+    sync.add(_frame("a", 5000), 0)
+    sync.add(_frame("a", 1), 0)  # a lone outlier ...
+    assert _codes(sync.add(_frame("a", 5100), 0)) == ["stamp_rejected"]  # ... refused
+    assert sync.epoch == 1
+
+
+def test_a_camera_stuck_on_another_clock_is_refused_frame_by_frame():
+    sync = _jump_sync(queue_size=2)
+    sync.add(_frame("a", 100_000), 0)
+    codes = []
+    for i in range(4):  # b's clock is 90 s behind a's, for good
+        codes += _codes(sync.add(_frame("b", 10_000 + 100 * i), 0))
+        codes += _codes(sync.add(_frame("a", 100_100 + 100 * i), 0))
+    assert codes == ["stamp_rejected"] * 2 and sync.epoch == 0
+    assert sync.stats()["b"].rejected == 2 and sync.stats()["b"].used == 0
+
+
+def test_arrival_checks_use_the_model_input_size():
+    sync = RigSynchronizer(SyncConfig(("a",), img_size=224))
+    # 16 px high, 400 wide: one patch high at 504 px, but 9 px at 224 px.
+    events = sync.add(_frame("a", 0, h=16, w=400), 0)
+    assert _codes(events) == ["image_rejected"] and "img_size 224" in events[0].message
+    assert sync.stats()["a"].rejected == 1
+    sync = RigSynchronizer(SyncConfig(("a",)))  # until the model is known: 504
+    assert sync.add(_frame("a", 0, h=16, w=400), 0) == []
+    events = sync.set_img_size(224)  # the loaded model's: the queued frame goes
+    assert _codes(events) == ["image_rejected"] and sync.poll(0)[0] is None
+
+
+def test_images_refused_before_the_synchroniser_are_counted():
+    sync = RigSynchronizer(SyncConfig(("a",)))
+    sync.count_rejected("a")
+    sync.count_rejected("unknown")
+    stats = sync.stats()["a"]
+    assert (stats.received, stats.rejected, stats.dropped) == (1, 1, 1)
 
 
 def test_camera_timeout_continues_with_the_others_and_recovers():

@@ -13,7 +13,7 @@ from dvlt_core.geometry import TfTree
 from dvlt_ros.conversions.image import (
     ImageConversionError,
     array_to_image,
-    compressed_to_rgb8,
+    decode_compressed,
     image_to_array,
     image_to_rgb8,
 )
@@ -50,6 +50,34 @@ def test_mono8_becomes_grey_rgb():
     np.testing.assert_array_equal(out[..., 1], grey)
 
 
+@pytest.mark.parametrize("encoding", ["uyvy", "yuv422", "yuyv", "yuv422_yuy2"])
+def test_yuv422_encodings_become_rgb(encoding):
+    grey = np.arange(16, 16 + 5 * 8, dtype=np.uint8).reshape(5, 8)  # Y only: U = V = 128
+    packed = np.full((5, 8, 2), 128, np.uint8)
+    packed[..., 1 if encoding in ("uyvy", "yuv422") else 0] = grey
+    out = image_to_rgb8(array_to_image(packed, encoding))
+    expected = np.rint((grey.astype(float) - 16) * 255 / 219)
+    np.testing.assert_allclose(out, np.repeat(expected[..., None], 3, axis=2), atol=1)
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_encodings_are_demosaiced(pattern):
+    colour = {"r": 200, "g": 90, "b": 30}
+    mosaic = np.empty((6, 8), np.uint8)
+    for index, letter in enumerate(pattern):
+        mosaic[index // 2 :: 2, index % 2 :: 2] = colour[letter]
+    out = image_to_rgb8(array_to_image(mosaic, f"bayer_{pattern}8"))
+    np.testing.assert_array_equal(out, np.broadcast_to([200, 90, 30], (6, 8, 3)))
+
+
+def test_odd_width_yuv_and_unsupported_raw_layouts_are_refused():
+    with pytest.raises(ImageConversionError, match=r"uyvy image: .*even width"):
+        image_to_rgb8(Image(height=2, width=3, encoding="uyvy", step=6, data=bytes(12)))
+    for encoding in ("bayer_rggb16", "nv21", "rgb16", "16UC1"):
+        with pytest.raises(ImageConversionError, match="not a colour encoding"):
+            image_to_rgb8(Image(height=2, width=2, encoding=encoding, step=8, data=bytes(16)))
+
+
 def test_row_padding_and_big_endian():
     depth = RNG.uniform(0.1, 10, size=(4, 6)).astype(np.float32)
     msg = Image(height=4, width=6, encoding="32FC1", is_bigendian=True, step=6 * 4 + 8)
@@ -62,7 +90,7 @@ def test_row_padding_and_big_endian():
 @pytest.mark.parametrize(
     ("msg", "message"),
     [
-        (Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)), "unsupported"),
+        (Image(height=2, width=2, encoding="nv21", step=2, data=bytes(6)), "unsupported"),
         (Image(height=0, width=2, encoding="rgb8", step=6), "zero size"),
         (Image(height=2, width=2, encoding="rgb8", step=5, data=bytes(10)), "step 5"),
         (Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(7)), "expected"),
@@ -85,14 +113,15 @@ def test_compressed_images(fmt):
     buf = io.BytesIO()
     PILImage.fromarray(smooth).save(buf, format=fmt.upper(), quality=95)
     msg = CompressedImage(format=f"rgb8; {fmt} compressed bgr8", data=buf.getvalue())
-    out = compressed_to_rgb8(msg)
+    out = decode_compressed(msg).rgb
+    assert out.flags.writeable  # torch would warn on a read-only buffer
     assert out.shape == smooth.shape
     assert np.abs(out.astype(int) - smooth).max() <= (0 if fmt == "png" else 12)
 
 
 def test_corrupt_compressed_image():
     with pytest.raises(ImageConversionError, match="cannot decode"):
-        compressed_to_rgb8(CompressedImage(format="jpeg", data=b"\xff\xd8garbage"))
+        decode_compressed(CompressedImage(format="jpeg", data=b"\xff\xd8garbage"))
 
 
 def test_pointcloud_round_trip_and_layout():

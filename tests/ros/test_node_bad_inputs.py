@@ -3,22 +3,33 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import pytest
 from node_harness import (
+    RELIABLE,
     OutputCollector,
     RigPublisher,
     RosGraph,
     level,
     stamp_of,
+    status_values,
     wait_cycle,
 )
-from sensor_msgs.msg import CameraInfo, Image
+from PIL import Image as PILImage
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from dvlt_core.backends.ground_truth import GroundTruthBackend
+from dvlt_core.io.image_decode import decode_image
 from dvlt_core.synthetic import default_rig
+from dvlt_core.testing.images import constant_png
+from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
 from dvlt_ros.conversions.image import array_to_image
-from dvlt_ros.pipeline.frames import CameraFrame, prepare_frame
+from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, prepare_frame
 
 TIMES = (0.0, 0.5, 1.0, 1.5, 2.0)
 WARN, ERROR = 1, 2
@@ -42,18 +53,29 @@ def backend(rig):
     return backend
 
 
-@pytest.fixture
-def setup(rig, backend):
+def _graph(rig, backend, **params):
     graph = RosGraph()
     node = graph.reconstruct_node(
         backend, cameras=rig.names, rate=20.0, input_qos="reliable", camera_timeout=CAMERA_TIMEOUT,
-        resolution_policy="reject", use_input_camera_info=True, max_pixels=MAX_PIXELS,
-        window_timesteps=2,
+        use_input_camera_info=True, max_pixels=MAX_PIXELS, window_timesteps=2, **params,
     )
     publisher = RigPublisher(graph, rig, camera_info=True)
     collector = OutputCollector(graph, rig.names)
     publisher.wait_connected()
-    yield graph, node, publisher, collector
+    return graph, node, publisher, collector
+
+
+@pytest.fixture
+def setup(rig, backend):
+    graph, *rest = _graph(rig, backend, resolution_policy="reject")
+    yield graph, *rest
+    graph.close()
+
+
+@pytest.fixture
+def padded(rig, backend):
+    graph, *rest = _graph(rig, backend, resolution_policy="pad")
+    yield graph, *rest
     graph.close()
 
 
@@ -86,12 +108,25 @@ def test_bad_images(setup, rig, capfd):
     cam0, cam1 = rig.names
     _still_works(graph, node, publisher, TIMES[0])
 
-    _raw_image(publisher, cam0, stamp_of(0.7), encoding="yuv422")
+    _raw_image(publisher, cam0, stamp_of(0.6), encoding="nv21")
     _problem(collector, f"camera {cam0}", "image_rejected",
-             "encoding 'yuv422' is not a colour encoding", ERROR)
-    _raw_image(publisher, cam1, stamp_of(0.7), width=0, height=0)
+             "encoding 'nv21' is not a colour encoding", ERROR)
+    _raw_image(publisher, cam1, stamp_of(0.6), width=0, height=0)
     _problem(collector, f"camera {cam1}", "image_rejected", "zero size", ERROR)
+    # Degenerate: less than one 14 px patch per side.
+    _raw_image(publisher, cam0, stamp_of(0.7), width=1, height=1)
+    _problem(collector, f"camera {cam0}", "image_rejected", "smaller than one 14 px patch",
+             ERROR)
+    # Raw, but more than 4 x max_pixels: refused before it is converted.
+    _raw_image(publisher, cam1, stamp_of(0.7), width=300, height=300)
+    _problem(collector, f"camera {cam1}", "image_rejected",
+             f"only 4 x max_pixels = {4 * MAX_PIXELS} pixels can be decoded", ERROR)
     _still_works(graph, node, publisher, TIMES[1])
+    # Every refusal is counted on its camera.
+    for camera in (cam0, cam1):
+        status = collector.wait_status(f"camera {camera}",
+                                       lambda s: status_values(s)["rejected"] == "2")
+        assert status is not None, status_values(collector.statuses(f"camera {camera}")[0])
 
     # Odd size: a 2 x 400 strip is too elongated for the network's patches.
     strip = np.zeros((400, 2, 3), np.uint8)
@@ -117,7 +152,7 @@ def test_bad_images(setup, rig, capfd):
     assert node.problems.level("pipeline") < ERROR, node.problems.active("pipeline")
 
     logs = capfd.readouterr().err
-    assert f"image_rejected: [{cam0}] image encoding 'yuv422' is not a colour" in logs
+    assert f"image_rejected: [{cam0}] image encoding 'nv21' is not a colour" in logs
     assert "resolution_mismatch" in logs and "image_downscaled" in logs
 
 
@@ -191,3 +226,113 @@ def test_time_jump_clears_a_camera_timeout(setup, rig):
         f"camera {cam1}",
         lambda s: not any(kv.key == "problem: camera_timeout" for kv in s.values))
     assert status is not None, collector.statuses(f"camera {cam1}")[0].message
+
+
+def test_aspect_is_checked_at_the_model_input_size_on_arrival(padded, rig):
+    """250x20 keeps a 14 px patch at 504 px but not at the model's 112: refused on
+    arrival, so the cycle of the other cameras does not fail."""
+    graph, node, publisher, collector = padded
+    cam0, cam1 = rig.names
+    _still_works(graph, node, publisher, TIMES[0])
+    stamp = stamp_of(TIMES[1])
+    publisher.publish(TIMES[1], cameras=[cam0])
+    wide = np.zeros((20, 250, 3), np.uint8)
+    publisher.images[cam1].publish(array_to_image(wide, "rgb8", publisher.header(cam1, stamp)))
+    _problem(collector, f"camera {cam1}", "image_rejected", "at img_size 112", ERROR)
+    _still_works(graph, node, publisher, TIMES[2])
+    assert node.problems.level("pipeline") < ERROR, node.problems.active("pipeline")
+
+
+def test_lone_bad_stamps_are_refused_without_resetting_the_world(setup, rig):
+    graph, node, publisher, collector = setup
+    cam0, cam1 = rig.names
+    for t in TIMES[:2]:
+        _still_works(graph, node, publisher, t)
+    image = rig.render(cam0, TIMES[2]).image
+    publisher.images[cam0].publish(array_to_image(image, "rgb8", publisher.header(cam0, 0)))
+    _problem(collector, f"camera {cam0}", "stamp_rejected", "header stamp is 0 (unset)")
+    # One camera an hour ahead of the others, once: held, then refused when it is back.
+    ahead = stamp_of(TIMES[2]) + 3600 * 10**9
+    publisher.publish(TIMES[2], cameras=[cam1], stamp_ns=ahead)
+    report = _still_works(graph, node, publisher, TIMES[2])
+    _problem(collector, f"camera {cam1}", "stamp_rejected", "lone outlier")
+    assert report.epoch == 0 and report.num_cameras == 2
+    assert _still_works(graph, node, publisher, TIMES[3]).epoch == 0
+    assert graph.spin_until(lambda: len(collector.last("trajectory").poses) == 4, 5)
+    stats = node.sync.stats()
+    assert stats[cam0].rejected == 1 and stats[cam1].rejected == 1
+
+
+# ---------------------------------------------------------------- compressed input
+@pytest.fixture
+def compressed(rig, backend):
+    graph = RosGraph()
+    node = graph.reconstruct_node(
+        backend, cameras=rig.names, rate=20.0, input_qos="reliable", window_timesteps=1,
+        image_transport="compressed", use_input_camera_info=True, max_pixels=MAX_PIXELS,
+    )
+    source = graph.create_node("compressed_rig")
+    images = {n: source.create_publisher(CompressedImage, f"{n}/image_raw/compressed",
+                                         RELIABLE) for n in rig.names}
+    infos = {n: source.create_publisher(CameraInfo, f"{n}/camera_info", RELIABLE)
+             for n in rig.names}
+    collector = OutputCollector(graph, rig.names)
+    assert graph.spin_until(lambda: all(p.get_subscription_count()
+                                        for p in [*images.values(), *infos.values()]), 20)
+    yield graph, node, images, infos, collector
+    graph.close()
+
+
+def _compressed(rig, camera, stamp_ns, data: bytes, fmt: str) -> CompressedImage:
+    header = Header(stamp=stamp_from_ns(stamp_ns), frame_id=rig.camera(camera).optical_frame)
+    return CompressedImage(header=header, format=fmt, data=data)
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_compressed_bombs_are_refused_and_large_jpegs_reduced(compressed, rig, backend):
+    graph, node, images, infos, collector = compressed
+    cam0, cam1 = rig.names
+    # The 79 KB PNG of 9000x9000 that took the node from 300 MB to 1.6 GB: refused from
+    # its header, before a pixel is decoded.
+    images[cam0].publish(_compressed(rig, cam0, stamp_of(0.1), constant_png(9000, 9000),
+                                     "png"))
+    _problem(collector, f"camera {cam0}", "image_rejected", "9000x9000 (81.0 MP): refused",
+             ERROR)
+    images[cam1].publish(_compressed(rig, cam1, stamp_of(0.1),
+                                     constant_png(100_000, 100_000, rows=1), "png"))
+    _problem(collector, f"camera {cam1}", "image_rejected", "decompression bomb", ERROR)
+
+    # A JPEG of 4 x 4 times max_pixels with its CameraInfo: reduced while decoding (to
+    # 1/4 scale here), the CameraInfo scaled to match, and reconstructed.
+    stamp = stamp_of(TIMES[1])
+    view = rig.render(cam0, TIMES[1])
+    big = np.array(PILImage.fromarray(view.image).resize((448, 336), PILImage.NEAREST))
+    jpeg = _encoded(big, "JPEG")
+    small = decode_image(jpeg, MAX_PIXELS).rgb
+    assert small.shape == (84, 112, 3)
+    backend.register(small, rig.intrinsics(cam0), view.c2w)
+    cam = rig.camera(cam0)
+    big_info = CameraInfoData(cam.k, 112, 84).scaled(448, 336)
+    header = Header(stamp=stamp_from_ns(stamp), frame_id=cam.optical_frame)
+    infos[cam0].publish(camera_info_from_intrinsics(big_info.k, 448, 336, header))
+    graph.spin_for(0.3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images[cam0].publish(_compressed(rig, cam0, stamp, jpeg, "jpeg"))
+        images[cam1].publish(_compressed(rig, cam1, stamp,
+                                         _encoded(rig.render(cam1, TIMES[1]).image, "PNG"),
+                                         "png"))
+        report = wait_cycle(graph, node, stamp)
+    assert report.num_cameras == 2
+    assert not [w for w in caught if "not writable" in str(w.message)]
+    _problem(collector, f"camera {cam0}", "image_downscaled", "448x336 exceeds max_pixels")
+    collector.wait_products(stamp, [cam0])
+    info = collector.stamped(f"{cam0}/camera_info", stamp)
+    assert (info.width, info.height) == (112, 84)
+    np.testing.assert_allclose(np.reshape(info.k, (3, 3)), cam.k, atol=1e-9)
+    assert node.sync.stats()[cam0].rejected == 1 and node.sync.stats()[cam1].rejected == 1

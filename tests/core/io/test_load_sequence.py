@@ -98,3 +98,19 @@ def test_empty_or_missing_file_list(tmp_path):
         load_sequence([])
     with pytest.raises(FileNotFoundError, match=r"nope\.png"):
         load_sequence([tmp_path / "nope.png"])
+
+
+def test_images_and_video_frames_are_decoded_within_max_pixels(tmp_path):
+    _save(tmp_path / "big.png", 50, size=(60, 80))
+    seq = load_sequence(tmp_path / "big.png", max_pixels=1200)
+    assert seq.images[0].shape == (30, 40, 3) and seq.source_sizes == [(80, 60)]
+    assert seq.downscaled == [0]
+    assert load_sequence(tmp_path / "big.png").downscaled == []
+    path = tmp_path / "clip.mp4"
+    _write_video(path, frames=3)  # 64x48 frames
+    seq = load_sequence(path, fps=None, max_pixels=768)
+    assert [img.shape for img in seq.images] == [(24, 32, 3)] * 3
+    assert seq.source_sizes == [(64, 48)] * 3 and seq.downscaled == [0, 1, 2]
+    np.testing.assert_allclose([img.mean() for img in seq.images], [0, 10, 20], atol=4)
+    with pytest.raises(ValueError, match=r"video .*clip.mp4 is 64x48 .* refused"):
+        load_sequence(path, max_pixels=700)  # 4 x 700 < 64 x 48

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("rosbags")
-from bag_fixtures import STAMPS, camera_topics, write_robot_bag
+from bag_fixtures import STAMPS, T, camera_topics, write_robot_bag
 
-from dvlt_core.training.bag_to_dataset import BagConversion, convert_bag, main
+from dvlt_core.io.image_decode import ImageDecodeError
+from dvlt_core.testing.images import constant_png
+from dvlt_core.training.bag_to_dataset import BagConversion, convert_bag, decode_color, main
 from dvlt_core.training.data import find_folder_scenes
 
 
@@ -60,3 +65,20 @@ def test_cli_and_errors(tmp_path, recorded, capsys):
     assert "has no topic" in capsys.readouterr().err
     assert main([str(bag), str(tmp_path), "--camera", cam, "--fixed-frame", "earth"]) == 2
     assert "not connected" in capsys.readouterr().err
+
+
+def test_compressed_images_are_decoded_within_their_camera_info_size():
+    def compressed(data: bytes):
+        header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=0),
+                                          frame_id="cam")
+        return T["sensor_msgs/msg/CompressedImage"](header=header, format="png",
+                                                    data=np.frombuffer(data, np.uint8))
+
+    rgb = np.random.default_rng(0).integers(0, 256, (36, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "PNG")
+    kind = "sensor_msgs/msg/CompressedImage"
+    np.testing.assert_array_equal(decode_color(compressed(buffer.getvalue()), kind, 48 * 36), rgb)
+    # The 79 KB PNG of 9000x9000: refused from its header, never decoded.
+    with pytest.raises(ImageDecodeError, match="9000x9000: more than the 1728 pixels"):
+        decode_color(compressed(constant_png(9000, 9000)), kind, 48 * 36)
