@@ -17,13 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from dvlt_core.backends import available_backends, create_backend
-from dvlt_core.backends.onnxruntime_backend import OnnxRuntimeUnavailableError
-from dvlt_core.export.engine_cache import EngineCacheError
-from dvlt_core.export.manifest import ExportError
-from dvlt_core.export.tensorrt_build import TensorRTUnavailableError
+from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
 from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
-from dvlt_core.io.checkpoint import CheckpointError, default_checkpoint
-from dvlt_core.io.download import DownloadError
+from dvlt_core.io.checkpoint import default_checkpoint
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_core.io.images import load_sequence
 from dvlt_core.io.writers import (
@@ -37,16 +33,7 @@ from dvlt_core.io.writers import (
 from dvlt_core.result import RESOLUTIONS, Reconstruction
 
 EXIT_USAGE = 2
-USER_ERRORS = (
-    CheckpointError,
-    DownloadError,
-    ExportError,
-    EngineCacheError,
-    OnnxRuntimeUnavailableError,
-    TensorRTUnavailableError,
-    FileNotFoundError,
-    ValueError,
-)
+USER_ERRORS = (*BACKEND_SETUP_ERRORS, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dvlt-ros process``; returns the exit status."""
     from tqdm import tqdm
 
+    from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
     from dvlt_ros.bags.issues import BagError, IssueLog
     from dvlt_ros.bags.processor import BagProcessor, ProcessOptions
     from dvlt_ros.bags.source import BagSource, parse_remaps
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         bar = None if args.quiet else _ProgressBar()
         processor = BagProcessor(bag, backend, params, args.out, options, issues=issues,
                                  log=say, progress=bar)
-    except BagError as exc:
+    except (BagError, *BACKEND_SETUP_ERRORS) as exc:
         say("error", str(exc))
         return EXIT_BAD_INPUT
     cameras = ", ".join(processor.session.cameras)

@@ -488,3 +488,20 @@ def test_lone_bad_stamps_are_refused_without_a_new_world(sample, tmp_path):
     per_camera = summary["frames"]["per_camera"]
     assert [c["rejected"] for c in per_camera.values()] == [1, 1]
     assert summary["windows"] == SAMPLE.frames - 2
+
+
+# ---------------------------------------------------------------- the model of a run
+@pytest.mark.parametrize(("backend", "checkpoint", "expected"), [
+    ("onnxruntime", "empty_dir", "is not a DVLT export (no export.json)"),
+    ("torch", "missing.safetensors", "missing.safetensors"),
+])
+def test_a_bad_model_for_the_run_is_a_one_line_refusal(sample, tmp_path, capsys, backend,
+                                                       checkpoint, expected):
+    """A checkpoint or export folder that cannot be used ends `process` before any output."""
+    (tmp_path / "empty_dir").mkdir()
+    code = process_cli.main([str(sample), "--out", str(tmp_path / "out"), "--quiet",
+                             "--backend", backend, "--checkpoint", str(tmp_path / checkpoint),
+                             "--device", "cpu"])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == 2 and expected in line
+    assert not (tmp_path / "out").exists()
