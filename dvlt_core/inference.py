@@ -65,11 +65,17 @@ class Reconstructor:
         *,
         names: Sequence[str] | None = None,
         timestamps: Sequence[float] | None = None,
+        intrinsics: Sequence[np.ndarray | None] | None = None,
     ) -> Reconstruction:
         """Reconstruct one scene from uint8 RGB images (H, W, 3); view 0 is the reference.
 
         ``num_steps`` is the loop count K (default: the backend's). ``names`` and
         ``timestamps`` label the views (default: ``view_000``, ... and 0, 1, ...).
+        ``intrinsics`` gives known (calibrated, pinhole) 3x3 intrinsics per view in the
+        OpenCV/ROS convention of its original image, None for a view whose K is to be
+        estimated: those views' poses are fitted with that K (rotation and translation
+        only, see :func:`~dvlt_core.geometry.rays_to_pose`) and their depth and points use
+        it. Known intrinsics need ``pose_mode="robust"``.
         """
         count = len(images)
         names = list(names) if names is not None else [f"view_{i:03d}" for i in range(count)]
@@ -78,16 +84,47 @@ class Reconstructor:
             raise ValueError(
                 f"{count} images but {len(names)} names and {len(times)} timestamps"
             )
+        if intrinsics is not None and len(intrinsics) != count:
+            raise ValueError(f"{count} images but {len(intrinsics)} intrinsics (None: estimate)")
+        known = [] if intrinsics is None else [i for i, k in enumerate(intrinsics) if k is not None]
+        for i in known:
+            if np.shape(intrinsics[i]) != (3, 3):
+                shape = np.shape(intrinsics[i])
+                raise ValueError(f"intrinsics of view {i} must be 3x3, got {shape}")
+        if known and self.pose_mode != "robust":
+            raise ValueError("known intrinsics need pose_mode='robust'")
         batch = preprocess(images, img_size=self.img_size, rotate_portrait=self.rotate_portrait,
                            names=names)
         raw = self.backend.infer(batch.images, num_steps=num_steps)
         weights = self._pose_weights(raw.depth_conf, batch.valid)
-        cameras = rays_to_pose(raw.rays.float(), weights=weights, mode=self.pose_mode)
+        rays = raw.rays.float()
+        if len(known) < count:
+            cameras = rays_to_pose(rays, weights=weights, mode=self.pose_mode)
+            extrinsics = cameras.extrinsics_c2w[0].double().numpy()
+            network_k = cameras.intrinsics[0].double().numpy()
+            pose_valid = cameras.valid[0].numpy()
+        else:
+            extrinsics, network_k = np.zeros((count, 4, 4)), np.zeros((count, 3, 3))
+            pose_valid = np.zeros(count, dtype=bool)
+        if known:
+            # The network canvas K of each known view, pixel centres at (u + 0.5, v + 0.5).
+            k_known = np.stack(
+                [batch.transforms[i].intrinsics_to_network(intrinsics[i]) for i in known]
+            )
+            k_known[:, :2, 2] += 0.5
+            fit = rays_to_pose(
+                rays[:, known],
+                weights=None if weights is None else weights[:, known],
+                intrinsics=k_known,
+            )
+            extrinsics[known] = fit.extrinsics_c2w[0].double().numpy()
+            network_k[known] = k_known
+            pose_valid[known] = fit.valid[0].numpy()
         return build_reconstruction(
             raw,
-            cameras.extrinsics_c2w[0].double().numpy(),
-            cameras.intrinsics[0].double().numpy(),
-            cameras.valid[0].numpy(),
+            extrinsics,
+            network_k,
+            pose_valid,
             batch,
             images,
             names=names,

@@ -1,10 +1,12 @@
-"""RANSAC homography estimation over a patch grid, batched over frames and hypotheses.
+"""RANSAC over a patch grid, batched over frames and hypotheses.
 
-Two procedures: :func:`ransac_upstream` reproduces upstream's estimator step for step
-(candidate order, sampling table, 8-point hypotheses, inlier-weight scoring, one refit);
+Three procedures: :func:`ransac_upstream` reproduces upstream's homography estimator step for
+step (candidate order, sampling table, 8-point hypotheses, inlier-weight scoring, one refit);
 :func:`ransac_robust` draws minimal 4-point samples from every well-weighted point, scores with
-a truncated quadratic (MSAC) and refines the best hypothesis on its inliers. Both work on numpy
-arrays (see :mod:`dvlt_core.geometry.homography` for why).
+a truncated quadratic (MSAC) and refines the best homography on its inliers;
+:func:`ransac_rotation` does the same for a rotation between bearing pairs (2-point samples,
+the known-intrinsics fit). All work on numpy arrays (see :mod:`dvlt_core.geometry.homography`
+for why).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from dvlt_core.geometry.homography import (
     transfer_errors,
 )
 from dvlt_core.geometry.robust_stats import masked_median
+from dvlt_core.geometry.rotations import wahba_rotation
 
 SAMPLE_SIZE = 8
 MINIMAL_SAMPLE_SIZE = 4
+ROTATION_SAMPLE_SIZE = 2
 CANDIDATE_FRACTION = 0.3
 UPSTREAM_NUM_HYPOTHESES = 100
 UPSTREAM_THRESHOLD = 0.2
@@ -57,15 +61,17 @@ def upstream_sample_table(n_sample: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _minimal_sample_table(num_hypotheses: int, num_candidates: int, seed: int) -> np.ndarray:
-    """(num_hypotheses, 4) distinct positions in ``range(num_candidates)``, fixed by the seed.
+def _minimal_sample_table(
+    num_hypotheses: int, num_candidates: int, seed: int, size: int = MINIMAL_SAMPLE_SIZE
+) -> np.ndarray:
+    """(num_hypotheses, size) distinct positions in ``range(num_candidates)``, fixed by the seed.
 
     Positions index a frame's candidate list, so frames with the same number of candidates
     share the table (and a frame's samples never depend on the rest of the batch). Read-only.
     """
     gen = torch.Generator().manual_seed(seed)
     keys = torch.rand((num_hypotheses, num_candidates), generator=gen)
-    return _read_only(keys.argsort(dim=1)[:, :MINIMAL_SAMPLE_SIZE].numpy())
+    return _read_only(keys.argsort(dim=1)[:, :size].numpy())
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -73,21 +79,39 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _minimal_samples(candidates: np.ndarray, num_hypotheses: int, seed: int) -> np.ndarray:
-    """(F, num_hypotheses, 4) indices of distinct candidates for (F, N) candidate masks.
+def _minimal_samples(
+    candidates: np.ndarray, num_hypotheses: int, seed: int, size: int = MINIMAL_SAMPLE_SIZE
+) -> np.ndarray:
+    """(F, num_hypotheses, size) indices of distinct candidates for (F, N) candidate masks.
 
-    A frame with fewer than 4 candidates also draws non-candidates (the lowest indices).
+    A frame with fewer than ``size`` candidates also draws non-candidates (the lowest indices).
     """
     # Candidate indices first (ascending), then the others: a stable sort of the mask.
     order = np.argsort(~candidates, axis=1, kind="stable")
-    counts = np.maximum(candidates.sum(1), MINIMAL_SAMPLE_SIZE)
+    counts = np.maximum(candidates.sum(1), size)
     if counts.min() == counts.max():  # the usual case: one table for all frames
-        return order[:, _minimal_sample_table(num_hypotheses, int(counts[0]), seed)]
-    samples = np.empty((len(counts), num_hypotheses, MINIMAL_SAMPLE_SIZE), dtype=order.dtype)
+        return order[:, _minimal_sample_table(num_hypotheses, int(counts[0]), seed, size)]
+    samples = np.empty((len(counts), num_hypotheses, size), dtype=order.dtype)
     for count in set(counts.tolist()):  # (np.unique would import numpy.ma: 7 ms, once)
         group = counts == count
-        samples[group] = order[group][:, _minimal_sample_table(num_hypotheses, count, seed)]
+        samples[group] = order[group][:, _minimal_sample_table(num_hypotheses, count, seed, size)]
     return samples
+
+
+def _candidates(weights: np.ndarray) -> np.ndarray:
+    """(F, N) mask of the usable points whose weight reaches the ``max(8, 0.3·N)``-th largest
+    (ties all kept, so no sort order matters; every usable point for uniform weights)."""
+    num_points = weights.shape[1]
+    k = min(num_candidates(num_points), num_points)
+    kth_weight = -np.partition(-weights, k - 1, axis=1)[:, k - 1 : k]
+    return (weights > 0) & (weights >= kth_weight)
+
+
+def _tightened_sq_threshold(sq_err: np.ndarray, inliers: np.ndarray, sq_t: float) -> np.ndarray:
+    """(F, 1) squared threshold of 3 robust standard deviations of the inliers' errors,
+    within ``[1e-3, t]``: the refits' tightened inlier test."""
+    sq_sigma = masked_median(sq_err, inliers)[:, None] * _MAD_TO_SIGMA**2
+    return np.clip(9.0 * sq_sigma, _MIN_REFINE_THRESHOLD**2, sq_t)
 
 
 def _float32(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -199,12 +223,8 @@ def ransac_robust(
     Returns:
         ``(homographies (F, 3, 3), inlier masks (F, N), success (F,))``.
     """
-    num_points = weights.shape[1]
     usable = weights > 0
-    k = min(num_candidates(num_points), num_points)
-    kth_weight = -np.partition(-weights, k - 1, axis=1)[:, k - 1 : k]
-    candidates = usable & (weights >= kth_weight)
-    sample_idx = _minimal_samples(candidates, num_hypotheses, seed)
+    sample_idx = _minimal_samples(_candidates(weights), num_hypotheses, seed)
     hyps = homography_from_four_points(_take(src, sample_idx), _take(dst, sample_idx))
     contributions = point_moments(src, dst, weights)  # (F, N, 36), for the refits
     src_cols, dst_cols = as_columns(src, homogeneous=True), as_columns(dst)
@@ -223,9 +243,7 @@ def ransac_robust(
     sq_err = residuals(hom)
     inliers = usable & (sq_err < sq_t)
     for _ in range(refinements):
-        # Tighten the threshold to 3 robust standard deviations of the inliers' errors.
-        sq_sigma = masked_median(sq_err, inliers)[:, None] * _MAD_TO_SIGMA**2
-        sq_adapt = np.clip(9.0 * sq_sigma, _MIN_REFINE_THRESHOLD**2, sq_t)
+        sq_adapt = _tightened_sq_threshold(sq_err, inliers, sq_t)
         hom = homography_from_moments(_masked_sum(inliers, contributions))
         sq_err = residuals(hom)
         refined = usable & (sq_err < sq_adapt)
@@ -240,3 +258,64 @@ def ransac_robust(
         everything[~np.isfinite(everything).all((-2, -1))] = np.eye(3)
         hom[failed] = everything
     return hom, inliers, ~failed
+
+
+def ransac_rotation(
+    bearings: np.ndarray,
+    dirs: np.ndarray,
+    weights: np.ndarray,
+    threshold: float,
+    num_hypotheses: int,
+    refinements: int,
+    seed: int,
+    min_inliers: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MSAC rotation ``dirs ≈ R·bearings`` with local refinement, vectorised like
+    :func:`ransac_robust` (same candidates, sampling keys, scoring and refinement schedule).
+
+    Each hypothesis is the Kabsch rotation through 2 distinct random candidates; the error of
+    a point is the chord ``‖dir − R·bearing‖`` between unit vectors (the angle in radians for
+    small errors, so ``threshold`` reads like the homography fit's tangent-plane distance).
+    The lowest ``Σ w·min(e², t²)`` wins and is refitted by weighted Kabsch on its inliers up
+    to ``refinements`` times, with the tightened threshold of :func:`ransac_robust`. A frame
+    left with fewer than ``min_inliers`` inliers fails and gets the weighted Kabsch rotation
+    of all its usable points (the identity if it has none).
+
+    Args:
+        bearings: (F, N, 3) unit camera-frame bearings.
+        dirs: (F, N, 3) unit world-frame ray directions.
+        weights: (F, N) weights, 0 for unusable points.
+
+    Returns:
+        ``(rotations (F, 3, 3), inlier masks (F, N), success (F,))``.
+    """
+    usable = weights > 0
+    sample_idx = _minimal_samples(_candidates(weights), num_hypotheses, seed, ROTATION_SAMPLE_SIZE)
+    hyps = wahba_rotation(_take(bearings, sample_idx), _take(dirs, sample_idx))  # (F, M, 3, 3)
+
+    bearing_cols = bearings.swapaxes(-1, -2)[:, None]  # (F, 1, 3, N)
+    dir_cols = dirs.swapaxes(-1, -2)[:, None]
+
+    def sq_errors(rotation: np.ndarray) -> np.ndarray:
+        """(F, M, N) squared chords for (F, M, 3, 3) rotations."""
+        return np.square(rotation @ bearing_cols - dir_cols).sum(-2)
+
+    sq_t = threshold**2
+    cost = (np.fmin(sq_errors(hyps), sq_t) @ weights[:, :, None])[..., 0]  # (F, M)
+    rotation = _take(hyps, cost.argmin(axis=1))
+    sq_err = sq_errors(rotation[:, None])[:, 0]
+    inliers = usable & (sq_err < sq_t)
+    for _ in range(refinements):
+        sq_adapt = _tightened_sq_threshold(sq_err, inliers, sq_t)
+        rotation = wahba_rotation(bearings, dirs, weights * inliers)
+        sq_err = sq_errors(rotation[:, None])[:, 0]
+        refined = usable & (sq_err < sq_adapt)
+        if np.array_equal(refined, inliers):
+            break
+        inliers = refined
+
+    failed = inliers.sum(-1) < min_inliers
+    if failed.any():
+        # Best effort: a fit to every usable point (the identity where there is none).
+        rotation[failed] = wahba_rotation(bearings[failed], dirs[failed], weights[failed])
+    return rotation, inliers, ~failed

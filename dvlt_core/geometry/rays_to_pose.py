@@ -9,6 +9,11 @@ rounding, including its known failure modes. ``mode="robust"`` (default) avoids 
 outlier-resistant patch summaries instead of point samples, no dependence on sort tie order,
 minimal samples with an MSAC score and local refinement, a frame rotated towards the mean ray
 direction (cameras facing anywhere), and a decomposition valid for any principal point.
+
+With known (calibrated) ``intrinsics`` only the pose is fitted (robust mode): the camera-frame
+bearings ``K⁻¹·[u+0.5, v+0.5, 1]`` of the patch summaries are aligned with the predicted ray
+directions by a robust weighted Wahba fit (2-point RANSAC, MSAC, Kabsch refinement), and the
+translation is the weighted mean of the inlier patches' origins, as in the other modes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dvlt_core.geometry.ransac import (
     SAMPLE_SIZE,
     UPSTREAM_MIN_INLIERS,
     ransac_robust,
+    ransac_rotation,
     ransac_upstream,
 )
 from dvlt_core.geometry.robust_stats import masked_median
@@ -84,6 +90,7 @@ def rays_to_pose(
     *,
     patch_size: int = 14,
     options: RobustOptions | None = None,
+    intrinsics: Tensor | np.ndarray | None = None,
 ) -> PoseFit:
     """Fit one pinhole camera per frame to predicted world rays.
 
@@ -100,6 +107,12 @@ def rays_to_pose(
             and benchmark reproduction; its candidate order is torch-CPU's on any device).
         patch_size: the rays are reduced to an ``(H // patch_size, W // patch_size)`` grid.
         options: robust-mode settings; not accepted in upstream mode.
+        intrinsics: known pinhole intrinsics, (3, 3), (S, 3, 3) or (B, S, 3, 3), in pixels
+            of the H×W input with the pixel-centre convention of :class:`PoseFit` (a
+            CameraInfo ``K`` mapped to the network canvas, plus 0.5 on ``cx`` and ``cy``).
+            Only the rotation and translation are then fitted (robust mode only) and
+            ``PoseFit.intrinsics`` is this ``K``. Inlier distances are chords between unit
+            bearings (radians for small errors), compared with ``inlier_threshold``.
 
     Returns:
         :class:`PoseFit`.
@@ -115,7 +128,10 @@ def rays_to_pose(
         raise ValueError(f"mode must be 'robust' or 'upstream', got {mode!r}")
     if mode == "upstream" and options is not None:
         raise ValueError("options only apply to mode='robust'; upstream mode has fixed settings")
+    if mode == "upstream" and intrinsics is not None:
+        raise ValueError("known intrinsics need mode='robust'; upstream mode always fits K")
     batch, frames, height, width, _ = rays.shape
+    known_k = None if intrinsics is None else _known_intrinsics(intrinsics, batch, frames)
     grid_h, grid_w = height // patch_size, width // patch_size
     if grid_h < 1 or grid_w < 1:
         raise ValueError(f"a {height}x{width} ray map is smaller than one {patch_size}px patch")
@@ -145,6 +161,10 @@ def rays_to_pose(
                 raise ValueError("weights must be non-negative confidences")
         if mode == "upstream":
             fitted = _fit_upstream(flat_rays, flat_w, patch_size)
+        elif known_k is not None:
+            fitted = _fit_known_intrinsics(
+                flat_rays, flat_w, patch_size, options or RobustOptions(), known_k
+            )
         else:
             fitted = _fit_robust(flat_rays, flat_w, patch_size, options or RobustOptions())
     extrinsics, intrinsics, count, valid = fitted
@@ -155,6 +175,28 @@ def rays_to_pose(
         _to_torch(count.astype(np.int64), rays.device).reshape(shape),
         _to_torch(valid, rays.device).reshape(shape),
     )
+
+
+def _known_intrinsics(intrinsics: Tensor | np.ndarray, batch: int, frames: int) -> np.ndarray:
+    """(B·S, 3, 3) float64 copy of known intrinsics, checked to be finite pinhole matrices."""
+    if isinstance(intrinsics, Tensor):
+        intrinsics = intrinsics.detach().cpu().double().numpy()
+    k = np.asarray(intrinsics, dtype=np.float64)
+    if k.shape[-2:] != (3, 3) or k.ndim > 4:
+        raise ValueError(f"intrinsics must be (3, 3), (S, 3, 3) or (B, S, 3, 3), got {k.shape}")
+    try:
+        k = np.broadcast_to(k, (batch, frames, 3, 3)).reshape(batch * frames, 3, 3).copy()
+    except ValueError:
+        raise ValueError(
+            f"intrinsics {k.shape} do not broadcast to the rays' (B, S) = ({batch}, {frames})"
+        ) from None
+    if not np.isfinite(k).all():
+        raise ValueError("intrinsics contain NaN or inf")
+    if (k[:, 0, 0] <= 0).any() or (k[:, 1, 1] <= 0).any():
+        raise ValueError("intrinsics must have positive focal lengths fx, fy")
+    if not np.allclose(k[:, 2], [0.0, 0.0, 1.0]) or not np.allclose(k[:, 1, 0], 0.0):
+        raise ValueError("intrinsics must be upper-triangular pinhole matrices, last row 0 0 1")
+    return k
 
 
 def _to_torch(array: np.ndarray, device: torch.device) -> Tensor:
@@ -224,6 +266,43 @@ def _fit_robust(
     inliers = np.where(valid[:, None], inliers, patch_w > 0)
     rotation, intrinsics = decompose_qr(hom, height, width)
     rotation = pre_rotation.swapaxes(-1, -2) @ rotation
+    inlier_w = patch_w * inliers
+    origin_sum = (patch_rays[..., 3:] * inlier_w[..., None]).sum(1)
+    translation = origin_sum / np.maximum(inlier_w.sum(-1, keepdims=True), 1e-12)
+    return _assemble(rotation, translation), intrinsics, count, valid
+
+
+def _fit_known_intrinsics(
+    rays: Tensor,
+    weights: Tensor | None,
+    patch_size: int,
+    options: RobustOptions,
+    intrinsics: np.ndarray,
+) -> _Fit:
+    """Rotation and translation for (F, 3, 3) known pixel-centre intrinsics."""
+    height, width = rays.shape[1:3]
+    patch_rays, src, patch_w = _patch_summaries(rays, weights, patch_size)
+    dirs = _unit(patch_rays[..., :3])
+    # Normalised image points back to pixel-centre coordinates (u + 0.5, v + 0.5), then
+    # through K⁻¹ to camera-frame bearings.
+    pixels = (src + 1.0) * np.array([width / 2.0, height / 2.0])
+    homogeneous = np.concatenate([pixels, np.ones_like(pixels[..., :1])], axis=-1)
+    bearings = _unit(homogeneous @ np.linalg.inv(intrinsics).swapaxes(-1, -2))
+    usable = (patch_w > 0) & (np.square(dirs).sum(-1) > 0.5)
+    patch_w = np.where(usable, patch_w, 0.0)
+
+    rotation, inliers, valid = ransac_rotation(
+        bearings,
+        dirs,
+        patch_w,
+        threshold=options.inlier_threshold,
+        num_hypotheses=options.num_hypotheses,
+        refinements=options.refinements,
+        seed=options.seed,
+        min_inliers=options.min_inliers,
+    )
+    count = inliers.sum(-1)
+    inliers = np.where(valid[:, None], inliers, usable)
     inlier_w = patch_w * inliers
     origin_sum = (patch_rays[..., 3:] * inlier_w[..., None]).sum(1)
     translation = origin_sum / np.maximum(inlier_w.sum(-1, keepdims=True), 1e-12)
