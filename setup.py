@@ -56,6 +56,7 @@ EXTRAS = {
     "tensorrt": ["tensorrt>=10.3", "onnx>=1.19"],
     "train": ["tensorboard>=2.14"],
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
+    "rectify": ["opencv-python-headless>=4.5"],  # distorted inputs (dvlt_core.io.rectify)
     "dev": [
         "pytest>=8.0",
         "ruff>=0.6",
@@ -69,8 +70,8 @@ EXTRAS = {
 
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
 # independent reader that checks the CRCs our mcap bags carry.
-EXTRAS["test"] = sorted({r for group in ("dev", "export", "train", "eval") for r in EXTRAS[group]}
-                        | {"mcap>=1.1"})
+TEST_GROUPS = ("dev", "export", "train", "eval", "rectify")
+EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]} | {"mcap>=1.1"})
 
 setup(
     name=PACKAGE,
