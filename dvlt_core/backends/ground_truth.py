@@ -137,33 +137,57 @@ class GroundTruthBackend(InferenceBackend):
         )
 
     def infer(self, images: torch.Tensor, num_steps: int | None = None) -> BackendOutput:
-        if images.dim() != 5 or images.shape[0] != 1:
-            raise ValueError(f"images must be (1, S, 3, H, W), got {tuple(images.shape)}")
+        steps = self._num_steps(num_steps)
+        start = time.perf_counter()
+        k_net, c2w_net = self._network_cameras(images)
+        height, width = images.shape[-2:]
+        depth = np.stack(
+            [self.scene.depth(k, c2w, height, width) for k, c2w in zip(k_net, c2w_net, strict=True)]
+        )
+        # The network's world is view 0's camera frame.
+        relative = np.linalg.inv(c2w_net[0]) @ c2w_net
+        return self._outputs(k_net, relative, depth, steps, start)
+
+    def _num_steps(self, num_steps: int | None) -> int:
         steps = self._default_num_steps if num_steps is None else int(num_steps)
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
-        start = time.perf_counter()
-        height, width = images.shape[-2:]
+        return steps
+
+    def _network_cameras(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(S, 3, 3) OpenCV intrinsics and (S, 4, 4) scene-frame poses of the network views."""
+        if images.dim() != 5 or images.shape[0] != 1:
+            raise ValueError(f"images must be (1, S, 3, H, W), got {tuple(images.shape)}")
         k_net, c2w_net = [], []
         for i in range(images.shape[1]):
             entry, transform = self._lookup(images[0, i], i)
             k_net.append(transform.intrinsics_to_network(entry.intrinsics))
             c2w_net.append(transform.extrinsics_to_network(entry.c2w))
-        depth = np.stack(
-            [self.scene.depth(k, c2w, height, width) for k, c2w in zip(k_net, c2w_net, strict=True)]
-        )
-        # The network's world is view 0's camera frame; its rays use pixel centres at u + 0.5.
-        relative = np.linalg.inv(c2w_net[0]) @ np.stack(c2w_net)
-        k_centre = np.stack(k_net)
-        k_centre[:, :2, 2] += 0.5
-        rays = compute_world_rays(
-            torch.from_numpy(relative), torch.from_numpy(k_centre), height, width
-        )
+        return np.stack(k_net), np.stack(c2w_net)
+
+    def _outputs(
+        self,
+        k_net: np.ndarray,
+        c2w: np.ndarray,
+        depth: np.ndarray,
+        steps: int,
+        start: float,
+        direction_noise: np.ndarray | None = None,
+    ) -> BackendOutput:
+        """Raw outputs of cameras ``k_net`` (OpenCV) at poses ``c2w`` (the network's world)
+        with z-depth maps ``depth`` (S, H, W), plus ``direction_noise`` (S, H, W, 3) on the
+        ray directions; ``start`` is the ``perf_counter`` time the inference began."""
+        height, width = depth.shape[-2:]
+        k_centre = np.array(k_net, dtype=np.float64)
+        k_centre[:, :2, 2] += 0.5  # the rays use pixel centres at u + 0.5
+        rays = compute_world_rays(torch.from_numpy(c2w), torch.from_numpy(k_centre), height, width)
+        if direction_noise is not None:
+            rays[..., :3] += torch.from_numpy(direction_noise)
         depth_t = torch.from_numpy(depth).float()
         world = rays[..., 3:] + rays[..., :3] * depth_t[..., None]
         conf = torch.where(depth_t > 0, self.confidence, 1.0)
         pose_enc = pose_encoding_from_cameras(
-            torch.from_numpy(relative).float(),
+            torch.from_numpy(c2w).float(),
             torch.from_numpy(k_centre).float(),
             (height, width),
         )
@@ -185,20 +209,25 @@ def _digest(crop: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _create_ground_truth_backend(
-    checkpoint: object = None,
-    device: str = "cpu",
-    precision: str = "fp32",
-    *,
-    scene: Scene | None = None,
-    **options: object,
-) -> GroundTruthBackend:
-    if scene is None or checkpoint is not None or device != "cpu" or precision != "fp32":
-        raise ValueError(
-            "the ground_truth backend needs scene=<dvlt_core.synthetic.Scene>, no checkpoint, "
-            "device='cpu' and precision='fp32'"
-        )
-    return GroundTruthBackend(scene, **options)
+def backend_factory(cls: type[GroundTruthBackend]):
+    """The ``create_backend`` factory of a ground-truth backend class (``scene=`` required)."""
+
+    def create(
+        checkpoint: object = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        *,
+        scene: Scene | None = None,
+        **options: object,
+    ) -> GroundTruthBackend:
+        if scene is None or checkpoint is not None or device != "cpu" or precision != "fp32":
+            raise ValueError(
+                f"the {cls.name} backend needs scene=<dvlt_core.synthetic.Scene>, no "
+                "checkpoint, device='cpu' and precision='fp32'"
+            )
+        return cls(scene, **options)
+
+    return create
 
 
-register_backend("ground_truth", _create_ground_truth_backend)
+register_backend("ground_truth", backend_factory(GroundTruthBackend))
