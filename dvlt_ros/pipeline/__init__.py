@@ -28,15 +28,10 @@ from dvlt_ros.pipeline.products import (
     PointCloud,
     child_frame_id,
 )
+from dvlt_ros.pipeline.scale import MetricScale, RigBaselineScale
 from dvlt_ros.pipeline.sync import CameraStats, RigSnapshot, RigSynchronizer, SyncConfig
 from dvlt_ros.pipeline.window import ViewWindow, WindowConfig, WindowSelector
-from dvlt_ros.pipeline.world import (
-    MetricScale,
-    Placement,
-    RigBaselineScale,
-    WorldAligner,
-    WorldConfig,
-)
+from dvlt_ros.pipeline.world import Placement, WorldAligner, WorldConfig
 
 __all__ = [
     "EVENT_CODES",

@@ -26,55 +26,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from dvlt_core.geometry import Sim3
 from dvlt_core.result import Reconstruction, ViewReconstruction
 from dvlt_ros.pipeline.events import Level, PipelineEvent
+from dvlt_ros.pipeline.scale import MetricScale, RigBaselineScale
 from dvlt_ros.pipeline.window import ViewWindow
 
-
-class MetricScale(Protocol):
-    """Source of metric scale: metres per window unit for a reconstruction, or None."""
-
-    def metres_per_unit(self, window: ViewWindow, reconstruction: Reconstruction) -> float | None:
-        """Metres per unit of ``reconstruction`` (None when this window gives no estimate)."""
-
-
-class RigBaselineScale:
-    """Metric scale from known rig extrinsics: the distance between the optical centres of
-    two cameras of the same snapshot is known in metres (``base_from_camera`` poses); its
-    ratio to the reconstructed distance, median over all such pairs of the window, is the
-    scale. Pairs closer than ``min_baseline`` metres are ignored (too little leverage)."""
-
-    def __init__(self, base_from_camera: dict[str, np.ndarray], min_baseline: float = 0.05):
-        self.centres = {
-            name: np.asarray(pose, dtype=np.float64)[:3, 3]
-            for name, pose in base_from_camera.items()
-        }
-        self.min_baseline = float(min_baseline)
-
-    def metres_per_unit(self, window: ViewWindow, reconstruction: Reconstruction) -> float | None:
-        by_step: dict[int, list[int]] = {}
-        for i, (frame, step) in enumerate(zip(window.frames, window.timesteps, strict=True)):
-            if frame.camera in self.centres and reconstruction.views[i].pose_valid:
-                by_step.setdefault(step, []).append(i)
-        ratios = []
-        for members in by_step.values():
-            for a_pos, a in enumerate(members):
-                for b in members[a_pos + 1 :]:
-                    known = np.linalg.norm(
-                        self.centres[window.frames[a].camera]
-                        - self.centres[window.frames[b].camera]
-                    )
-                    ca = reconstruction.views[a].extrinsics_c2w[:3, 3]
-                    cb = reconstruction.views[b].extrinsics_c2w[:3, 3]
-                    predicted = np.linalg.norm(ca - cb)
-                    if known >= self.min_baseline and predicted > 1e-9:
-                        ratios.append(known / predicted)
-        return float(np.median(ratios)) if ratios else None
+__all__ = ["MetricScale", "Placement", "RigBaselineScale", "WorldAligner", "WorldConfig"]
 
 
 @dataclass(frozen=True)
