@@ -34,6 +34,7 @@ import torch
 
 from dvlt_core.backends.base import BackendOutput, register_backend
 from dvlt_core.backends.ground_truth import GroundTruthBackend, backend_factory
+from dvlt_core.geometry import Sim3
 from dvlt_core.geometry.rotations import rotation_from_vector
 from dvlt_core.synthetic.scene import Scene
 
@@ -51,11 +52,9 @@ class WindowDraw:
     def metres_per_unit(self) -> float:
         return 1.0 / self.units_per_metre
 
-    def scene_from_window(self) -> np.ndarray:
-        """4x4 similarity ``[R/s | t]`` taking window coordinates to scene metres."""
-        out = self.c2w[0].copy()
-        out[:3, :3] /= self.units_per_metre
-        return out
+    def scene_from_window(self) -> Sim3:
+        """The similarity taking window coordinates to scene metres."""
+        return Sim3.from_rigid(self.c2w[0], 1.0 / self.units_per_metre)
 
 
 class GroundTruthUnscaledBackend(GroundTruthBackend):

@@ -22,7 +22,8 @@ latter:
 The rotation and scale are refined alternately (a few rounds). Views whose position or
 rotation residual is an outlier (beyond ``outlier_sigmas`` robust deviations and the
 ``min_*_gate`` floors) are dropped once and the fit repeated. Degenerate input gives an
-:class:`AnchorRefused` with the reason, never a silently wrong transform.
+:class:`AnchorRefused` with the reason, never a silently wrong transform. The result's
+``world_from_window`` is a :class:`~dvlt_core.geometry.Sim3`.
 
 TF poses must be of the images' optical frames (x right, y down, z forward: the
 ``frame_id`` of a camera image by convention), like the predicted poses.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dvlt_core.geometry import Sim3
 from dvlt_core.geometry.rotations import nearest_rotation, rotation_angle
 from dvlt_core.result import Reconstruction
 
@@ -65,35 +67,20 @@ class AnchorOptions:
 
 @dataclass(frozen=True)
 class Anchor:
-    """``world_from_window`` (``x -> scale·rotation·x + translation``) and how well it fits.
+    """``world_from_window`` (``x -> s·R·x + t``) and how well it fits.
 
     ``views``: indices of the input views used; ``rejected``: outliers left out;
     ``position_residuals`` (metres, world frame) and ``rotation_residuals_deg`` of the used
     views, in the order of ``views``; ``scale_fixed``: True for SE(3) (``fixed_scale``).
+    Place a camera with ``world_from_window.apply_c2w(c2w)``.
     """
 
-    rotation: np.ndarray
-    translation: np.ndarray
-    scale: float
+    world_from_window: Sim3
     views: tuple[int, ...]
     rejected: tuple[int, ...]
     position_residuals: np.ndarray = field(repr=False)
     rotation_residuals_deg: np.ndarray = field(repr=False)
     scale_fixed: bool
-
-    def matrix(self) -> np.ndarray:
-        """4x4 ``[s·R | t]``."""
-        out = np.eye(4)
-        out[:3, :3] = self.scale * self.rotation
-        out[:3, 3] = self.translation
-        return out
-
-    def apply_pose(self, c2w: np.ndarray) -> np.ndarray:
-        """A camera-to-window pose as a (rigid) camera-to-world pose."""
-        out = np.eye(4)
-        out[:3, :3] = self.rotation @ np.asarray(c2w)[:3, :3]
-        out[:3, 3] = self.scale * self.rotation @ np.asarray(c2w)[:3, 3] + self.translation
-        return out
 
     @property
     def rms_position(self) -> float:
@@ -165,9 +152,7 @@ def anchor_to_tf(
                 predicted[used], measured[used], rotation, translation, scale
             )
     return Anchor(
-        rotation,
-        translation,
-        scale,
+        Sim3(rotation, translation, scale),
         tuple(int(i) for i in used),
         rejected,
         pos_res,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dvlt_core.geometry import Sim3
+from dvlt_core.geometry.rotations import chordal_mean
 from dvlt_core.result import Reconstruction, ViewReconstruction
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.scale import MetricScale, RigBaselineScale
@@ -144,11 +145,13 @@ class WorldAligner:
             return Placement(previous.world_from_window, (), "held", metric, (event,))
         views = [reconstruction.views[i] for i in shared]
         known = [self._history[window.keys[i]] for i in shared]
-        rotation = _mean_rotation(
-            [
-                k.world_from_camera[:3, :3] @ v.extrinsics_c2w[:3, :3].T
-                for k, v in zip(known, views, strict=True)
-            ]
+        rotation = chordal_mean(
+            np.stack(
+                [
+                    k.world_from_camera[:3, :3] @ v.extrinsics_c2w[:3, :3].T
+                    for k, v in zip(known, views, strict=True)
+                ]
+            )
         )
         events: list[PipelineEvent] = []
         if metric_scale is not None:
@@ -217,9 +220,3 @@ class WorldAligner:
         while len(self._history) > self.config.history_size:
             self._history.popitem(last=False)
 
-
-def _mean_rotation(rotations: list[np.ndarray]) -> np.ndarray:
-    """Chordal L2 mean: the rotation closest to the sum of the matrices."""
-    u, _, vt = np.linalg.svd(np.sum(rotations, axis=0))
-    fix = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    return u @ fix @ vt

@@ -68,10 +68,10 @@ def _tf(rig, window):
 
 def _errors(anchor: Anchor, draw) -> tuple[float, float, float]:
     """Rotation (rad), relative scale and translation (m) error against the truth."""
-    truth = draw.scene_from_window()
-    rotation = rotation_angle(anchor.rotation, truth[:3, :3] * draw.units_per_metre)
-    scale = abs(math.log(anchor.scale / draw.metres_per_unit))
-    return float(rotation), scale, float(np.linalg.norm(anchor.translation - truth[:3, 3]))
+    truth, got = draw.scene_from_window(), anchor.world_from_window
+    rotation = rotation_angle(got.rotation, truth.rotation)
+    scale = abs(math.log(got.scale / truth.scale))
+    return float(rotation), scale, float(np.linalg.norm(got.translation - truth.translation))
 
 
 def test_exact_poses_give_the_exact_similarity(pipeline_rig, exact):
@@ -85,8 +85,10 @@ def test_exact_poses_give_the_exact_similarity(pipeline_rig, exact):
         metric = anchor_reconstruction(
             recon, _tf(pipeline_rig, window), fixed_scale=draw.metres_per_unit
         )
-        assert metric.scale_fixed and metric.scale == draw.metres_per_unit
-        np.testing.assert_allclose(metric.matrix(), anchor.matrix(), atol=1e-6)
+        assert metric.scale_fixed and metric.world_from_window.scale == draw.metres_per_unit
+        np.testing.assert_allclose(
+            metric.world_from_window.matrix(), anchor.world_from_window.matrix(), atol=1e-6
+        )
 
 
 def test_noisy_windows_land_on_tf(pipeline_rig, noisy):
@@ -106,7 +108,7 @@ def test_noisy_windows_land_on_tf(pipeline_rig, noisy):
         assert anchor.position_residuals.max() < 5 * math.sqrt(3) * POSITION_NOISE
         assert translation < 5 * math.sqrt(3) * POSITION_NOISE + 2.0 * rotation + 2.0 * scale
         # And the published pose of the reference camera: its true pose within the same.
-        reference = anchor.apply_pose(recon.views[0].extrinsics_c2w)
+        reference = anchor.world_from_window.apply_c2w(recon.views[0].extrinsics_c2w)
         assert np.linalg.norm(reference[:3, 3] - tf[0][:3, 3]) < 5 * math.sqrt(3) * POSITION_NOISE
 
 

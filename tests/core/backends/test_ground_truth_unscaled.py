@@ -79,7 +79,7 @@ def test_default_noise_reaches_the_fitted_cameras_and_depth(rig):
     # rounding of coordinates of a few window units only).
     window_to_scene = draw.scene_from_window()
     for got, perturbed in zip(recon.views, draw.c2w, strict=True):
-        centre = window_to_scene[:3, :3] @ got.extrinsics_c2w[:3, 3] + window_to_scene[:3, 3]
+        centre = window_to_scene.apply_points(got.extrinsics_c2w[:3, 3])
         assert np.linalg.norm(centre - perturbed[:3, 3]) < 1e-5  # metres
     # The perturbations themselves: 9 views x 3 axes of N(0, 2 mm) and N(0, 0.05 deg).
     true = np.stack([v.c2w for v in views])
