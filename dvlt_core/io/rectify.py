@@ -55,11 +55,12 @@ def _cv2() -> ModuleType:
     return cv2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CameraCalibration:
     """A camera as sensor_msgs/CameraInfo describes it (``k``, ``r`` 3x3, ``p`` 3x4; ``d``
     as many coefficients as the model takes). ``r`` and ``p`` None: not given (monocular,
-    or all-zero in the message). Invalid values raise :class:`ValueError`."""
+    or all-zero in the message). Invalid values raise :class:`ValueError`. Equal (and
+    hashing alike) when their values are: a changed CameraInfo is a new calibration."""
 
     width: int
     height: int
@@ -148,6 +149,12 @@ class CameraCalibration:
     def key(self) -> tuple:
         """Hashable identity of the calibration's values (the map cache's key)."""
         return self._key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CameraCalibration) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
 
 @dataclass(frozen=True)

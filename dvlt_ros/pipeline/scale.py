@@ -186,8 +186,19 @@ def _usable_views(window: ViewWindow, reconstruction: Reconstruction) -> list[in
     ]
 
 
-def _centre(view: ViewReconstruction) -> np.ndarray:
-    return np.asarray(view.extrinsics_c2w, dtype=np.float64)[:3, 3]
+def _distance(reconstruction: Reconstruction, a: int, b: int) -> float:
+    """Distance between the predicted optical centres of views ``a`` and ``b``."""
+    pose_a, pose_b = (np.asarray(reconstruction.views[i].extrinsics_c2w, float) for i in (a, b))
+    return float(np.linalg.norm(pose_a[:3, 3] - pose_b[:3, 3]))
+
+
+def _lengths_scale(
+    known: list[float], predicted: list[float], source: str, options: ScaleOptions | None
+) -> ScaleOutcome:
+    """:func:`robust_scale` of known lengths, weighted by length² (centre errors are constant
+    in metres, so a constraint's relative error goes as 1 / length)."""
+    lengths = np.array(known)
+    return robust_scale(lengths, np.array(predicted), source, options, weights=lengths**2)
 
 
 def rig_scale(
@@ -230,14 +241,12 @@ def rig_scale(
             baseline = float(np.linalg.norm(centres[name_a] - centres[name_b]))
             if baseline >= min_baseline:
                 known.append(baseline)
-                views = reconstruction.views
-                predicted.append(float(np.linalg.norm(_centre(views[a]) - _centre(views[b]))))
+                predicted.append(_distance(reconstruction, a, b))
     if not known:
         return ScaleUnavailable(
             "rig", f"no synchronised camera pair at least {min_baseline} m apart in the window"
         )
-    known_arr = np.array(known)
-    return robust_scale(known_arr, np.array(predicted), "rig", options, weights=known_arr**2)
+    return _lengths_scale(known, predicted, "rig", options)
 
 
 def _lookup(poses: PoseLookup, stamp_ns: int) -> np.ndarray | None:
@@ -296,16 +305,14 @@ def odometry_scale(
             largest = max(largest, motion)
             if motion >= min_motion:
                 known.append(motion)
-                rec = reconstruction.views
-                predicted.append(float(np.linalg.norm(_centre(rec[a]) - _centre(rec[b]))))
+                predicted.append(_distance(reconstruction, a, b))
     if not known:
         return ScaleUnavailable(
             "odometry",
             f"the cameras moved at most {largest:.3f} m between snapshots, under "
             f"min_motion={min_motion} m",
         )
-    known_arr = np.array(known)
-    return robust_scale(known_arr, np.array(predicted), "odometry", options, weights=known_arr**2)
+    return _lengths_scale(known, predicted, "odometry", options)
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def test_maps_are_computed_once_per_calibration():
     a = CameraCalibration(WIDTH, HEIGHT, K, "plumb_bob", PLUMB_BOB)
     same = CameraCalibration(WIDTH, HEIGHT, K.copy(), "plumb_bob", tuple(PLUMB_BOB))
     assert rectifier.maps(a) is rectifier.maps(same)
+    assert a == same and hash(a) == hash(same) and len({a, same}) == 1
     others = [CameraCalibration(WIDTH, HEIGHT, K, "equidistant", EQUIDISTANT),
               CameraCalibration(WIDTH, HEIGHT, K * [[1.01], [1.01], [1]], "plumb_bob", PLUMB_BOB)]
     for other in others:
