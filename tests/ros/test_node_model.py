@@ -4,10 +4,8 @@ retried when the parameter changes, and budget mode picks K from measured timing
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from node_harness import (
     RigPublisher,
     RosGraph,
     level,
+    node_command,
     save_small_checkpoint,
     stamp_of,
     status_values,
@@ -109,22 +108,12 @@ def test_budget_mode_adapts_k_to_measured_latency(graph, rig, checkpoint):
     assert next_k() == 6
 
 
-def _node_command() -> list[str]:
-    """The installed ``reconstruct_node`` console script (where ``ros2 run`` finds it, or
-    on PATH); before the package is installed, the same entry point through ``-m``."""
-    for candidate in (Path(sys.prefix) / "lib" / "dvlt_ros" / "reconstruct_node",
-                      shutil.which("reconstruct_node")):
-        if candidate and Path(candidate).is_file():
-            return [str(candidate)]
-    return [sys.executable, "-m", "dvlt_ros.nodes.reconstruct_node"]
-
-
 def test_console_script_with_the_parameters_file(graph, rig, checkpoint):
     """The node as its own process, started like `ros2 run` with config/reconstruct.yaml
     plus overrides, reconstructs topics published from this process and exits cleanly."""
     cameras = ",".join(rig.names)
     command = [
-        *_node_command(), "--ros-args", "--params-file", str(REPO / "config" / "reconstruct.yaml"),
+        *node_command(), "--ros-args", "--params-file", str(REPO / "config" / "reconstruct.yaml"),
         "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", f"cameras:=[{cameras}]",
         "-p", "input_qos:=reliable", "-p", "rate:=5.0", "-p", "num_steps:=1",
         "-p", "window_timesteps:=1",
