@@ -50,6 +50,26 @@ def test_config_file_holds_every_parameter_with_its_default_and_a_comment():
     assert set(documented) == set(SPECS_BY_NAME)
 
 
+def test_one_default_k_everywhere():
+    """K's default is stated once (dvlt_core.model.DEFAULT_NUM_STEPS, 16: the released
+    model's, behind upstream's benchmark) and every default of K is that constant."""
+    import inspect
+
+    from dvlt_core.backends.ground_truth import GroundTruthBackend
+    from dvlt_core.io.checkpoint import released_config
+    from dvlt_core.model import DEFAULT_NUM_STEPS, DVLTConfig
+    from dvlt_ros.pipeline import KPolicyConfig
+
+    assert DEFAULT_NUM_STEPS == 16
+    assert DVLTConfig().default_num_steps == released_config().default_num_steps == 16
+    assert SPECS_BY_NAME["num_steps"].default == DEFAULT_NUM_STEPS
+    assert SPECS_BY_NAME["budget_max_num_steps"].default == DEFAULT_NUM_STEPS
+    assert KPolicyConfig().num_steps == KPolicyConfig().k_max == DEFAULT_NUM_STEPS
+    ground_truth = inspect.signature(GroundTruthBackend).parameters["default_num_steps"]
+    assert ground_truth.default == DEFAULT_NUM_STEPS
+    assert "K, the number of loop steps, defaults to 16" in (REPO / "README.md").read_text()
+
+
 def test_parameter_descriptors():
     for spec in SPECS:
         desc = spec.descriptor()
