@@ -95,8 +95,8 @@ class ModelLoader:
 
     One load runs at a time. A request made during a load waits for it; the newest such
     request wins, and the running load's outcome is then dropped (its settings are no
-    longer wanted). ``on_done`` is called (on the loading thread) when an outcome is
-    ready for :meth:`take`.
+    longer wanted), as it is after :meth:`discard`. ``on_done`` is called (on the loading
+    thread) when an outcome is ready for :meth:`take`.
     """
 
     def __init__(self, on_done: Callable[[], None],
@@ -106,6 +106,7 @@ class ModelLoader:
         self._lock = threading.Lock()
         self._running: ModelSettings | None = None
         self._queued: ModelSettings | None = None
+        self._discard_running = False
         self._outcome: LoadOutcome | None = None
 
     def request(self, settings: ModelSettings) -> None:
@@ -113,9 +114,15 @@ class ModelLoader:
         with self._lock:
             self._outcome = None
             if self._running is not None:
-                self._queued = settings
+                self._queued, self._discard_running = settings, True
                 return
             self._start(settings)
+
+    def discard(self) -> None:
+        """Want nothing of the running or queued loads any more."""
+        with self._lock:
+            self._queued, self._outcome = None, None
+            self._discard_running = self._running is not None
 
     @property
     def loading(self) -> ModelSettings | None:
@@ -130,7 +137,7 @@ class ModelLoader:
             return outcome
 
     def _start(self, settings: ModelSettings) -> None:  # with the lock held
-        self._running = settings
+        self._running, self._discard_running = settings, False
         threading.Thread(target=self._run, args=(settings,), name="dvlt-model-load",
                          daemon=True).start()
 
@@ -144,6 +151,9 @@ class ModelLoader:
             if self._queued is not None:
                 queued, self._queued = self._queued, None
                 self._start(queued)
+                return
+            if self._discard_running:
+                self._discard_running = False
                 return
             self._outcome = outcome
         self._on_done()

@@ -269,7 +269,12 @@ class ReconstructNode(Node):
             )
             return
         settings = ModelSettings(p["backend"], p["checkpoint"], p["device"], p["precision"])
-        if settings == self._model_settings and self._loader.loading is None:
+        if settings == self._model_settings:  # back to the running model's settings
+            if self._loader.loading is not None:
+                self.get_logger().info(f"keeping the running model; the load of "
+                                       f"{self._loader.loading} is dropped")
+            self._loader.discard()
+            self.problems.clear("model", "model_reload_failed")
             return
         what = "loading" if self._model is None else "loading (beside the running model)"
         self.get_logger().info(f"{what}: {settings}")
