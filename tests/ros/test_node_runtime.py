@@ -202,13 +202,16 @@ def test_signal_during_a_long_cycle_ends_the_node_cleanly(graph, long_checkpoint
     after its grace period and exits 0 with nothing unclean in its output."""
     rig = default_rig(width=LONG_IMG, height=168, num_cameras=4)
     node = NodeProcess(_node_args(long_checkpoint, rig.names, num_steps=64, rate=10.0,
-                                  window_timesteps=1))
+                                  window_timesteps=1, diagnostics_period=0.2))
     try:
         assert node.wait_for("model loaded", graph), node.output
         publisher = RigPublisher(graph, rig)
+        collector = OutputCollector(graph, rig.names)
         publisher.wait_connected(timeout=60)
         publisher.publish(0.0)
-        graph.spin_for(1.0)  # the frames arrive and the long cycle starts
+        # The cycle took the snapshot (the camera's frame is "used") and is running.
+        assert collector.wait_status(f"camera {rig.names[0]}",
+                                     lambda s: status_values(s)["used"] == "1", 60)
         node.proc.send_signal(sig)
         # Far less than the cycle would take: the node does not wait for it.
         code = node.finish(timeout=15)
