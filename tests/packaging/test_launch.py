@@ -73,7 +73,8 @@ def test_rviz_config_file_for_the_launched_parameters(tmp_path):
 
 def _fake_rviz2_prefix(root: Path, argv_file: Path | None = None) -> Path:
     """An install prefix holding a package named rviz2 whose executable records its
-    arguments (a stand-in at the process boundary: only its command line is looked at)."""
+    arguments and exits (a stand-in at the process boundary: only its command line is
+    looked at)."""
     (root / "share/ament_index/resource_index/packages").mkdir(parents=True)
     (root / "share/ament_index/resource_index/packages/rviz2").write_text("")
     (root / "share/rviz2").mkdir(parents=True)
@@ -81,7 +82,7 @@ def _fake_rviz2_prefix(root: Path, argv_file: Path | None = None) -> Path:
     exe = root / "lib/rviz2/rviz2"
     exe.parent.mkdir(parents=True)
     record = f'printf "%s\\n" "$@" > {argv_file}\n' if argv_file else ""
-    exe.write_text(f"#!/bin/sh\n{record}sleep 60\n")
+    exe.write_text(f"#!/bin/sh\n{record}")
     exe.chmod(0o755)
     return root
 
