@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dvlt_core.model.config import DEFAULT_NUM_STEPS
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("sync_wait", "preprocess", "pose_fit", "world", "products", "publish")
 
@@ -44,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cameras", default="2,4,6,8", help="comma-separated camera counts")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--num-steps", type=int, default=12, help="K")
+    parser.add_argument("--num-steps", type=int, default=DEFAULT_NUM_STEPS, help="K")
     parser.add_argument("--img-size", type=int, default=504, help="network input, longer side")
     parser.add_argument("--cycles", type=int, default=4, help="measured cycles per N")
     parser.add_argument("--model", default="small", choices=("small", "released", "none"),

@@ -40,6 +40,7 @@ from dvlt_core.geometry.transforms import pose_encoding_from_cameras
 from dvlt_core.geometry.unproject import compute_world_rays
 from dvlt_core.io.images import preprocess
 from dvlt_core.io.transforms import ViewTransform
+from dvlt_core.model.config import DEFAULT_NUM_STEPS
 from dvlt_core.synthetic.rig import RenderedView, SyntheticRig
 from dvlt_core.synthetic.scene import Scene
 
@@ -63,7 +64,7 @@ class GroundTruthBackend(InferenceBackend):
         scene: Scene,
         img_size: int = 504,
         confidence: float = 10.0,
-        default_num_steps: int = 12,
+        default_num_steps: int = DEFAULT_NUM_STEPS,
     ) -> None:
         if confidence < 1.0:
             raise ValueError(f"confidence must be >= 1 (the model's range), got {confidence}")

@@ -22,6 +22,11 @@ from typing import Any
 
 from dvlt_core.model.dinov2 import BACKBONE_SPECS
 
+# K, the number of loop steps, wherever nothing else chooses it (model config, node,
+# K policy, backends, tools): the released model's num_steps, which is also the K behind
+# upstream's published benchmark (docs/model.md, "Default K").
+DEFAULT_NUM_STEPS = 16
+
 RECURRENCE_MODES = ("gated", "no_sout", "no_depthscale", "none")
 TIME_CONDITIONINGS = ("continuous", "interval")
 K_SAMPLINGS = (None, "linspace")
@@ -125,7 +130,7 @@ class DVLTConfig:
     img_size: int = 518
     patch_size: int = 14
     embed_dim: int = 768
-    num_steps: int = 16
+    num_steps: int = DEFAULT_NUM_STEPS
     min_steps: int = 8
     num_heads: int = 12
     mlp_ratio: float = 4.0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from dvlt_core.model.config import DEFAULT_NUM_STEPS
+
 SEED_OFFSET = 42
 
 
@@ -23,7 +25,7 @@ def step_generator(global_step: int) -> torch.Generator:
 
 def sample_train_k(
     generator: torch.Generator | None,
-    num_steps: int = 16,
+    num_steps: int = DEFAULT_NUM_STEPS,
     min_steps: int = 8,
     beta_a: int = 2,
     beta_b: int = 1,
@@ -48,7 +50,11 @@ def sample_train_k(
 
 
 def train_k_for_step(
-    global_step: int, num_steps: int = 16, min_steps: int = 8, beta_a: int = 2, beta_b: int = 1
+    global_step: int,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    min_steps: int = 8,
+    beta_a: int = 2,
+    beta_b: int = 1,
 ) -> int:
     """``K`` of training iteration ``global_step`` (synchronised across ranks)."""
     return sample_train_k(step_generator(global_step), num_steps, min_steps, beta_a, beta_b)

@@ -1,9 +1,11 @@
-"""Loading the inference backend from the node's parameters, and what to say about it
-(identity and licence) in diagnostics."""
+"""Loading the inference backend from the node's parameters (beside the running model,
+on a background thread), and what to say about it (identity and licence) in diagnostics."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dvlt_core.backends import InferenceBackend, create_backend
@@ -70,9 +72,88 @@ def load_backend(settings: ModelSettings) -> LoadedModel:
     start = time.perf_counter()
     backend = create_backend(
         settings.backend,
-        checkpoint=settings.checkpoint or None,
+        checkpoint=settings.checkpoint,
         device=resolve_device(settings.device),
         precision=settings.precision,
     )
     identity, licence = describe(backend, settings.checkpoint)
     return LoadedModel(backend, identity, licence, (time.perf_counter() - start) * 1e3)
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """The end of one load: the model, or why there is none."""
+
+    settings: ModelSettings
+    model: LoadedModel | None
+    error: str | None = None
+
+
+class ModelLoader:
+    """Loads models on a daemon thread, so that the node keeps reconstructing with the
+    model it has while the next one loads (read, downloaded, built).
+
+    One load runs at a time. A request made during a load waits for it; the newest such
+    request wins, and the running load's outcome is then dropped (its settings are no
+    longer wanted), as it is after :meth:`discard`. ``on_done`` is called (on the loading
+    thread) when an outcome is ready for :meth:`take`.
+    """
+
+    def __init__(self, on_done: Callable[[], None],
+                 load: Callable[[ModelSettings], LoadedModel] = load_backend) -> None:
+        self._on_done = on_done
+        self._load = load
+        self._lock = threading.Lock()
+        self._running: ModelSettings | None = None
+        self._queued: ModelSettings | None = None
+        self._discard_running = False
+        self._outcome: LoadOutcome | None = None
+
+    def request(self, settings: ModelSettings) -> None:
+        """Load ``settings`` now, or after the running load."""
+        with self._lock:
+            self._outcome = None
+            if self._running is not None:
+                self._queued, self._discard_running = settings, True
+                return
+            self._start(settings)
+
+    def discard(self) -> None:
+        """Want nothing of the running or queued loads any more."""
+        with self._lock:
+            self._queued, self._outcome = None, None
+            self._discard_running = self._running is not None
+
+    @property
+    def loading(self) -> ModelSettings | None:
+        """The settings being (or about to be) loaded, or None."""
+        with self._lock:
+            return self._queued or self._running
+
+    def take(self) -> LoadOutcome | None:
+        """The outcome of the last load, once (None while loading or after taking it)."""
+        with self._lock:
+            outcome, self._outcome = self._outcome, None
+            return outcome
+
+    def _start(self, settings: ModelSettings) -> None:  # with the lock held
+        self._running, self._discard_running = settings, False
+        threading.Thread(target=self._run, args=(settings,), name="dvlt-model-load",
+                         daemon=True).start()
+
+    def _run(self, settings: ModelSettings) -> None:
+        try:
+            outcome = LoadOutcome(settings, self._load(settings))
+        except Exception as exc:  # every loader failure is reported, the node stays up
+            outcome = LoadOutcome(settings, None, str(exc) or type(exc).__name__)
+        with self._lock:
+            self._running = None
+            if self._queued is not None:
+                queued, self._queued = self._queued, None
+                self._start(queued)
+                return
+            if self._discard_running:
+                self._discard_running = False
+                return
+            self._outcome = outcome
+        self._on_done()

@@ -18,9 +18,12 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.exceptions import InvalidTopicNameException, ParameterException
 from rclpy.parameter import Parameter
+from rclpy.validate_topic_name import validate_topic_name
 
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
+from dvlt_core.model.config import DEFAULT_NUM_STEPS
 from dvlt_ros.node_support.qos import INPUT_QOS_CHOICES
 from dvlt_ros.pipeline.k_policy import K_LIMITS, K_MODES
 from dvlt_ros.pipeline.sync import RESOLUTION_POLICIES
@@ -147,7 +150,7 @@ SPECS: tuple[ParamSpec, ...] = (
     # Cycle and loop steps
     ParamSpec("rate", 2.0, "target cycles per second (each takes the newest complete window)",
               minimum=0.01, maximum=1000.0),
-    ParamSpec("num_steps", 12,
+    ParamSpec("num_steps", DEFAULT_NUM_STEPS,
               "K, loop steps of the model in fixed mode (more: better, slower); applies at the "
               "next cycle", minimum=K_LIMITS[0], maximum=K_LIMITS[1], dynamic=True),
     ParamSpec("num_steps_mode", "fixed",
@@ -158,15 +161,16 @@ SPECS: tuple[ParamSpec, ...] = (
               minimum=1.0, maximum=1e7, dynamic=True),
     ParamSpec("budget_min_num_steps", 1, "budget mode: smallest K",
               minimum=K_LIMITS[0], maximum=K_LIMITS[1], dynamic=True),
-    ParamSpec("budget_max_num_steps", 16, "budget mode: largest K",
+    ParamSpec("budget_max_num_steps", DEFAULT_NUM_STEPS, "budget mode: largest K",
               minimum=K_LIMITS[0], maximum=K_LIMITS[1], dynamic=True),
     # Model
     ParamSpec("backend", "torch",
               "inference backend (torch; onnxruntime and tensorrt where installed)",
               dynamic=True),
     ParamSpec("checkpoint", "nvidia/dvlt",
-              "Hugging Face repo id[@revision], checkpoint directory or weights file; "
-              "changing it reloads the model (a failed load is retried on the next change)",
+              "Hugging Face repo id[@revision], checkpoint directory or weights file (not "
+              "empty); changing it loads the new model beside the running one, which keeps "
+              "reconstructing until the new one is ready (a failed load keeps the old model)",
               dynamic=True),
     ParamSpec("device", "auto", "auto (cuda if available), cpu, cuda or cuda:N", dynamic=True),
     ParamSpec("precision", "fp32",
@@ -204,20 +208,51 @@ SPECS: tuple[ParamSpec, ...] = (
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
 RELOAD_PARAMETERS = ("backend", "checkpoint", "device", "precision")
+EMPTY_CHECKPOINT = (
+    "checkpoint must not be empty: name a Hugging Face repo id (e.g. nvidia/dvlt), a "
+    "checkpoint directory or a weights file"
+)
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot start with; the message names it and why."""
 
 
 def declare_parameters(node) -> dict[str, ParamValue]:
     """Declare every parameter on ``node`` (values from the params file and overrides win
-    over the defaults) and return name -> value."""
-    declared = node.declare_parameters(
-        "", [(spec.name, spec.default, spec.descriptor()) for spec in SPECS]
-    )
-    return {p.name: p.value for p in declared}
+    over the defaults) and return name -> value.
+
+    Raises :class:`ParameterError` (one line: the parameter and the reason) for a value
+    the node refuses, whether its type, its range or the node's own check refused it.
+    """
+    values: dict[str, ParamValue] = {}
+    for spec in SPECS:
+        try:
+            values[spec.name] = node.declare_parameter(
+                spec.name, spec.default, spec.descriptor()).value
+        except ParameterException as exc:
+            reason = _rclpy_reason(exc, spec.name)
+            raise ParameterError(f"parameter {spec.name}: {reason}") from None
+    problem = check_combination(values)
+    if problem:
+        raise ParameterError(problem)
+    return values
 
 
-def check_parameters(params: Iterable[Parameter]) -> SetParametersResult:
+def _rclpy_reason(exc: ParameterException, name: str) -> str:
+    """The reason in rclpy's message, without its 'Invalid parameter value (...)' prefix and
+    its ': <name>' suffix."""
+    text = str(exc).removesuffix(f": {name}")
+    return text.split("Reason: ", 1)[-1]
+
+
+def check_parameters(params: Iterable[Parameter], *,
+                     checkpoint_required: bool = True) -> SetParametersResult:
     """The on-set-parameters verdict: every value of a known parameter must pass its
-    spec; names this node does not own (e.g. ``use_sim_time``) pass through."""
+    spec; names this node does not own (e.g. ``use_sim_time``) pass through.
+
+    ``checkpoint_required=False`` (a node given its backend by the caller, where the
+    checkpoint only labels it) lets an empty checkpoint pass."""
     problems = []
     for param in params:
         spec = SPECS_BY_NAME.get(param.name)
@@ -228,9 +263,20 @@ def check_parameters(params: Iterable[Parameter]) -> SetParametersResult:
             problem = _check_cameras(param.value)
         if problem is None and param.name == "img_size" and 0 < param.value < PATCH_SIZE:
             problem = f"img_size must be 0 (the model's) or >= {PATCH_SIZE}, got {param.value}"
+        if (problem is None and param.name == "checkpoint" and checkpoint_required
+                and not str(param.value).strip()):
+            problem = EMPTY_CHECKPOINT
         if problem:
             problems.append(problem)
     return SetParametersResult(successful=not problems, reason="; ".join(problems))
+
+
+def check_combination(values: Mapping[str, ParamValue]) -> str | None:
+    """Why a set of values that each pass alone cannot go together, or None."""
+    low, high = values["budget_min_num_steps"], values["budget_max_num_steps"]
+    if low > high:
+        return f"budget_min_num_steps ({low}) must be <= budget_max_num_steps ({high})"
+    return None
 
 
 def _check_cameras(names: list[str]) -> str | None:
@@ -239,6 +285,12 @@ def _check_cameras(names: list[str]) -> str | None:
     labels = [camera_label(n) for n in names]
     if any(not label for label in labels) or len(set(labels)) != len(labels):
         return f"cameras must be distinct, non-empty namespaces, got {list(names)}"
+    for label in labels:
+        try:  # the output topics ~/<label>/... are the strictest names built from it
+            validate_topic_name(f"{label}/depth")
+        except InvalidTopicNameException as exc:
+            reason = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+            return f"camera namespace {label!r} is not a valid ROS name: {reason}"
     return None
 
 

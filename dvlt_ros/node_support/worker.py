@@ -37,6 +37,11 @@ class CycleWorker:
             return self._busy
 
     @property
+    def running(self) -> bool:
+        """True until the thread ended (after :meth:`stop` and the cycle it was in)."""
+        return self._thread.is_alive()
+
+    @property
     def stopping(self) -> bool:
         """True once :meth:`stop` was called: a long cycle should end early."""
         with self._cond:

@@ -10,6 +10,10 @@ and /diagnostics. Parameters: :mod:`dvlt_ros.node_support.parameters` and
 
 The node can also run in-process (tests, the ``dvlt-ros demo`` tool): pass ``backend=`` to
 use an already built inference backend instead of loading ``checkpoint``.
+
+As its own process (:func:`main`) it ends on SIGINT or SIGTERM, and when the process that
+started it ends, within about a second whatever a cycle is doing (see
+:mod:`dvlt_ros.node_support.lifecycle`).
 """
 
 from __future__ import annotations
@@ -28,18 +32,22 @@ from dvlt_core.backends import InferenceBackend
 from dvlt_ros.conversions.transforms import stamp_from_ns
 from dvlt_ros.node_support import configs
 from dvlt_ros.node_support import diagnostics as diag
-from dvlt_ros.node_support.health import ERROR, ProblemBoard
+from dvlt_ros.node_support.health import ERROR, WARN, ProblemBoard
 from dvlt_ros.node_support.inputs import CameraInputs
+from dvlt_ros.node_support.lifecycle import GateClosedError, ShutdownGate
 from dvlt_ros.node_support.model import (
     LoadedModel,
+    LoadOutcome,
+    ModelLoader,
     ModelSettings,
     describe,
-    load_backend,
 )
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.node_support.parameters import (
     RELOAD_PARAMETERS,
+    ParameterError,
     camera_label,
+    check_combination,
     check_parameters,
     declare_parameters,
 )
@@ -68,6 +76,9 @@ _PERSISTENT = {"camera_timeout"}
 # Lossless mode: images waiting for reconstruction and acknowledgement (the replay tool
 # keeps one in flight; the bound only matters when lossless is misused on live cameras).
 LOSSLESS_QUEUE = 64
+# Seconds a stopping node process waits for a running cycle or model load before it exits
+# without it (launch escalates to SIGTERM after 5 s, then SIGKILL).
+SHUTDOWN_GRACE_S = 1.0
 CycleListener = Callable[[CycleReport, CycleResult], None]
 
 
@@ -82,6 +93,10 @@ class ReconstructNode(Node):
         node_name: str = NODE_NAME,
         **node_kwargs,
     ) -> None:
+        # Set before anything can fail: rclpy destroys a half-built node on shutdown.
+        self.worker: CycleWorker | None = None
+        self._gate = ShutdownGate()
+        self._injected = backend
         super().__init__(node_name, **node_kwargs)
         self._lock = threading.Lock()
         self._pending: dict[str, object] = {}
@@ -96,9 +111,9 @@ class ReconstructNode(Node):
         self.k_policy = KPolicy(configs.k_policy_config(p))
         self._pipeline_config = configs.pipeline_config(p)
         self._metric_scale = metric_scale
-        self._injected = backend
         self._model: LoadedModel | None = None
-        self._reload = True
+        self._model_settings: ModelSettings | None = None
+        self._loader: ModelLoader | None = None
         self.pipeline: ReconstructionPipeline | None = None
         self._arrivals: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._max_arrivals = 8 * len(self.cameras) * p["sync_queue_size"]
@@ -128,6 +143,12 @@ class ReconstructNode(Node):
             max_pixels=p["max_pixels"], after_image=self._after_image,
         )
         self.worker = CycleWorker(self._cycle, on_error=self._on_cycle_error)
+        if backend is not None:
+            identity, licence = describe(backend, p["checkpoint"])
+            self._install_model(LoadedModel(backend, identity, licence, 0.0))
+        else:
+            self._loader = ModelLoader(on_done=self.worker.wake)
+            self._request_model()
         # The timer wakes the worker at `rate`; in lossless mode every image wakes it too.
         self._timer = self.create_timer(1.0 / p["rate"], self.worker.wake)
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._diagnostics_tick)
@@ -139,7 +160,8 @@ class ReconstructNode(Node):
 
     # ----------------------------------------------------------------- parameters
     def _on_set_parameters(self, params: list[Parameter]):
-        result = check_parameters(params)
+        # With an injected backend the checkpoint only labels it (empty: no weights).
+        result = check_parameters(params, checkpoint_required=self._injected is None)
         if not result.successful:
             return result
         changes = {param.name: param.value for param in params}
@@ -148,13 +170,10 @@ class ReconstructNode(Node):
         # Under the lock, so that the worker cannot apply pending changes between this
         # check and the update (the check must see every accepted value).
         with self._lock:
-            merged = {**self.params, **self._pending, **changes}
-            if merged["budget_min_num_steps"] > merged["budget_max_num_steps"]:
+            problem = check_combination({**self.params, **self._pending, **changes})
+            if problem:
                 result.successful = False
-                result.reason = (
-                    f"budget_min_num_steps ({merged['budget_min_num_steps']}) must be <= "
-                    f"budget_max_num_steps ({merged['budget_max_num_steps']})"
-                )
+                result.reason = problem
                 return result
             self._pending.update(changes)
         return result
@@ -171,11 +190,11 @@ class ReconstructNode(Node):
         self._pipeline_config = configs.pipeline_config(p)
         if self.pipeline is not None:
             self.pipeline.config = self._pipeline_config
-        if any(name in changes for name in RELOAD_PARAMETERS):
-            self._reload = True
         self.get_logger().info(
             "applied " + ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items()))
         )
+        if any(name in changes for name in RELOAD_PARAMETERS):
+            self._request_model()
 
     # ----------------------------------------------------------------- inputs
     def _on_frame(self, frame: CameraFrame) -> None:
@@ -245,40 +264,61 @@ class ReconstructNode(Node):
         """The loaded backend with its identity and licence (None until loaded)."""
         return self._model
 
-    def _ensure_model(self) -> bool:
-        """Load (or reload) the backend if needed; False while there is none."""
-        if not self._reload:
-            return self.pipeline is not None
-        self._reload = False
+    def _request_model(self) -> None:
+        """Start loading the model the parameters name, beside the running one."""
         p = self.params
         if self._injected is not None:
-            if self.pipeline is not None:
-                self.get_logger().warning(
-                    "the backend was passed in by the caller: backend/checkpoint/device/"
-                    "precision changes are ignored"
-                )
-                return True
-            identity, licence = describe(self._injected, p["checkpoint"])
-            model = LoadedModel(self._injected, identity, licence, 0.0)
+            self.get_logger().warning(
+                "the backend was passed in by the caller: backend/checkpoint/device/"
+                "precision changes are ignored"
+            )
+            return
+        settings = ModelSettings(p["backend"], p["checkpoint"], p["device"], p["precision"])
+        if settings == self._model_settings:  # back to the running model's settings
+            if self._loader.loading is not None:
+                self.get_logger().info(f"keeping the running model; the load of "
+                                       f"{self._loader.loading} is dropped")
+            self._loader.discard()
+            self.problems.clear("model", "model_reload_failed")
+            return
+        what = "loading" if self._model is None else "loading (beside the running model)"
+        self.get_logger().info(f"{what}: {settings}")
+        self._loader.request(settings)
+
+    def _adopt_loaded_model(self) -> None:
+        """Swap in a model that finished loading, or report why it did not load (worker
+        thread, between cycles: a cycle always runs on one model)."""
+        outcome = self._loader.take() if self._loader is not None else None
+        if outcome is None:
+            return
+        if outcome.model is not None:
+            self.get_logger().info(
+                f"model loaded in {outcome.model.load_ms:.0f} ms: {outcome.model.identity}")
+            self._install_model(outcome.model, outcome.settings)
+            return
+        self._report_load_failure(outcome)
+
+    def _report_load_failure(self, outcome: LoadOutcome) -> None:
+        s = outcome.settings
+        retry = ("Set the checkpoint parameter (ros2 param set <node> checkpoint <Hub id | "
+                 "directory | file>) to retry")
+        failure = f"cannot load {s.backend} model from checkpoint '{s.checkpoint}': {outcome.error}"
+        if self._model is None:
+            message = f"{failure}. {retry}"
+            self.problems.report("model", "checkpoint", ERROR, message)
+            self.get_logger().error(message)
         else:
-            settings = ModelSettings(p["backend"], p["checkpoint"], p["device"], p["precision"])
-            self.get_logger().info(f"loading model: {settings}")
-            try:
-                model = load_backend(settings)
-            except Exception as exc:  # every loader failure keeps the node up
-                message = (
-                    f"cannot load {settings.backend} model from checkpoint "
-                    f"'{settings.checkpoint}': {exc}. Set the checkpoint parameter (ros2 param "
-                    "set <node> checkpoint <Hub id | directory | file>) to retry"
-                )
-                self.problems.report("model", "checkpoint", ERROR, message)
-                self.get_logger().error(message)
-                return self.pipeline is not None
-            self.get_logger().info(f"model loaded in {model.load_ms:.0f} ms: {model.identity}")
+            message = (f"{failure}. Still reconstructing with the running model "
+                       f"({self._model.identity}). {retry}")
+            self.problems.report("model", "model_reload_failed", WARN, message)
+            self.get_logger().warning(message)
+
+    def _install_model(self, model: LoadedModel, settings: ModelSettings | None = None) -> None:
+        """Make ``model`` the one cycles run on; a replaced model starts a new world."""
         self.problems.clear("model")
-        self._model = model
-        if self.pipeline is not None:  # a reloaded model starts a new world
+        if self.pipeline is not None:
             self.outputs.reset_trajectory()
+        self._model, self._model_settings = model, settings
         self.pipeline = ReconstructionPipeline(
             model.backend, self._pipeline_config, world=configs.world_config(self.params),
             metric_scale=self._metric_scale,
@@ -288,7 +328,6 @@ class ReconstructNode(Node):
         for event in events:
             self._report(event)
         self.k_policy.model.reset()
-        return True
 
     # ----------------------------------------------------------------- cycle
     def add_cycle_listener(self, listener: CycleListener) -> None:
@@ -296,21 +335,27 @@ class ReconstructNode(Node):
         self._listeners.append(listener)
 
     def _cycle(self) -> None:
-        """One wake-up of the worker: apply parameter changes, make sure there is a
-        model, then reconstruct the newest snapshot (or, lossless, every queued one)."""
-        self._apply_pending()
-        if not self._ensure_model():
-            return
-        if self.lossless:
-            self._drain_lossless()
-            return
-        now_ns = self.get_clock().now().nanoseconds
-        with self._lock:
-            snapshot, events = self.sync.poll(now_ns)
-        for event in events:
-            self._report(event)
-        if snapshot is not None:
-            self._reconstruct(snapshot)
+        """One wake-up of the worker: apply parameter changes, swap in a model that
+        finished loading, then reconstruct the newest snapshot (or, lossless, every queued
+        one). Every use of ROS objects holds the shutdown gate; inference does not."""
+        try:
+            with self._gate.entered():
+                self._apply_pending()
+                self._adopt_loaded_model()
+                if self.pipeline is None:
+                    return
+                if not self.lossless:
+                    now_ns = self.get_clock().now().nanoseconds
+                    with self._lock:
+                        snapshot, events = self.sync.poll(now_ns)
+                    for event in events:
+                        self._report(event)
+            if self.lossless:
+                self._drain_lossless()
+            elif snapshot is not None:
+                self._reconstruct(snapshot)
+        except GateClosedError:
+            pass  # shutting down: what this cycle made is not published
 
     def _drain_lossless(self) -> None:
         """Reconstruct queued snapshots in arrival order, acknowledging each image once
@@ -324,7 +369,8 @@ class ReconstructNode(Node):
                 if snapshot is not None:
                     self._reconstruct(snapshot)
             finally:  # a failed cycle is handled too: the player must not wait for it
-                self._consumed.publish(UInt64(data=count))
+                with self._gate.entered():
+                    self._consumed.publish(UInt64(data=count))
 
     def _reconstruct(self, snapshot) -> None:
         with self._lock:
@@ -333,6 +379,10 @@ class ReconstructNode(Node):
         known = [a for a in arrived if a is not None]
         sync_wait_ms = (start - max(known)) * 1e3 if known else 0.0
         cycle = run_cycle(snapshot, self.windows, self.k_policy, self.pipeline)
+        with self._gate.entered():
+            self._publish_cycle(cycle, start, sync_wait_ms)
+
+    def _publish_cycle(self, cycle, start: float, sync_wait_ms: float) -> None:
         window, decision, result = cycle.window, cycle.decision, cycle.result
         if decision.event is not None:
             self._report(decision.event)
@@ -386,8 +436,13 @@ class ReconstructNode(Node):
 
     def _on_cycle_error(self, exc: BaseException) -> None:
         message = f"cycle failed: {type(exc).__name__}: {exc}"
-        if self.problems.report("pipeline", "cycle_error", ERROR, message, PROBLEM_TTL_S):
-            self.get_logger().error(message)
+        try:
+            with self._gate.entered():
+                if self.problems.report("pipeline", "cycle_error", ERROR, message,
+                                        PROBLEM_TTL_S):
+                    self.get_logger().error(message)
+        except GateClosedError:
+            pass
 
     # ----------------------------------------------------------------- diagnostics
     def _diagnostics_tick(self) -> None:
@@ -425,6 +480,9 @@ class ReconstructNode(Node):
             values.update(diag.gpu_memory_values(model.backend.device))
         else:
             values["model"] = "not loaded"
+        loading = self._loader.loading if self._loader is not None else None
+        if loading is not None:
+            values["model_loading"] = f"{loading.backend} from checkpoint '{loading.checkpoint}'"
         statuses = [diag.status(
             f"{name}: pipeline", name, values,
             self.problems.active("pipeline") + self.problems.active("model"),
@@ -438,31 +496,59 @@ class ReconstructNode(Node):
         stamp = self.get_clock().now().nanoseconds
         self.outputs.diagnostics.publish(diag.diagnostic_array(stamp_from_ns(stamp), statuses))
 
+    def stop(self, timeout: float) -> bool:
+        """Stop publishing now and the cycles within ``timeout`` seconds; True when no
+        cycle or model load is still running (one inside a long PyTorch call is left
+        behind, publishing nothing)."""
+        self._gate.close()
+        if self.worker is None:
+            return True
+        self.worker.stop(timeout)
+        loading = self._loader is not None and self._loader.loading is not None
+        return not (self.worker.running or loading)
+
     def destroy_node(self) -> None:
-        self.worker.stop()
+        if self._gate.is_open:  # in-process use: let the running cycle finish
+            self.stop(timeout=10.0)
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console entry point ``reconstruct_node``."""
+def main(args: list[str] | None = None) -> int:
+    """Console entry point ``reconstruct_node``: 0 after SIGINT/SIGTERM (or the end of the
+    launching process), 2 when a parameter is refused at start (one line, no traceback)."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args)
-    node = None
+    from dvlt_ros.node_support.lifecycle import exit_now, exit_with_parent, stop_on_signals
+
+    exit_with_parent()
+    # The node handles the signals itself: rclpy's handlers would invalidate the context
+    # while a cycle may still publish.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop_requested = stop_on_signals()
     try:
         node = ReconstructNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    except ParameterError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(
+            f"{exc}. Fix it in the parameters file or the -p override (parameters: "
+            "docs/node.md)")
+        rclpy.shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    while not stop_requested.is_set() and rclpy.ok():
+        executor.spin_once(timeout_sec=0.1)
+    finished = node.stop(SHUTDOWN_GRACE_S)
+    if not finished:
+        node.get_logger().info("stopping without waiting for the running cycle or model load")
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown()
+    if not finished:
+        exit_now(0)  # a thread inside PyTorch must not meet interpreter finalisation
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dvlt_core.backends.base import StageTimings
+from dvlt_core.model.config import DEFAULT_NUM_STEPS
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 
 K_LIMITS = (1, 64)
@@ -85,9 +86,9 @@ class KPolicyConfig:
     """``num_steps`` is K in ``fixed`` mode; ``budget`` mode picks K in [k_min, k_max]."""
 
     mode: str = "fixed"
-    num_steps: int = 12
+    num_steps: int = DEFAULT_NUM_STEPS
     k_min: int = 1
-    k_max: int = 16
+    k_max: int = DEFAULT_NUM_STEPS
     latency_budget_ms: float = 500.0
     smoothing: float = 0.3
 

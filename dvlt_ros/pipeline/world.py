@@ -139,7 +139,8 @@ class WorldAligner:
                 "no_shared_views",
                 Level.WARN,
                 "this window shares no view with earlier ones: the previous placement is held "
-                "and the world may jump (use max_timesteps >= 2 so windows overlap)",
+                "and the world may jump (set the parameter window_timesteps >= 2 so that "
+                "windows overlap)",
                 stamp_ns=window.stamp_ns,
             )
             return Placement(previous.world_from_window, (), "held", metric, (event,))

@@ -121,6 +121,8 @@ def test_windows_without_shared_views_hold_the_placement(
     assert second.scale_source == "held" and second.shared == ()
     assert second.world_from_window is first.world_from_window
     assert [e.code for e in second.events] == ["no_shared_views"]
+    # The advice names the node's (and dvlt-ros process's) parameter.
+    assert "window_timesteps >= 2" in second.events[0].message
 
 
 def test_sim3_algebra():

@@ -6,8 +6,13 @@ Everything runs over real DDS (loopback, the session's claimed domain).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections import defaultdict
+from pathlib import Path as FilePath
 
 import numpy as np
 import rclpy
@@ -230,3 +235,59 @@ def save_small_checkpoint(directory, reference_dir, img_size: int = 56):
     model = DVLTModel(**DVLTConfig.from_kwargs(config).to_dict())
     load_deterministic_weights(model, 0)
     return save_checkpoint(model, directory)
+
+
+def node_command() -> list[str]:
+    """The installed ``reconstruct_node`` console script (where ``ros2 run`` finds it, or
+    on PATH); before the package is installed, the same entry point through ``-m``."""
+    for candidate in (FilePath(sys.prefix) / "lib" / "dvlt_ros" / "reconstruct_node",
+                      shutil.which("reconstruct_node")):
+        if candidate and FilePath(candidate).is_file():
+            return [str(candidate)]
+    return [sys.executable, "-m", "dvlt_ros.nodes.reconstruct_node"]
+
+
+class NodeProcess:
+    """reconstruct_node as its own process (inheriting the tests' ROS isolation), with
+    its output (stdout and stderr together) collected line by line."""
+
+    def __init__(self, ros_args: list[str]) -> None:
+        self.proc = subprocess.Popen([*node_command(), "--ros-args", *ros_args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, graph: RosGraph | None = None, timeout: float = 120.0) -> bool:
+        """Wait (spinning ``graph``) until a line holds ``text``; False on timeout or exit."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(text in line for line in self.lines):
+                return True
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                return any(text in line for line in self.lines)
+            if graph is None:
+                time.sleep(0.05)
+            else:
+                graph.spin_for(0.05)
+        return False
+
+    def finish(self, timeout: float) -> int | None:
+        """The exit status within ``timeout`` seconds, or None (the process is then killed)."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            code = None
+        self._reader.join(5)
+        return code

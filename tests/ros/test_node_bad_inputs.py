@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import warnings
 
 import numpy as np
@@ -14,6 +15,7 @@ from node_harness import (
     RigPublisher,
     RosGraph,
     level,
+    node_command,
     stamp_of,
     status_values,
     wait_cycle,
@@ -336,3 +338,28 @@ def test_compressed_bombs_are_refused_and_large_jpegs_reduced(compressed, rig, b
     assert (info.width, info.height) == (112, 84)
     np.testing.assert_allclose(np.reshape(info.k, (3, 3)), cam.k, atol=1e-9)
     assert node.sync.stats()[cam0].rejected == 1 and node.sync.stats()[cam1].rejected == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters at start (the node as its own process, like `ros2 run`): a value the node
+# cannot start with ends it with exit status 2 and one line naming the parameter and the
+# reason; no traceback.
+
+@pytest.mark.parametrize(("override", "reason"), [
+    ("num_steps:=0", "parameter num_steps: Parameter num_steps out of range. Min: 1, Max: 64"),
+    ("num_steps:=abc", "parameter num_steps: Trying to set parameter 'num_steps' to 'abc'"),
+    ("precision:=int8", "precision must be one of fp32, bf16, fp16, got 'int8'"),
+    # An empty checkpoint would mean "the default", a download of nvidia/dvlt: refused.
+    ("checkpoint:=''", "parameter checkpoint: checkpoint must not be empty"),
+    ("budget_min_num_steps:=20",
+     "budget_min_num_steps (20) must be <= budget_max_num_steps (16)"),
+    ("cameras:=['cam 0']", "camera namespace 'cam 0' is not a valid ROS name"),
+])
+def test_invalid_parameter_at_start_ends_the_node_with_one_line(override, reason):
+    result = subprocess.run([*node_command(), "--ros-args", "-p", override],
+                            capture_output=True, text=True, timeout=120)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 2, lines
+    assert len(lines) == 1, lines
+    assert "[FATAL]" in lines[0] and reason in lines[0], lines[0]
+    assert "Fix it in the parameters file or the -p override" in lines[0]

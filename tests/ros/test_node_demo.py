@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from node_harness import save_small_checkpoint
 
+from dvlt_core.model import DEFAULT_NUM_STEPS
 from dvlt_core.synthetic import default_rig
 from dvlt_ros.cli.main import main
 
@@ -31,7 +32,7 @@ def test_demo_with_ground_truth_writes_exact_outputs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "cycle       K       S" in printed and "in metres" in printed
     rows = list(csv.DictReader((out / "cycles.csv").read_text().splitlines()))
-    assert [int(r["num_steps"]) for r in rows] == [12, 12, 12]
+    assert [int(r["num_steps"]) for r in rows] == [DEFAULT_NUM_STEPS] * 3
     assert [int(r["num_views"]) for r in rows] == [2, 4, 4]
     for stage in ("sync_wait_ms", "preprocess_ms", "inference_ms", "pose_fit_ms", "publish_ms"):
         assert all(float(r[stage]) >= 0 for r in rows)

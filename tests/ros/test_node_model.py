@@ -1,13 +1,14 @@
 """reconstruct_node with the real DVLT model (ViT-S, deterministic weights, tiny images)
 over real DDS: the whole pipeline runs, a failed checkpoint load keeps the node up and is
-retried when the parameter changes, and budget mode picks K from measured timings."""
+retried when the parameter changes, a reload runs beside the running model, and budget
+mode picks K from measured timings."""
 
 from __future__ import annotations
 
-import shutil
+import http.server
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from node_harness import (
     RigPublisher,
     RosGraph,
     level,
+    node_command,
     save_small_checkpoint,
     stamp_of,
     status_values,
@@ -78,6 +80,108 @@ def test_checkpoint_failure_then_reload_runs_the_model(graph, rig, checkpoint, t
     assert level(status) < 2  # the load error is cleared
 
 
+class _HeldCheckpointServer(http.server.ThreadingHTTPServer):
+    """Serves a checkpoint folder over local http; the weights' body waits for ``release``,
+    so a load from it takes as long as the test wants (a slow download, for real)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _HeldCheckpointHandler)
+        self.folder = folder
+        self.weights_requested = threading.Event()
+        self.release = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/ckpt/"
+
+
+class _HeldCheckpointHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        file = self.server.folder / self.path.removeprefix("/ckpt/")
+        if not self.path.startswith("/ckpt/") or not file.is_file():
+            self.send_error(404)
+            return
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if file.suffix == ".safetensors":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.server.weights_requested.set()
+            self.server.release.wait(60)
+            self.wfile.write(data[len(data) // 2:])
+        else:
+            self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def held_checkpoint(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVLT_CACHE_DIR", str(tmp_path / "cache"))
+    server = _HeldCheckpointServer(checkpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_reload_runs_beside_the_running_model(graph, rig, checkpoint, held_checkpoint, tmp_path):
+    """A checkpoint change loads the new model while cycles go on with the old one; the
+    new one takes over once loaded. A failed reload keeps the running model with a WARN;
+    an empty checkpoint is refused."""
+    node = graph.reconstruct_node(cameras=rig.names, rate=10.0, input_qos="reliable",
+                                  checkpoint=str(checkpoint), device="cpu", num_steps=1,
+                                  window_timesteps=1, camera_timeout=1e4)
+    publisher = RigPublisher(graph, rig)
+    collector = OutputCollector(graph, rig.names)
+    publisher.wait_connected()
+    assert graph.spin_until(lambda: node.pipeline is not None, 60)
+    times = iter(0.1 * i for i in range(100))
+
+    def cycle():
+        # Well within the 30 s read timeout of the held download: a node that loads in
+        # its cycle thread would still be stuck in the download.
+        return wait_cycle(graph, node, publisher.publish(next(times)), timeout=20)
+
+    cycle()
+    old = node.model
+    node.set_parameters([Parameter("checkpoint", value=held_checkpoint.url)])
+    assert graph.spin_until(held_checkpoint.weights_requested.is_set, 60)
+    # The new weights are on their way: the running model keeps reconstructing.
+    for _ in range(2):
+        cycle()
+        assert node.model is old
+    status = collector.wait_status(": pipeline", lambda s: "model_loading" in status_values(s))
+    assert status is not None and held_checkpoint.url in status_values(status)["model_loading"]
+
+    held_checkpoint.release.set()
+    assert graph.spin_until(lambda: node.model is not old, 60)
+    assert held_checkpoint.url in node.model.identity
+    report = cycle()
+    assert report.epoch == 0 and report.num_views == 2
+
+    # A reload that fails keeps the running model: WARN in the log and diagnostics.
+    running = node.model
+    missing = tmp_path / "no_such_checkpoint"
+    node.set_parameters([Parameter("checkpoint", value=str(missing))])
+    status = collector.wait_status(
+        ": pipeline", lambda s: any(kv.key == "problem: model_reload_failed" for kv in s.values))
+    assert status is not None and level(status) == 1
+    assert str(missing) in status.message and "still reconstructing" in status.message.lower()
+    cycle()
+    assert node.model is running
+
+    (refused,) = node.set_parameters([Parameter("checkpoint", value="")])
+    assert not refused.successful and "checkpoint must not be empty" in refused.reason
+    assert node.get_parameter("checkpoint").value == str(missing)
+
+
 def test_budget_mode_adapts_k_to_measured_latency(graph, rig, checkpoint):
     """Budget mode: K starts at the minimum (nothing measured), goes to the largest K
     that fits a loose budget, drops to the minimum with an over-budget WARN when the
@@ -109,22 +213,12 @@ def test_budget_mode_adapts_k_to_measured_latency(graph, rig, checkpoint):
     assert next_k() == 6
 
 
-def _node_command() -> list[str]:
-    """The installed ``reconstruct_node`` console script (where ``ros2 run`` finds it, or
-    on PATH); before the package is installed, the same entry point through ``-m``."""
-    for candidate in (Path(sys.prefix) / "lib" / "dvlt_ros" / "reconstruct_node",
-                      shutil.which("reconstruct_node")):
-        if candidate and Path(candidate).is_file():
-            return [str(candidate)]
-    return [sys.executable, "-m", "dvlt_ros.nodes.reconstruct_node"]
-
-
 def test_console_script_with_the_parameters_file(graph, rig, checkpoint):
     """The node as its own process, started like `ros2 run` with config/reconstruct.yaml
     plus overrides, reconstructs topics published from this process and exits cleanly."""
     cameras = ",".join(rig.names)
     command = [
-        *_node_command(), "--ros-args", "--params-file", str(REPO / "config" / "reconstruct.yaml"),
+        *node_command(), "--ros-args", "--params-file", str(REPO / "config" / "reconstruct.yaml"),
         "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", f"cameras:=[{cameras}]",
         "-p", "input_qos:=reliable", "-p", "rate:=5.0", "-p", "num_steps:=1",
         "-p", "window_timesteps:=1",

@@ -1,16 +1,25 @@
 """reconstruct_node at run time over real DDS (ground-truth backend): K changed through
 the parameter service, parameter validation, bounded memory under overload, and the
-lossless replay mode."""
+lossless replay mode. Then the node as its own process (real ViT-S model): how it ends on
+SIGINT/SIGTERM during a long cycle and when its launcher dies."""
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from node_harness import (
+    NodeProcess,
     OutputCollector,
     RigPublisher,
     RosGraph,
+    node_command,
+    save_small_checkpoint,
     stamp_of,
     status_values,
     wait_cycle,
@@ -164,3 +173,99 @@ def test_no_acknowledgement_topic_without_lossless(graph, rig, backend):
     probe = graph.create_node("probe")
     graph.spin_for(0.5)
     assert probe.count_publishers("/reconstruct_node/consumed") == 0
+
+
+# ---------------------------------------------------------------------------------------
+# The node as its own process: it ends cleanly, soon, whatever its cycle is doing.
+
+LONG_IMG = 224
+# What must never appear when the node ends: a traceback, C++ aborting a thread at
+# interpreter exit, publishing into a shut-down context, any ERROR.
+UNCLEAN = ("Traceback", "terminate called", "context is invalid", "[ERROR]")
+
+
+@pytest.fixture(scope="module")
+def long_checkpoint(tmp_path_factory, reference_dir):
+    return save_small_checkpoint(tmp_path_factory.mktemp("ckpt224"), reference_dir, LONG_IMG)
+
+
+def _node_args(checkpoint, cameras, **params) -> list[str]:
+    values = {"checkpoint": str(checkpoint), "device": "cpu", "input_qos": "reliable",
+              "cameras": "[" + ",".join(cameras) + "]", "camera_timeout": 1e4, **params}
+    return [arg for k, v in values.items() for arg in ("-p", f"{k}:={v}")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_a_long_cycle_ends_the_node_cleanly(graph, long_checkpoint, sig):
+    """Ctrl-C (or launch's SIGTERM) while the model runs a cycle of 4 views x 64 loop
+    steps (tens of seconds on a CPU): the node stops publishing, leaves the cycle behind
+    after its grace period and exits 0 with nothing unclean in its output."""
+    rig = default_rig(width=LONG_IMG, height=168, num_cameras=4)
+    node = NodeProcess(_node_args(long_checkpoint, rig.names, num_steps=64, rate=10.0,
+                                  window_timesteps=1, diagnostics_period=0.2))
+    try:
+        assert node.wait_for("model loaded", graph), node.output
+        publisher = RigPublisher(graph, rig)
+        collector = OutputCollector(graph, rig.names)
+        publisher.wait_connected(timeout=60)
+        publisher.publish(0.0)
+        # The cycle took the snapshot (the camera's frame is "used") and is running.
+        assert collector.wait_status(f"camera {rig.names[0]}",
+                                     lambda s: status_values(s)["used"] == "1", 60)
+        node.proc.send_signal(sig)
+        # Far less than the cycle would take: the node does not wait for it.
+        code = node.finish(timeout=15)
+    finally:
+        if node.proc.poll() is None:
+            node.finish(timeout=0)
+    assert code == 0, node.output
+    assert "cycle 1:" not in node.output
+    assert "stopping without waiting for the running cycle" in node.output
+    for text in UNCLEAN:
+        assert text not in node.output, node.output
+
+
+_LAUNCHER = """
+import subprocess, sys
+child = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.STDOUT)
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie that no one reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_node_ends_with_its_launcher(long_checkpoint, tmp_path):
+    """`ros2 launch` killed (or crashing): the node it started does not live on."""
+    log = tmp_path / "node.log"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(log), *node_command(), "--ros-args",
+         *_node_args(long_checkpoint, ["cam0"])],
+        stdout=subprocess.PIPE, text=True)
+    node_pid = int(launcher.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while "model loaded" not in log.read_text() and time.monotonic() < deadline:
+            assert not _gone(node_pid), log.read_text()
+            time.sleep(0.1)
+        assert "model loaded" in log.read_text()
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 15
+        while not _gone(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(node_pid), "the node outlived its launcher"
+    finally:
+        if not _gone(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
+    output = log.read_text()
+    for text in UNCLEAN:
+        assert text not in output, output

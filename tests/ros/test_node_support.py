@@ -1,5 +1,5 @@
-"""The node's building blocks without DDS: problem board, cycle worker, diagnostics
-statuses, and the CameraInfo, frusta and path conversions."""
+"""The node's building blocks without DDS: problem board, cycle worker, model loader,
+shutdown gate, diagnostics statuses, and the CameraInfo, frusta and path conversions."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from dvlt_ros.conversions.path import path_message
 from dvlt_ros.conversions.transforms import ns_from_stamp
 from dvlt_ros.node_support.diagnostics import status
 from dvlt_ros.node_support.health import ERROR, OK, WARN, ProblemBoard
+from dvlt_ros.node_support.lifecycle import GateClosedError, ShutdownGate
+from dvlt_ros.node_support.model import LoadedModel, ModelLoader, ModelSettings
 from dvlt_ros.node_support.worker import CycleWorker
 
 
@@ -64,6 +66,91 @@ def test_cycle_worker_coalesces_wakeups_and_survives_errors():
     finally:
         worker.stop()
     assert worker.stopping  # long cycles (lossless draining) check it to end early
+
+
+def _settings(checkpoint: str) -> ModelSettings:
+    return ModelSettings("torch", checkpoint, "cpu", "fp32")
+
+
+class _GatedLoads:
+    """A load function (the loader's boundary) that finishes each load when told to."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.gates: dict[str, threading.Event] = {}
+
+    def __call__(self, settings: ModelSettings) -> LoadedModel:
+        self.started.append(settings.checkpoint)
+        self.gates.setdefault(settings.checkpoint, threading.Event()).wait(10)
+        if settings.checkpoint == "bad":
+            raise OSError("no such file")
+        return LoadedModel(None, settings.checkpoint, "", 0.0)
+
+    def finish(self, checkpoint: str) -> None:
+        self.gates.setdefault(checkpoint, threading.Event()).set()
+
+
+def _wait(condition) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("timed out")
+
+
+def test_model_loader_one_load_at_a_time_newest_wins():
+    loads, done = _GatedLoads(), threading.Semaphore(0)
+    loader = ModelLoader(on_done=done.release, load=loads)
+    loader.request(_settings("a"))
+    _wait(lambda: loads.started == ["a"])
+    assert loader.loading == _settings("a") and loader.take() is None
+    loader.request(_settings("b"))  # while "a" loads: queued ...
+    loader.request(_settings("c"))  # ... and replaced by the newest
+    assert loader.loading == _settings("c")
+    loads.finish("a")  # "a" is no longer wanted: dropped, "c" starts
+    _wait(lambda: loads.started == ["a", "c"])
+    loads.finish("c")
+    assert done.acquire(timeout=10)
+    outcome = loader.take()
+    assert outcome.settings == _settings("c") and outcome.model.identity == "c"
+    assert loader.take() is None and loader.loading is None
+
+    loader.request(_settings("bad"))
+    loads.finish("bad")
+    assert done.acquire(timeout=10)
+    failed = loader.take()
+    assert failed.model is None and failed.error == "no such file"
+
+    loader.request(_settings("d"))
+    _wait(lambda: loads.started[-1] == "d")
+    loader.discard()  # back to the running model: nothing of "d" is wanted
+    assert loader.loading == _settings("d")  # still running, ...
+    loads.finish("d")
+    _wait(lambda: loader.loading is None)
+    assert loader.take() is None  # ... and dropped
+
+
+def test_shutdown_gate_waits_for_its_holder_then_stays_closed():
+    gate, inside, leave = ShutdownGate(), threading.Event(), threading.Event()
+
+    def hold():
+        with gate.entered():
+            inside.set()
+            leave.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=gate.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # close() waits while a thread uses the ROS objects
+    leave.set()
+    closer.join(5)
+    holder.join(5)
+    assert not gate.is_open
+    with pytest.raises(GateClosedError), gate.entered():
+        pass
 
 
 def test_status_takes_the_worst_problem():

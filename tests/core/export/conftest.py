@@ -15,6 +15,7 @@ from dvlt_core.io.checkpoint import save_checkpoint
 from dvlt_core.model import DVLTModel
 from dvlt_core.testing import load_deterministic_weights
 
+EXPORT_EXTRA = ("onnx", "onnxruntime")
 HEIGHT, WIDTH = 56, 70
 VIEWS = "1:2:4"
 
@@ -31,6 +32,8 @@ class SmallExport:
 @pytest.fixture(scope="session")
 def small_export(reference_dir, tmp_path_factory) -> SmallExport:
     """``dvlt-export --onnx-only`` of the ViT-S case config (deterministic weights, seed 0)."""
+    for name in EXPORT_EXTRA:  # without the export extra, the tests using it are skipped
+        pytest.importorskip(name, reason=f"needs {name}: pip install -e '.[export]'")
     from dvlt_core.export.cli import main
 
     with np.load(reference_dir / "case_small_public.npz") as case:

@@ -1,12 +1,15 @@
 """Mixed-precision graphs for strongly typed TensorRT: typing rules, validity and numerics."""
 
+# ruff: noqa: E402 (the imports below need the export extra, skipped without it)
 from __future__ import annotations
 
-import ml_dtypes
-import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
+
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="needs the export extra (onnx>=1.19)")
+onnx = pytest.importorskip("onnx", reason="needs onnx: pip install -e '.[export]'")
+ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install -e '.[export]'")
+
+import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 

@@ -1,13 +1,16 @@
 """ONNX export: the three graphs, their checks, and ONNX Runtime (CPU) against PyTorch."""
 
+# ruff: noqa: E402 (the imports below need the export extra, skipped without it)
 from __future__ import annotations
+
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="needs onnx: pip install -e '.[export]'")
+ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install -e '.[export]'")
 
 import json
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-import pytest
 import torch
 
 from dvlt_core.backends import InferenceBackend, create_backend
