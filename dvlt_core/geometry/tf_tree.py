@@ -124,9 +124,11 @@ class TfTree:
         """Every frame the tree knows, children and roots."""
         return set(self._edges) | {edge.parent for edge in self._edges.values()}
 
-    def clear(self) -> None:
-        """Forget every transform (e.g. after a time jump)."""
-        self._edges.clear()
+    def clear(self, keep_static: bool = False) -> None:
+        """Forget every transform, or only the time-stamped ones (a time jump back: static
+        edges hold for all time, as tf2 keeps them)."""
+        self._edges = {child: edge for child, edge in self._edges.items()
+                       if keep_static and edge.static is not None}
 
     def set_transform(self, parent: str, child: str, parent_from_child: np.ndarray,
                       stamp_ns: int | None = None) -> None:

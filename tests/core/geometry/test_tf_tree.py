@@ -111,3 +111,11 @@ def test_slerp_follows_the_shorter_arc():
     np.testing.assert_allclose(slerp(q0, -q1, 0.5), slerp(q0, q1, 0.5), atol=1e-12)
     q_near = rotation_to_quaternion(_yaw(1e-4)[:3, :3])
     np.testing.assert_allclose(np.linalg.norm(slerp(q0, q_near, 0.3)), 1.0, atol=1e-15)
+
+
+def test_clear_can_keep_the_static_edges(tree):
+    tree.clear(keep_static=True)
+    assert tree.frames == {"base_link", "cam_optical"}
+    np.testing.assert_allclose(tree.lookup("base_link", "cam_optical", 7), _yaw(0.0, (0.5, 0, 0.2)))
+    with pytest.raises(FrameNotFoundError):
+        tree.lookup("odom", "cam_optical", 0)
