@@ -218,33 +218,17 @@ class ReconstructionSession:
         self.k_policy.observe(len(window), result.backend_timings,
                               result.timings.post_ms + publish_ms)
         self.cycles += 1
-        t, b = result.timings, result.backend_timings
-        drops = sum(s.dropped for s in self.camera_stats().values())
+        b = result.backend_timings
+        stages = {**result.timings.as_dict(), "publish_ms": publish_ms, "total_ms": total_ms}
         report = CycleReport(
-            cycle=self.cycles,
-            stamp_ns=result.stamp_ns,
-            epoch=result.epoch,
-            num_steps=result.num_steps,
-            num_steps_mode=decision.mode,
-            predicted_ms=decision.predicted_ms,
-            num_views=result.num_views,
-            num_cameras=len(window.newest),
-            num_timesteps=max(window.timesteps) + 1,
-            points=points,
-            units=result.units,
-            sync_wait_ms=cycle.sync_wait_ms,
-            preprocess_ms=t.preprocess_ms,
-            inference_ms=t.inference_ms,
-            pose_fit_ms=t.pose_fit_ms,
-            world_ms=t.world_ms,
-            products_ms=t.products_ms,
-            publish_ms=publish_ms,
-            total_ms=total_ms,
-            encode_ms=b.encode_ms,
+            cycle=self.cycles, stamp_ns=result.stamp_ns, epoch=result.epoch,
+            num_steps=result.num_steps, num_steps_mode=decision.mode,
+            predicted_ms=decision.predicted_ms, num_views=result.num_views,
+            num_cameras=len(window.newest), num_timesteps=max(window.timesteps) + 1,
+            points=points, units=result.units, sync_wait_ms=cycle.sync_wait_ms, **stages,
+            encode_ms=b.encode_ms, decode_ms=b.decode_ms,
             step_ms=sum(b.step_ms) / len(b.step_ms) if b.step_ms else 0.0,
-            decode_ms=b.decode_ms,
-            drops=drops,
-            overruns=overruns,
+            drops=sum(s.dropped for s in self.camera_stats().values()), overruns=overruns,
         )
         self.last_report = report
         return report
