@@ -183,3 +183,15 @@ def test_fused_cloud_is_fed_every_cycle(pipeline_rig, pipeline_gt_backend):
     bounded = FusedCloud(0.05, max_points=500)
     _run(_session(pipeline_rig, pipeline_gt_backend, fused=bounded), pipeline_rig, RIG_TIMES)
     assert 0 < len(bounded) <= 500
+
+
+def test_session_and_settings_import_no_ros():
+    import subprocess
+    import sys
+
+    code = ("import sys, dvlt_ros.pipeline.session, dvlt_ros.pipeline.settings; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('rclpy', 'rcl_interfaces', 'std_msgs', 'sensor_msgs')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
