@@ -28,7 +28,7 @@ import torch
 
 from dvlt_core.backends import InferenceBackend, TorchBackend
 from dvlt_core.export import ViewRange, check_backend, export_onnx
-from dvlt_core.model import DVLTModel
+from dvlt_core.model import PRECISIONS, DVLTModel
 from dvlt_core.testing import load_deterministic_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default=None,
                         help="comma-separated subset of torch,onnxruntime,tensorrt (default: "
                         "torch,onnxruntime on CPU; torch,tensorrt on CUDA)")
-    parser.add_argument("--torch-precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--trt-precision", default="fp16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--torch-precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--trt-precision", default="fp16", choices=PRECISIONS)
     parser.add_argument("--export-dir", type=Path, default=None)
     parser.add_argument("--gate", action="store_true", help="run the TensorRT parity gate")
     return parser.parse_args()

@@ -35,8 +35,8 @@ from dvlt_ros.bags.sample import (
     ground_truth_backend,
     write_sample_bag,
 )
-from dvlt_ros.bags.settings import load_parameters
 from dvlt_ros.bags.source import BagSource
+from dvlt_ros.pipeline.settings import load_parameters
 
 IMG_SIZE = 112
 

@@ -24,8 +24,8 @@ from dvlt_core.backends.base import BackendOutput, StageTimings, register_backen
 from dvlt_core.backends.exported import ExportedGraphsBackend, export_folder
 from dvlt_core.export.manifest import GraphFile, load_manifest
 from dvlt_core.export.stages import ENCODER_OUTPUTS, STEP_OUTPUTS
+from dvlt_core.model.precision import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 EXECUTION_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",

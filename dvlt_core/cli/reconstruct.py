@@ -30,6 +30,7 @@ from dvlt_core.io.writers import (
     write_ply,
     write_tum,
 )
+from dvlt_core.model.precision import PRECISIONS
 from dvlt_core.result import RESOLUTIONS, Reconstruction
 
 EXIT_USAGE = 2
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-steps", type=int, default=None, help="loop steps K (default: the model's)"
     )
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--pose-mode", default="robust", choices=POSE_MODES)
     parser.add_argument("--pose-weights", default="uniform", choices=POSE_WEIGHTS)
     parser.add_argument(

@@ -18,6 +18,7 @@ from dvlt_core.backends import available_backends, create_backend
 from dvlt_core.eval.datasets import BENCHMARKS, DATASETS, SyntheticEvalDataset, build_dataset
 from dvlt_core.eval.runner import results_table, run_benchmark, write_report
 from dvlt_core.io.checkpoint import CheckpointError
+from dvlt_core.model.precision import PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(default $DVLT_CHECKPOINT or nvidia/dvlt)")
     parser.add_argument("--backend", default="torch", help="inference backend (torch, ...)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--num-steps", type=int, help="loop steps K (default: the model's)")
     parser.add_argument("--img-size", type=int, default=504, help="benchmark image width")
     parser.add_argument("--pose-mode", default="upstream", choices=["upstream", "robust"])

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from dvlt_core.atomic import write_atomic
+from dvlt_core.model.precision import PRECISIONS
 
 ENGINE_SCHEMA = "dvlt-tensorrt-engine"
 ENGINE_SCHEMA_VERSION = 1
-ENGINE_PRECISIONS = ("fp16", "bf16", "fp32")
+ENGINE_PRECISIONS = PRECISIONS  # an engine is built at any precision the model runs at
 MISMATCH_POLICIES = ("rebuild", "refuse")
 _LAYER_POLICY = re.compile(r"^(float32|typed-v\d+(-fp32-softmax)?)$")
 _GRAPH_NAME = re.compile(r"^(encoder|decoder|step(_block\d{2})?)$")

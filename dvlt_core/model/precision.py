@@ -12,7 +12,9 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-PRECISIONS: dict[str, torch.dtype | None] = {
+#: The precisions every part of the project accepts, in one spelling.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
@@ -23,7 +25,7 @@ def autocast_for(precision: str, device_type: str) -> contextlib.AbstractContext
     """Autocast context for ``precision`` on ``device_type`` (a no-op for ``"fp32"``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
+    dtype = _AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)

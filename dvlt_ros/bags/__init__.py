@@ -7,9 +7,9 @@ Nothing here needs rosbag2 (``rosbags`` reads and writes sqlite3 and mcap bags).
 * :mod:`~dvlt_ros.bags.player`: ``dvlt-ros replay`` (``/clock``, rate, topics, remap,
   loop, start offset, latched ``/tf_static``, lossless handshake of
   :mod:`~dvlt_ros.bags.handshake`).
-* :mod:`~dvlt_ros.bags.processor`: ``dvlt-ros process`` (the node's pipeline on every rig
-  snapshot, outputs written atomically); :mod:`~dvlt_ros.bags.session` is its lossless
-  cycle, :mod:`~dvlt_ros.bags.evaluation` scores trajectories (ATE/RPE after Sim(3)).
+* :mod:`~dvlt_ros.bags.processor`: ``dvlt-ros process`` (the node's session,
+  :mod:`dvlt_ros.pipeline.session`, on every rig snapshot, outputs written atomically);
+  :mod:`~dvlt_ros.bags.evaluation` scores trajectories (ATE/RPE after Sim(3)).
 * :mod:`~dvlt_ros.bags.sample`: ``dvlt-ros sample-bag``, a synthetic multi-camera bag with
   ground truth.
 

@@ -1,15 +1,16 @@
 """``dvlt-ros process``: a rosbag2 in, reconstruction outputs out, without DDS.
 
 The bag's camera messages are decoded like the node's subscriptions do
-(:mod:`dvlt_ros.bags.decode`) and fed, in log-time order, to a
-:class:`~dvlt_ros.bags.session.LosslessSession` (the node's synchroniser, window selector,
-K policy and pipeline, reconstructing every snapshot). Each cycle's products are written
-by the node's own :class:`~dvlt_ros.node_support.outputs.OutputPublishers` into an mcap bag
-(through :class:`~dvlt_ros.bags.writer.RecordingNode`), at the source stamps. At the end:
-a fused ``.ply``, one TUM trajectory per camera, an optional evaluation, and
-``summary.json``. Output files appear atomically (:class:`~dvlt_ros.bags.outputs.StagedOutput`);
-an interruption (``stop()``, e.g. on SIGINT) or a damaged bag ends the run early, and what
-was reconstructed until then is finalised and kept.
+(:mod:`dvlt_ros.bags.decode`) and fed, in log-time order, to the node's
+:class:`~dvlt_ros.pipeline.session.ReconstructionSession`, driven as the node drives it in
+lossless mode (every snapshot reconstructed). Each cycle's products and diagnostics are
+written by the node's own :class:`~dvlt_ros.node_support.outputs.OutputPublishers` and
+diagnostics builder into an mcap bag (through :class:`~dvlt_ros.bags.writer.RecordingNode`),
+at the source stamps. At the end: the session's fused cloud as ``.ply``, its trajectories
+as one TUM file per camera, an optional evaluation, and ``summary.json``. Output files
+appear atomically (:class:`~dvlt_ros.bags.outputs.StagedOutput`); an interruption
+(``stop()``, e.g. on SIGINT) or a damaged bag ends the run early, and what was
+reconstructed until then is finalised and kept.
 """
 
 from __future__ import annotations
@@ -32,18 +33,18 @@ from dvlt_ros.bags.decode import CameraTopics, FrameDecoder, camera_topics
 from dvlt_ros.bags.evaluation import Evaluation, evaluate, read_tum, tum_lookup
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.msgtypes import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, TF_MESSAGE
-from dvlt_ros.bags.outputs import FusedCloud, StagedOutput, Trajectories, epoch_suffix
-from dvlt_ros.bags.session import Cycle, LosslessSession
-from dvlt_ros.bags.settings import NODE_NAME
+from dvlt_ros.bags.outputs import StagedOutput
 from dvlt_ros.bags.source import BagSource
 from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
 from dvlt_ros.conversions.transforms import stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
-from dvlt_ros.node_support.health import Problem
+from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
-from dvlt_ros.pipeline.products import build_cloud
+from dvlt_ros.pipeline.accumulate import FusedCloud, epoch_suffix
+from dvlt_ros.pipeline.session import Cycle, ReconstructionSession
+from dvlt_ros.pipeline.settings import NODE_NAME
 
 OUTPUT_BAG = "reconstruction"
 SUMMARY = "summary.json"
@@ -114,8 +115,12 @@ class BagProcessor:
         self._progress = progress
         self.topics = self._check_topics()
         self._image_topics = {t.camera: t.image for t in self.topics}
-        self.session = LosslessSession(backend, self.params, metric_scale=metric_scale,
-                                       on_accept=self._on_accept)
+        self.session = ReconstructionSession(
+            self.params, metric_scale=metric_scale, keep_all_poses=True,
+            fused=FusedCloud(self.options.fuse_voxel, self.options.fuse_max_points),
+            on_accept=self._on_accept)
+        self.fused, self.trajectories = self.session.fused, self.session.trajectories
+        self._backend = backend
         self.decoder = FrameDecoder(bool(self.params["use_input_camera_info"]),
                                     int(self.params["max_pixels"]))
         self.monitor = StreamMonitor(self.issues,
@@ -124,8 +129,6 @@ class BagProcessor:
         self.output = StagedOutput(out_dir, overwrite=self.options.overwrite)
         self._stop_requested = False
         self.stats = _Stats()
-        self.fused = FusedCloud(self.options.fuse_voxel, self.options.fuse_max_points)
-        self.trajectories = Trajectories()
         self.frame_ids: dict[str, str] = {}
 
     # ------------------------------------------------------------------ checks
@@ -179,10 +182,11 @@ class BagProcessor:
         writer = BagWriter(self.output.path(OUTPUT_BAG), self.options.storage)
         recorder = RecordingNode(writer, self.options.node_name)
         publishers = OutputPublishers(recorder, list(self.session.cameras),
-                                      str(self.params["world_frame"]),
-                                      int(self.params["trajectory_length"]))
+                                      str(self.params["world_frame"]))
         error: str | None = None
         try:
+            for event in self.session.install_backend(self._backend):
+                self._report(event)
             self._loop(start, recorder, publishers)
         except BagError as exc:
             error = str(exc)
@@ -216,15 +220,17 @@ class BagProcessor:
             for event in events:
                 self._report(event)
             if frame is None:
-                self.session.sync.count_rejected(camera.camera)
+                self.session.count_rejected(camera.camera)
             else:
                 self.frame_ids.setdefault(frame.camera, frame.frame_id)
-                for ev in self.session.add(frame, message.log_ns):
+                for ev in self.session.add_frame(frame, message.log_ns):
                     self._report(ev)
             for ev in self.session.after_image(message.log_ns):
                 self._report(ev)
-            while (cycle := self.session.next_cycle()) is not None:
-                self._write_cycle(cycle, start, recorder, publishers)
+            while (item := self.session.next_queued()) is not None:
+                if item[0] is not None:
+                    cycle = self.session.reconstruct(item[0], message.log_ns)
+                    self._write_cycle(cycle, start, recorder, publishers)
             if self._progress is not None:
                 self._progress(self.stats.frames_read, self.stats.images_total,
                                self.stats.windows)
@@ -240,17 +246,11 @@ class BagProcessor:
             self._report(event)
         write_start = time.perf_counter()
         recorder.set_stamp(result.stamp_ns)
-        points = publishers.publish(result)
-        recorder.writer.write("/diagnostics", self._diagnostics(cycle, points), result.stamp_ns)
-        newest = [i for i, step in enumerate(cycle.window.timesteps) if step == 0]
-        cloud = build_cloud(result.reconstruction, result.placement.world_from_window,
-                            self.session.pipeline.config.cloud, newest)
-        self.fused.add(result.epoch, cloud.points, cloud.colors, cloud.confidence)
-        for pose in result.poses:
-            self.trajectories.add(result.epoch, pose.camera, pose.stamp_ns,
-                                  pose.world_from_camera)
+        path = self.trajectories.path if cycle.path_updated else None
+        points = publishers.publish(result, path)
         write_ms = (time.perf_counter() - write_start) * 1e3
-        self.session.observe(cycle, write_ms)
+        self.session.finish(cycle, write_ms, points)
+        recorder.writer.write("/diagnostics", self._diagnostics(cycle), result.stamp_ns)
         stats = self.stats
         stats.windows += 1
         if stats.first_output_s is None:
@@ -274,24 +274,18 @@ class BagProcessor:
         if event.level >= Level.WARN and self.stats.events[event.code] <= 3:
             self._log("warning" if event.level == Level.WARN else "error", str(event))
 
-    def _diagnostics(self, cycle: Cycle, points: int):
+    def _diagnostics(self, cycle: Cycle):
+        """The node's diagnostics of this cycle; problems: the cycle's own warnings."""
         result = cycle.result
         name = f"/{self.options.node_name}"
-        values: dict[str, object] = {
-            "num_steps": result.num_steps, "num_steps_mode": cycle.decision.mode,
-            "views": result.num_views, "points": points,
-            "units": diag.units_text(result.units),
-            "cycles": self.stats.windows + 1, "mode": "offline (dvlt-ros process)",
-        }
-        values.update({f"latency_{k}": v for k, v in result.timings.as_dict().items()})
-        problems = [Problem(e.camera or "pipeline", e.code, diag.LEVELS[e.level], e.message,
+        values = {**diag.pipeline_values(self.session), "model": self._backend.name,
+                  "mode": "offline (dvlt-ros process)"}
+        problems = [Problem(e.camera or "pipeline", e.code, LEVELS[e.level], e.message,
                             0.0, None)
                     for e in result.events if e.level >= Level.WARN]
-        statuses = [diag.status(f"{name}: pipeline", name, values, problems)]
-        for camera, s in self.session.sync.stats().items():
-            statuses.append(diag.status(
-                f"{name}: camera {camera}", camera,
-                diag.camera_values(s), []))
+        statuses = diag.session_statuses(
+            name, self.session, values,
+            lambda source: problems if source == "pipeline" else [])
         return diag.diagnostic_array(stamp_from_ns(result.stamp_ns), statuses)
 
     # ------------------------------------------------------------------ finish
@@ -311,7 +305,7 @@ class BagProcessor:
                 f"to {self.fused.voxel_size:g} (raise --fuse-max-points to keep more detail)",
             )
         trajectories = {}
-        epochs = sorted({epoch for epoch, _ in self.trajectories.poses}) or [0]
+        epochs = self.trajectories.epochs or [0]
         for epoch in epochs:
             for camera in self.session.cameras:
                 name = f"trajectory_{camera.replace('/', '_')}{epoch_suffix(epoch)}.tum"

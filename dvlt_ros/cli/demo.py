@@ -5,8 +5,9 @@ base) is published as camera topics on an isolated local ROS network, and
 ``reconstruct_node`` runs in the same process on those topics with the released weights
 (downloaded and cached on first use; ``--checkpoint`` or ``$DVLT_CHECKPOINT`` override
 them). Each snapshot is reconstructed once; the per-cycle figures are printed and the
-outputs written to ``--out``: ``points.ply`` (fused cloud), ``trajectory.tum``
-(reference camera), ``cycles.csv`` and ``run.json`` (per-cycle records, settings, model
+outputs written to ``--out``, all from the node's session: ``points.ply`` (the fused cloud
+of the first world epoch; ``points.epoch<N>.ply`` after world resets), ``trajectory.tum``
+(the reference camera's path), ``cycles.csv`` and ``run.json`` (per-cycle records, settings, model
 identity and licence). ``--backend ground_truth`` answers with the scene's exact geometry
 instead of a network (no weights needed).
 """
@@ -25,7 +26,8 @@ import numpy as np
 
 from dvlt_core.io.checkpoint import CheckpointError, default_checkpoint
 from dvlt_core.io.download import DownloadError
-from dvlt_core.io.writers import write_ply, write_tum
+from dvlt_core.model.precision import PRECISIONS
+from dvlt_ros.pipeline.accumulate import FusedCloud, epoch_suffix
 
 BASE_STAMP_NS = 1_700_000_000_000_000_000
 OVERRIDE_HINT = (
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference backend: torch (default), another registered one, or "
                         "ground_truth (exact scene geometry, no weights)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--num-cameras", type=int, default=3, choices=(1, 2, 3, 4))
     parser.add_argument("--width", type=int, default=640, help="image width (pixels)")
     parser.add_argument("--height", type=int, default=480, help="image height (pixels)")
@@ -141,7 +143,7 @@ def _run_node(args, rig, times, backend, checkpoint: str) -> int:
     executor = SingleThreadedExecutor(context=context)
     try:
         node = ReconstructNode(
-            backend=backend, context=context,
+            backend=backend, context=context, fused=FusedCloud(args.voxel),
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
         )
         node.add_cycle_listener(recorder.on_cycle)
@@ -231,18 +233,14 @@ def _row(report) -> str:
 
 
 class DemoRecorder:
-    """Collects every cycle's report and cloud (called on the node's worker thread)."""
+    """Collects every cycle's report (called on the node's worker thread)."""
 
     def __init__(self) -> None:
         self.reports = []
         self._stamps: set[int] = set()
-        self._points: list[np.ndarray] = []
-        self._colors: list[np.ndarray] = []
         self.units = "arbitrary"
 
     def on_cycle(self, report, result) -> None:
-        self._points.append(result.cloud.points)
-        self._colors.append(result.cloud.colors)
         self.units = result.units
         self.reports.append(report)
         self._stamps.add(report.stamp_ns)
@@ -250,24 +248,12 @@ class DemoRecorder:
     def has(self, stamp_ns: int) -> bool:
         return stamp_ns in self._stamps
 
-    def fused_cloud(self, voxel: float) -> tuple[np.ndarray, np.ndarray]:
-        """All cycles' clouds together, one point per ``voxel`` cell (the first seen)."""
-        points = np.concatenate(self._points) if self._points else np.zeros((0, 3), np.float32)
-        colors = np.concatenate(self._colors) if self._colors else np.zeros((0, 3), np.uint8)
-        if voxel > 0 and len(points):
-            cells = np.floor(points / voxel).astype(np.int64)
-            _, first = np.unique(cells, axis=0, return_index=True)
-            keep = np.sort(first)
-            points, colors = points[keep], colors[keep]
-        return points, colors
-
     def write(self, out: Path, node, backend, params: dict, args) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        points, colors = self.fused_cloud(args.voxel)
-        write_ply(out / "points.ply", points, colors)
-        path = node.outputs.path
-        write_tum(out / "trajectory.tum", [s * 1e-9 for s, _ in path],
-                  np.array([p for _, p in path]).reshape(-1, 4, 4))
+        session = node.session
+        fused_points = sum(session.fused.write(out / f"points{epoch_suffix(epoch)}.ply", epoch)
+                           for epoch in session.fused.epochs or [0])
+        session.trajectories.write_path_tum(out / "trajectory.tum")
         records = [r.as_dict() for r in self.reports]
         with open(out / "cycles.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(records[0]))
@@ -281,13 +267,13 @@ class DemoRecorder:
             "world_frame": node.params["world_frame"],
             "parameters": params,
             "cycles": records,
-            "fused_points": len(points),
+            "fused_points": fused_points,
         }
         (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         unit = "metres" if self.units == "m" else "arbitrary units (network scale)"
         totals = [r.total_ms for r in self.reports]
         print(f"\n{len(self.reports)} cycles, median cycle {np.median(totals):.0f} ms; "
-              f"fused cloud {len(points)} points in {unit}.")
+              f"fused cloud {fused_points} points in {unit}.")
         print(f"wrote {out / 'points.ply'}, {out / 'trajectory.tum'}, {out / 'cycles.csv'}, "
               f"{out / 'run.json'}")
         if model is not None:

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _parameters(args: argparse.Namespace, bag) -> dict[str, object]:
     from dvlt_ros.bags.decode import detect_cameras
     from dvlt_ros.bags.sample import SCENE_TOPIC, camera_names, read_sample_config
-    from dvlt_ros.bags.settings import file_parameters, load_parameters, parse_override
+    from dvlt_ros.pipeline.settings import file_parameters, load_parameters, parse_override
 
     overrides = dict(parse_override(item) for item in args.param)
     for flag in ("backend", "checkpoint", "device"):
@@ -96,7 +96,7 @@ def _backend(params: dict[str, object], bag):
 def _ground_truth(args: argparse.Namespace, cameras: list[str]):
     from dvlt_ros.bags.issues import BagError
     from dvlt_ros.bags.processor import GroundTruth
-    from dvlt_ros.node_support.parameters import camera_label
+    from dvlt_ros.pipeline.settings import camera_label
 
     if args.gt_tf_topic is None and not args.gt_tum:
         return None
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from dvlt_ros.bags.issues import BagError, IssueLog
     from dvlt_ros.bags.processor import BagProcessor, ProcessOptions
     from dvlt_ros.bags.source import BagSource, parse_remaps
+    from dvlt_ros.pipeline.settings import ParameterError
 
     def say(level: str, text: str) -> None:
         tqdm.write(f"[{level}] {text}", file=sys.stderr)  # keeps the progress bar intact
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         bar = None if args.quiet else _ProgressBar()
         processor = BagProcessor(bag, backend, params, args.out, options, issues=issues,
                                  log=say, progress=bar)
-    except (BagError, *BACKEND_SETUP_ERRORS) as exc:
+    except (BagError, ParameterError, *BACKEND_SETUP_ERRORS) as exc:
         say("error", str(exc))
         return EXIT_BAD_INPUT
     cameras = ", ".join(processor.session.cameras)

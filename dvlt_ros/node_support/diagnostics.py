@@ -1,23 +1,22 @@
-"""diagnostic_msgs/DiagnosticArray of the reconstruction node.
+"""diagnostic_msgs/DiagnosticArray of a reconstruction session, live or offline.
 
 One status for the pipeline (latency per stage, K, views, drops, model identity and
 licence, units, GPU memory) and one per camera (input rate, frames, drops, problems).
-Each status carries the worst level of its active problems and their messages.
+Each status carries the worst level of its active problems and their messages. The live
+node and ``dvlt-ros process`` both build them with :func:`session_statuses` from
+:func:`pipeline_values` (plus their own values, e.g. the model's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from dvlt_ros.node_support.health import ERROR, OK, WARN, Problem
-from dvlt_ros.pipeline.events import Level
+from dvlt_ros.node_support.health import OK, Problem
+from dvlt_ros.pipeline.session import ReconstructionSession
 from dvlt_ros.pipeline.sync import CameraStats
-
-#: DiagnosticStatus level of each pipeline event level.
-LEVELS = {Level.INFO: OK, Level.WARN: WARN, Level.ERROR: ERROR}
 
 
 def _format(value: object) -> str:
@@ -55,6 +54,50 @@ def camera_values(stats: CameraStats) -> dict[str, object]:
     """The values of a camera's status."""
     return {"input_rate_hz": stats.rate_hz, "received": stats.received, "used": stats.used,
             "dropped": stats.dropped, "rejected": stats.rejected, "timed_out": stats.timed_out}
+
+
+def pipeline_values(session: ReconstructionSession, overruns: int = 0) -> dict[str, object]:
+    """The values of the pipeline status: the K settings, cycle counts and, after a cycle,
+    its report (K, views, points, units, latency per stage, drops)."""
+    p, report = session.params, session.last_report
+    values: dict[str, object] = {
+        "num_steps_mode": p["num_steps_mode"],
+        "num_steps_setting": p["num_steps"],
+        "cycles": session.cycles,
+        "overruns": overruns,
+    }
+    if report is not None:
+        values.update({
+            "num_steps": report.num_steps,
+            "views": report.num_views,
+            "cameras_in_window": report.num_cameras,
+            "timesteps_in_window": report.num_timesteps,
+            "points": report.points,
+            "units": units_text(report.units),
+            "latency_budget_ms": p["latency_budget_ms"],
+            "predicted_ms": report.predicted_ms if report.predicted_ms is not None
+            else "n/a",
+        })
+        values.update({f"latency_{k}": v for k, v in report.as_dict().items()
+                       if k.endswith("_ms") and k != "predicted_ms"})
+        values["drops"] = report.drops
+    return values
+
+
+def session_statuses(
+    name: str,
+    session: ReconstructionSession,
+    values: Mapping[str, object],
+    problems: Callable[[str], Sequence[Problem]],
+) -> list[DiagnosticStatus]:
+    """The pipeline status (``values``, the problems of source ``"pipeline"``) and one
+    status per camera (its counters, the problems of its source) of ``name``."""
+    statuses = [status(f"{name}: pipeline", name, values, problems("pipeline"))]
+    stats = session.camera_stats()
+    for camera in session.cameras:
+        statuses.append(status(f"{name}: camera {camera}", camera,
+                               camera_values(stats[camera]), problems(camera)))
+    return statuses
 
 
 def diagnostic_array(stamp: Time, statuses: Sequence[DiagnosticStatus]) -> DiagnosticArray:

@@ -13,9 +13,17 @@ import threading
 import time
 from dataclasses import dataclass
 
+from dvlt_ros.pipeline.events import Level, PipelineEvent
+
 _NUMBERS = re.compile(r"\d+(\.\d+)?")
 # The byte values of diagnostic_msgs/DiagnosticStatus levels, as ints.
 OK, WARN, ERROR = 0, 1, 2
+#: DiagnosticStatus level of each pipeline event level.
+LEVELS = {Level.INFO: OK, Level.WARN: WARN, Level.ERROR: ERROR}
+# Seconds a reported problem stays in diagnostics unless reported again (a bad stream
+# re-reports it with every frame); timeouts and model errors last until resolved.
+PROBLEM_TTL_S = 5.0
+_PERSISTENT = {"camera_timeout"}
 
 
 @dataclass(frozen=True)
@@ -77,3 +85,43 @@ class ProblemBoard:
     def level(self, source: str | None = None) -> int:
         """The worst level of the active problems (OK when there are none)."""
         return max((p.level for p in self.active(source)), default=OK)
+
+
+class EventReporter:
+    """Shows pipeline events on a :class:`ProblemBoard` and logs them (a problem once
+    while it persists). ``logger`` is an rclpy logger (or anything with ``info``,
+    ``warning`` and ``error``)."""
+
+    def __init__(self, problems: ProblemBoard, cameras: list[str], logger,
+                 ttl_s: float = PROBLEM_TTL_S) -> None:
+        self.problems = problems
+        self.cameras = cameras
+        self.logger = logger
+        self.ttl_s = ttl_s
+
+    def __call__(self, event: PipelineEvent) -> None:
+        source = event.camera or "pipeline"
+        if event.code == "camera_recovered":
+            self.problems.clear(source, "camera_timeout")
+        elif event.code == "time_jump_reset":
+            # The synchroniser forgets time-outs when it resets (a camera still silent
+            # times out again), so no camera_recovered event would ever clear them.
+            for camera in self.cameras:
+                self.problems.clear(camera, "camera_timeout")
+        if event.level == Level.INFO:
+            self.logger.info(str(event))
+            return
+        ttl = None if event.code in _PERSISTENT else self.ttl_s
+        if not self.problems.report(source, event.code, LEVELS[event.level], event.message,
+                                    ttl):
+            return
+        # rclpy fixes the severity of each logging call site: one call per level.
+        if event.level == Level.ERROR:
+            self.logger.error(str(event))
+        else:
+            self.logger.warning(str(event))
+
+    def failure(self, kind: str, message: str) -> None:
+        """Show a failure of the pipeline (ERROR, expiring) and log it once."""
+        if self.problems.report("pipeline", kind, ERROR, message, self.ttl_s):
+            self.logger.error(message)

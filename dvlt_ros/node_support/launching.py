@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from dvlt_core.atomic import write_atomic
-from dvlt_ros.node_support.parameters import camera_label, defaults
+from dvlt_ros.pipeline.settings import NODE_NAME, camera_label, defaults
 
 DEPTH_DISPLAY_CLASS = "rviz_default_plugins/Image"
 
@@ -45,7 +45,7 @@ def launched_parameters(params_file: str | os.PathLike[str] | None,
     what the launched node will show (cameras, world frame)."""
     values = dict(defaults())
     if params_file:
-        from dvlt_ros.bags.settings import file_parameters
+        from dvlt_ros.pipeline.settings import file_parameters
 
         values.update(file_parameters(params_file))
     if cameras_argument.strip():
@@ -54,7 +54,7 @@ def launched_parameters(params_file: str | os.PathLike[str] | None,
 
 
 def rviz_config(template: Mapping, cameras: Sequence[str], world_frame: str,
-                node_name: str = "reconstruct_node") -> dict:
+                node_name: str = NODE_NAME) -> dict:
     """``template`` (a parsed .rviz file) with one depth display per camera in place of
     its depth display(s), and ``world_frame`` as the fixed frame."""
     config = copy.deepcopy(dict(template))

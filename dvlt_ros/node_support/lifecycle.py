@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 # prctl(2) option: the signal the kernel sends this process when its parent ends.
@@ -93,3 +93,40 @@ def exit_now(code: int) -> None:
     with suppress(OSError, AttributeError):
         ctypes.CDLL(None).fflush(None)
     os._exit(code)
+
+
+def run_node_process(make_node: Callable[[], object], args: list[str] | None, *,
+                     grace_s: float, refused: type[Exception],
+                     on_refused: Callable[[Exception], None]) -> int:
+    """Run a node as its own process until SIGINT/SIGTERM (or the end of the launching
+    process): 0 then, 2 when ``make_node`` raises ``refused`` (``on_refused`` says why).
+
+    The node handles the signals itself (rclpy's handlers would invalidate the context
+    while a cycle may still publish); ``node.stop(grace_s)`` says whether its threads
+    finished, and the process leaves with :func:`exit_now` when one did not."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    exit_with_parent()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop_requested = stop_on_signals()
+    try:
+        node = make_node()
+    except refused as exc:
+        on_refused(exc)
+        rclpy.shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    while not stop_requested.is_set() and rclpy.ok():
+        executor.spin_once(timeout_sec=0.1)
+    finished = node.stop(grace_s)
+    if not finished:
+        node.get_logger().info("stopping without waiting for the running cycle or model load")
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown()
+    if not finished:
+        exit_now(0)  # a thread inside PyTorch must not meet interpreter finalisation
+    return 0

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from dvlt_core.backends import InferenceBackend, create_backend
 from dvlt_core.io.checkpoint import LICENCE_NOTICE, RELEASED_REPO
+from dvlt_ros.node_support.diagnostics import gpu_memory_values
+from dvlt_ros.node_support.health import ERROR, WARN
+from dvlt_ros.pipeline.settings import RELOAD_PARAMETERS
 
 OTHER_LICENCE = "weights from a user checkpoint: see that checkpoint's licence"
 NO_WEIGHTS = "no checkpoint: the backend was built without released weights"
@@ -157,3 +160,94 @@ class ModelLoader:
                 return
             self._outcome = outcome
         self._on_done()
+
+
+class ModelSwitch:
+    """The node's model: the running one, and the one the parameters name loading beside
+    it (swapped in between cycles, so a cycle always runs on one model). A failed load is
+    reported on ``problems`` and keeps the running model. With an ``injected`` backend
+    (in-process use) nothing is ever loaded."""
+
+    def __init__(self, problems, logger, on_done: Callable[[], None],
+                 injected: InferenceBackend | None = None) -> None:
+        self.problems = problems
+        self.logger = logger
+        self.injected = injected
+        self.model: LoadedModel | None = None
+        self.settings: ModelSettings | None = None
+        self.loader = None if injected is not None else ModelLoader(on_done=on_done)
+
+    @property
+    def loading(self) -> ModelSettings | None:
+        return self.loader.loading if self.loader is not None else None
+
+    def injected_model(self, checkpoint: str) -> LoadedModel:
+        identity, licence = describe(self.injected, checkpoint)
+        return LoadedModel(self.injected, identity, licence, 0.0)
+
+    def request(self, params) -> None:
+        """Start loading the model ``params`` name, beside the running one."""
+        if self.injected is not None:
+            self.logger.warning("the backend was passed in by the caller: backend/checkpoint/"
+                                "device/precision changes are ignored")
+            return
+        settings = ModelSettings(params["backend"], params["checkpoint"], params["device"],
+                                 params["precision"])
+        if settings == self.settings:  # back to the running model's settings
+            if self.loader.loading is not None:
+                self.logger.info(f"keeping the running model; the load of "
+                                 f"{self.loader.loading} is dropped")
+            self.loader.discard()
+            self.problems.clear("model", "model_reload_failed")
+            return
+        what = "loading" if self.model is None else "loading (beside the running model)"
+        self.logger.info(f"{what}: {settings}")
+        self.loader.request(settings)
+
+    def changed(self, changes, params) -> None:
+        """After parameter ``changes``: reload when one of them selects the model."""
+        if any(name in changes for name in RELOAD_PARAMETERS):
+            self.request(params)
+
+    def take_loaded(self) -> LoadOutcome | None:
+        """A model that finished loading (to install), or None; a failed load is reported
+        here and also gives None."""
+        outcome = self.loader.take() if self.loader is not None else None
+        if outcome is None:
+            return None
+        if outcome.model is not None:
+            self.logger.info(
+                f"model loaded in {outcome.model.load_ms:.0f} ms: {outcome.model.identity}")
+            return outcome
+        s = outcome.settings
+        retry = ("Set the checkpoint parameter (ros2 param set <node> checkpoint <Hub id | "
+                 "directory | file>) to retry")
+        failure = f"cannot load {s.backend} model from checkpoint '{s.checkpoint}': {outcome.error}"
+        if self.model is None:
+            message = f"{failure}. {retry}"
+            self.problems.report("model", "checkpoint", ERROR, message)
+            self.logger.error(message)
+        else:
+            message = (f"{failure}. Still reconstructing with the running model "
+                       f"({self.model.identity}). {retry}")
+            self.problems.report("model", "model_reload_failed", WARN, message)
+            self.logger.warning(message)
+        return None
+
+    def adopt(self, model: LoadedModel, settings: ModelSettings | None) -> None:
+        """Make ``model`` the running one."""
+        self.problems.clear("model")
+        self.model, self.settings = model, settings
+
+    def values(self) -> dict[str, object]:
+        """The model's diagnostics values (identity, licence, GPU memory, loading)."""
+        values: dict[str, object] = {}
+        if self.model is not None:
+            values.update({"model": self.model.identity, "licence": self.model.licence})
+            values.update(gpu_memory_values(self.model.backend.device))
+        else:
+            values["model"] = "not loaded"
+        loading = self.loading
+        if loading is not None:
+            values["model_loading"] = f"{loading.backend} from checkpoint '{loading.checkpoint}'"
+        return values

@@ -9,7 +9,6 @@ latched), ``/tf`` and ``/diagnostics``. Everything is stamped with the source im
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,9 +45,7 @@ class CameraPublishers:
 class OutputPublishers:
     """All publishers of the node; :meth:`publish` sends one cycle's products."""
 
-    def __init__(
-        self, node, cameras: Sequence[str], world_frame: str, trajectory_length: int
-    ) -> None:
+    def __init__(self, node, cameras: Sequence[str], world_frame: str) -> None:
         self.world_frame = world_frame
         self.camera_index = {label: i for i, label in enumerate(cameras)}
         self.points = node.create_publisher(PointCloud2, "~/points", OUTPUT_QOS)
@@ -58,23 +55,11 @@ class OutputPublishers:
         self.tf = node.create_publisher(TFMessage, "/tf", TF_QOS_DEPTH)
         self.diagnostics = node.create_publisher(DiagnosticArray, "/diagnostics",
                                                  DIAGNOSTICS_QOS)
-        self._path: deque[tuple[int, np.ndarray]] = deque(maxlen=trajectory_length)
-        self._epoch: int | None = None
-
-    @property
-    def path(self) -> list[tuple[int, np.ndarray]]:
-        """(stamp ns, world_from_camera 4x4) of the reference camera since the last reset."""
-        return list(self._path)
-
-    def reset_trajectory(self) -> None:
-        """Start a new trajectory (the world was replaced, e.g. by a model reload)."""
-        self._path.clear()
-
-    def publish(self, result: CycleResult) -> int:
-        """Publish every product of ``result``; return the number of cloud points."""
-        if self._epoch is not None and result.epoch != self._epoch:
-            self._path.clear()
-        self._epoch = result.epoch
+    def publish(self, result: CycleResult,
+                path: Sequence[tuple[int, np.ndarray]] | None = None) -> int:
+        """Publish every product of ``result`` and, when given, the reference camera's
+        ``path`` (stamp ns, world_from_camera) as ``~/trajectory``; return the number of
+        cloud points."""
         header = Header(stamp=stamp_from_ns(result.stamp_ns), frame_id=self.world_frame)
         cloud = result.cloud
         self.points.publish(points_to_cloud(cloud.points, cloud.colors, cloud.confidence, header))
@@ -95,10 +80,8 @@ class OutputPublishers:
                                   stamp_from_ns(pose.stamp_ns))
                 for pose in result.poses
             ]))
-            reference = result.poses[0]
-            if reference.camera == result.keys[0][0] and reference.stamp_ns == result.stamp_ns:
-                self._path.append((reference.stamp_ns, reference.world_from_camera))
-                self.trajectory.publish(path_message(header, self._path))
+        if path is not None:
+            self.trajectory.publish(path_message(header, path))
         self.frusta.publish(frusta_markers(
             header,
             [(f.vertices, f.edges) for f in result.frusta],

@@ -1,16 +1,11 @@
-"""Every parameter of ``reconstruct_node``: type, default, range, description, and whether
-it can change while the node runs.
-
-``config/reconstruct.yaml`` holds the same names and defaults (a test keeps them equal).
-Read-only parameters are fixed at start (``ros2 param set`` refuses them); the others
-take effect at the next cycle (``backend``, ``checkpoint``, ``device``, ``precision``
-reload the model).
+"""The node's parameters at the ROS edge: rclpy descriptors, the on-set verdict and the
+declaration, all derived from the ROS-free table in :mod:`dvlt_ros.pipeline.settings`
+(names, defaults, ranges, checks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -18,204 +13,47 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.exceptions import InvalidTopicNameException, ParameterException
+from rclpy.exceptions import ParameterException
 from rclpy.parameter import Parameter
-from rclpy.validate_topic_name import validate_topic_name
 
-from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
-from dvlt_core.model.config import DEFAULT_NUM_STEPS
-from dvlt_ros.node_support.qos import INPUT_QOS_CHOICES
-from dvlt_ros.pipeline.k_policy import K_LIMITS, K_MODES
-from dvlt_ros.pipeline.sync import RESOLUTION_POLICIES
-
-ParamValue = bool | int | float | str | list[str]
-
-IMAGE_TRANSPORTS = ("raw", "compressed")
-PRECISIONS = ("fp32", "bf16", "fp16")
-WORLD_AXES = ("body", "optical")
-PATCH_SIZE = 14
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One parameter. ``minimum``/``maximum`` are inclusive; ``choices`` lists the allowed
-    strings; ``dynamic`` parameters may change at run time."""
-
-    name: str
-    default: ParamValue
-    description: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    dynamic: bool = False
-
-    @property
-    def type(self) -> Parameter.Type:
-        return Parameter.Type.from_parameter_value(self.default)
-
-    def descriptor(self) -> ParameterDescriptor:
-        desc = ParameterDescriptor(
-            name=self.name,
-            type=int(self.type),
-            description=self.description,
-            read_only=not self.dynamic,
-        )
-        if self.choices:
-            desc.additional_constraints = "one of: " + ", ".join(self.choices)
-        if self.minimum is not None and self.maximum is not None:
-            if isinstance(self.default, int) and not isinstance(self.default, bool):
-                desc.integer_range = [
-                    IntegerRange(from_value=int(self.minimum), to_value=int(self.maximum), step=1)
-                ]
-            else:
-                desc.floating_point_range = [
-                    FloatingPointRange(
-                        from_value=float(self.minimum), to_value=float(self.maximum), step=0.0
-                    )
-                ]
-        return desc
-
-    def check(self, value: ParamValue) -> str | None:
-        """Why ``value`` is not allowed, or None. Ranges are also enforced by rclpy; this
-        check covers choices and list contents, and gives the messages the user sees."""
-        if self.choices and value not in self.choices:
-            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
-        if self.minimum is not None and not value >= self.minimum:
-            return f"{self.name} must be >= {self.minimum}, got {value!r}"
-        if self.maximum is not None and not value <= self.maximum:
-            return f"{self.name} must be <= {self.maximum}, got {value!r}"
-        return None
-
-
-def _positive(name: str, default: float, description: str, **kw) -> ParamSpec:
-    return ParamSpec(name, default, description, minimum=0.0, maximum=1e9, **kw)
-
-
-SPECS: tuple[ParamSpec, ...] = (
-    # Inputs
-    ParamSpec("cameras", ["cam0", "cam1"],
-              "camera namespaces; each provides <ns>/image_raw (or <ns>/image_raw/compressed) "
-              "and optionally <ns>/camera_info. The first camera is the reference view"),
-    ParamSpec("image_transport", "raw",
-              "raw: sensor_msgs/Image on <ns>/image_raw (rgb8, bgr8, rgba8, bgra8, mono8, "
-              "uyvy/yuv422, yuyv/yuv422_yuy2, bayer_rggb8/bggr8/gbrg8/grbg8); "
-              "compressed: sensor_msgs/CompressedImage on <ns>/image_raw/compressed (jpeg, png)",
-              choices=IMAGE_TRANSPORTS),
-    ParamSpec("use_input_camera_info", False,
-              "subscribe to <ns>/camera_info and publish its intrinsics (scaled to the output "
-              "size) instead of the predicted ones; invalid CameraInfo falls back to predicted"),
-    ParamSpec("input_qos", "sensor_data",
-              "sensor_data (best effort, live cameras) or reliable (bag replay: no frame lost)",
-              choices=INPUT_QOS_CHOICES),
-    ParamSpec("max_pixels", DEFAULT_MAX_PIXELS,
-              "images with more pixels are downscaled (aspect kept) on arrival, those with "
-              "more than 4x as many (after a JPEG's reduction while decoding) are refused; "
-              "depth and camera_info then refer to the downscaled size",
-              minimum=1, maximum=2**31 - 1),
-    ParamSpec("resolution_policy", "pad",
-              "cameras of different sizes: pad (accept, pad the network input) or reject "
-              "(drop frames whose size differs from the first camera's)",
-              choices=RESOLUTION_POLICIES),
-    ParamSpec("lossless", False,
-              "bag replay: reconstruct every complete rig snapshot in arrival order (nothing "
-              "dropped, no rate limit) and count handled images on ~/consumed for "
-              "`dvlt-ros replay --lossless` (see docs/replay.md)"),
-    # Synchronisation and windows
-    _positive("sync_slop", 0.02,
-              "seconds: the stamps of one rig snapshot differ by at most this much"),
-    ParamSpec("sync_queue_size", 4,
-              "frames kept per camera while waiting for a match (latest wins, drops counted)",
-              minimum=1, maximum=100),
-    ParamSpec("camera_timeout", 1.0,
-              "seconds without frames after which a camera is left out of windows (WARN)",
-              minimum=0.001, maximum=1e6),
-    _positive("time_jump_threshold", 0.5,
-              "seconds: when every camera's stamps fall this far behind their last ones "
-              "(looping bag, restarted clock), synchronisation, keyframes and the world reset; "
-              "one camera alone is refused (stamp_rejected)"),
-    ParamSpec("max_stamp_jump", 10.0,
-              "seconds: a stamp this far from the rig's newest one is a jump, used only once "
-              "every camera follows it (else refused as a lone outlier); must exceed the "
-              "longest frame interval of a camera", minimum=0.001, maximum=1e9),
-    ParamSpec("window_timesteps", 3,
-              "T: the newest snapshot plus up to T-1 earlier keyframe snapshots per window",
-              minimum=1, maximum=64),
-    ParamSpec("max_views", 8, "cap on S = cameras x T views per window", minimum=1,
-              maximum=256),
-    _positive("keyframe_min_spacing", 0.25,
-              "seconds between keyframe snapshots at least"),
-    ParamSpec("keyframe_min_change", 0.02,
-              "mean absolute grey-level change (0..1) a snapshot needs to become a keyframe",
-              minimum=0.0, maximum=1.0),
-    # Cycle and loop steps
-    ParamSpec("rate", 2.0, "target cycles per second (each takes the newest complete window)",
-              minimum=0.01, maximum=1000.0),
-    ParamSpec("num_steps", DEFAULT_NUM_STEPS,
-              "K, loop steps of the model in fixed mode (more: better, slower); applies at the "
-              "next cycle", minimum=K_LIMITS[0], maximum=K_LIMITS[1], dynamic=True),
-    ParamSpec("num_steps_mode", "fixed",
-              "fixed: K = num_steps; budget: every cycle the largest K whose predicted "
-              "latency fits latency_budget_ms", choices=K_MODES, dynamic=True),
-    ParamSpec("latency_budget_ms", 500.0,
-              "budget mode: target milliseconds of one cycle (inference and node work)",
-              minimum=1.0, maximum=1e7, dynamic=True),
-    ParamSpec("budget_min_num_steps", 1, "budget mode: smallest K",
-              minimum=K_LIMITS[0], maximum=K_LIMITS[1], dynamic=True),
-    ParamSpec("budget_max_num_steps", DEFAULT_NUM_STEPS, "budget mode: largest K",
-              minimum=K_LIMITS[0], maximum=K_LIMITS[1], dynamic=True),
-    # Model
-    ParamSpec("backend", "torch",
-              "inference backend (torch; onnxruntime and tensorrt where installed)",
-              dynamic=True),
-    ParamSpec("checkpoint", "nvidia/dvlt",
-              "Hugging Face repo id[@revision], checkpoint directory or weights file (not "
-              "empty); changing it loads the new model beside the running one, which keeps "
-              "reconstructing until the new one is ready (a failed load keeps the old model)",
-              dynamic=True),
-    ParamSpec("device", "auto", "auto (cuda if available), cpu, cuda or cuda:N", dynamic=True),
-    ParamSpec("precision", "fp32",
-              "fp32, bf16 or fp16 (torch: autocast on CUDA; onnxruntime/tensorrt: typed graphs)",
-              choices=PRECISIONS, dynamic=True),
-    ParamSpec("img_size", 0,
-              "network input size: the longer image side is resized to this many pixels, "
-              "then cropped to a multiple of the 14 px patch; 0: the model's own",
-              minimum=0, maximum=4096),
-    # Outputs
-    ParamSpec("world_frame", "dvlt_world", "frame of the cloud, trajectory, frusta and TF root"),
-    ParamSpec("world_axes", "body",
-              "body: world_frame is the first reference camera's body frame (REP 103: x "
-              "forward, y left, z up), upright in RViz when that camera was level; optical: "
-              "its optical frame (x right, y down, z forward)", choices=WORLD_AXES),
-    ParamSpec("frame_suffix", "_dvlt",
-              "TF child frame of a camera = its image frame_id + this suffix, so no frame "
-              "already in TF gets a second parent"),
-    ParamSpec("confidence_threshold", 1.5,
-              "cloud: keep pixels with predicted confidence >= this (confidences are >= 1)",
-              minimum=0.0, maximum=1e6, dynamic=True),
-    ParamSpec("cloud_stride", 2,
-              "cloud: take every n-th pixel in x and y (1: all pixels)", minimum=1, maximum=64,
-              dynamic=True),
-    ParamSpec("max_points", 300_000, "cloud: at most this many points (random subset beyond)",
-              minimum=1, maximum=2**31 - 1, dynamic=True),
-    ParamSpec("frustum_scale", 0.2, "length of the RViz frustum markers in world units",
-              minimum=0.0, maximum=1e3, dynamic=True),
-    ParamSpec("trajectory_length", 2000, "poses kept in the published trajectory",
-              minimum=1, maximum=1_000_000),
-    ParamSpec("diagnostics_period", 1.0,
-              "seconds between /diagnostics messages when no cycle runs", minimum=0.05,
-              maximum=3600.0),
+from dvlt_ros.pipeline.settings import (
+    SPECS,
+    SPECS_BY_NAME,
+    ParameterError,
+    ParamSpec,
+    ParamValue,
+    camera_label,
+    check_combination,
+    check_values,
 )
 
-SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
-RELOAD_PARAMETERS = ("backend", "checkpoint", "device", "precision")
-EMPTY_CHECKPOINT = (
-    "checkpoint must not be empty: name a Hugging Face repo id (e.g. nvidia/dvlt), a "
-    "checkpoint directory or a weights file"
-)
+# camera_label is also imported from here (dvlt_ros.bags.decode).
+__all__ = ["SPECS", "SPECS_BY_NAME", "camera_label", "check_parameters", "declare_parameters",
+           "descriptor", "verdict"]
 
 
-class ParameterError(ValueError):
-    """A parameter value the node cannot start with; the message names it and why."""
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The rclpy descriptor of one parameter (type, description, range, read-only)."""
+    desc = ParameterDescriptor(
+        name=spec.name,
+        type=int(Parameter.Type.from_parameter_value(spec.default)),
+        description=spec.description,
+        read_only=not spec.dynamic,
+    )
+    if spec.choices:
+        desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.minimum is not None and spec.maximum is not None:
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [
+                IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)
+            ]
+        else:
+            desc.floating_point_range = [
+                FloatingPointRange(
+                    from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0
+                )
+            ]
+    return desc
 
 
 def declare_parameters(node) -> dict[str, ParamValue]:
@@ -229,7 +67,7 @@ def declare_parameters(node) -> dict[str, ParamValue]:
     for spec in SPECS:
         try:
             values[spec.name] = node.declare_parameter(
-                spec.name, spec.default, spec.descriptor()).value
+                spec.name, spec.default, descriptor(spec)).value
         except ParameterException as exc:
             reason = _rclpy_reason(exc, spec.name)
             raise ParameterError(f"parameter {spec.name}: {reason}") from None
@@ -248,57 +86,13 @@ def _rclpy_reason(exc: ParameterException, name: str) -> str:
 
 def check_parameters(params: Iterable[Parameter], *,
                      checkpoint_required: bool = True) -> SetParametersResult:
-    """The on-set-parameters verdict: every value of a known parameter must pass its
-    spec; names this node does not own (e.g. ``use_sim_time``) pass through.
-
-    ``checkpoint_required=False`` (a node given its backend by the caller, where the
-    checkpoint only labels it) lets an empty checkpoint pass."""
-    problems = []
-    for param in params:
-        spec = SPECS_BY_NAME.get(param.name)
-        if spec is None:
-            continue
-        problem = spec.check(param.value)
-        if problem is None and param.name == "cameras":
-            problem = _check_cameras(param.value)
-        if problem is None and param.name == "img_size" and 0 < param.value < PATCH_SIZE:
-            problem = f"img_size must be 0 (the model's) or >= {PATCH_SIZE}, got {param.value}"
-        if (problem is None and param.name == "checkpoint" and checkpoint_required
-                and not str(param.value).strip()):
-            problem = EMPTY_CHECKPOINT
-        if problem:
-            problems.append(problem)
-    return SetParametersResult(successful=not problems, reason="; ".join(problems))
+    """The on-set-parameters verdict of each value alone (see
+    :func:`~dvlt_ros.pipeline.settings.check_value`)."""
+    problem = check_values(((p.name, p.value) for p in params),
+                           checkpoint_required=checkpoint_required)
+    return verdict(problem)
 
 
-def check_combination(values: Mapping[str, ParamValue]) -> str | None:
-    """Why a set of values that each pass alone cannot go together, or None."""
-    low, high = values["budget_min_num_steps"], values["budget_max_num_steps"]
-    if low > high:
-        return f"budget_min_num_steps ({low}) must be <= budget_max_num_steps ({high})"
-    return None
-
-
-def _check_cameras(names: list[str]) -> str | None:
-    if not names:
-        return "cameras must list at least one camera namespace"
-    labels = [camera_label(n) for n in names]
-    if any(not label for label in labels) or len(set(labels)) != len(labels):
-        return f"cameras must be distinct, non-empty namespaces, got {list(names)}"
-    for label in labels:
-        try:  # the output topics ~/<label>/... are the strictest names built from it
-            validate_topic_name(f"{label}/depth")
-        except InvalidTopicNameException as exc:
-            reason = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
-            return f"camera namespace {label!r} is not a valid ROS name: {reason}"
-    return None
-
-
-def camera_label(namespace: str) -> str:
-    """Name of a camera in output topics and diagnostics: its namespace without the
-    leading and trailing slashes (``/rig/front/`` -> ``rig/front``)."""
-    return namespace.strip("/")
-
-
-def defaults() -> Mapping[str, ParamValue]:
-    return {spec.name: spec.default for spec in SPECS}
+def verdict(problem: str | None) -> SetParametersResult:
+    """A SetParametersResult for ``problem`` (None: accepted)."""
+    return SetParametersResult(successful=problem is None, reason=problem or "")

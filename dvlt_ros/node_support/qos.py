@@ -17,7 +17,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-INPUT_QOS_CHOICES = ("sensor_data", "reliable")
+from dvlt_ros.pipeline.settings import INPUT_QOS_CHOICES
 
 
 def input_qos(kind: str) -> QoSProfile:

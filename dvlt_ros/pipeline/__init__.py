@@ -1,10 +1,13 @@
 """ROS-free core of the live reconstruction node (numpy/torch only, no rclpy).
 
-Data flow of one cycle::
+:class:`~dvlt_ros.pipeline.session.ReconstructionSession` (``session.py``) is the one way
+data flows, for the live node, ``dvlt-ros process`` and ``dvlt-ros demo``; its settings are
+:mod:`~dvlt_ros.pipeline.settings`. Data flow of one cycle::
 
     CameraFrame --RigSynchronizer.add/poll--> RigSnapshot --WindowSelector.select-->
     ViewWindow --KPolicy.choose--> K --ReconstructionPipeline.submit--> CycleResult
-    (cloud, depth + camera models, TF poses, frusta, trajectory, timings, events)
+    (cloud, depth + camera models, TF poses, frusta, timings, events) --> Trajectories,
+    FusedCloud (accumulate.py)
     --KPolicy.observe(timings)
 
 See docs/pipeline.md and docs/world_frame.md.

@@ -10,10 +10,8 @@ order give the same results, so offline bag processing matches the live node.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings
@@ -46,7 +44,7 @@ class PipelineConfig:
     ``use_input_camera_info``: publish depth on the input CameraInfo's pixel grid and K
     (where it is valid) instead of the predicted intrinsics. ``frame_suffix``: appended to
     each image's frame_id to name its TF child frame. ``frustum_size``: frustum depth in
-    world units. ``trajectory_length``: reference-camera positions kept.
+    world units.
     """
 
     resolution: str = "original"
@@ -58,7 +56,6 @@ class PipelineConfig:
     frame_suffix: str = "_dvlt"
     cloud: CloudConfig = field(default_factory=CloudConfig)
     frustum_size: float = 0.3
-    trajectory_length: int = 1000
 
 
 @dataclass(frozen=True)
@@ -94,9 +91,8 @@ class CycleResult:
     """Everything one cycle produced, in the world frame (metres when ``metric``).
 
     ``depths``, ``poses`` and ``frusta`` are for the newest snapshot's cameras (stamped
-    with their source stamps); ``window_poses`` for every view of the window;
-    ``trajectory_stamps_ns`` / ``trajectory`` (M, 3) the reference camera's world
-    positions over the cycles of this world (since the last reset).
+    with their source stamps); ``window_poses`` for every view of the window (the
+    trajectories are the session's: :mod:`~dvlt_ros.pipeline.accumulate`).
     """
 
     stamp_ns: int
@@ -111,8 +107,6 @@ class CycleResult:
     poses: tuple[CameraPose, ...]
     window_poses: tuple[CameraPose, ...]
     frusta: tuple[Frustum, ...]
-    trajectory_stamps_ns: np.ndarray
-    trajectory: np.ndarray
     timings: CycleTimings
     backend_timings: StageTimings
     events: tuple[PipelineEvent, ...]
@@ -173,8 +167,6 @@ class ReconstructionPipeline:
             img_size=self.config.img_size,
         )
         self.world = WorldAligner(world, metric_scale=metric_scale, backend_metric=backend.metric)
-        length = self.config.trajectory_length
-        self._trajectory: deque[tuple[int, np.ndarray]] = deque(maxlen=length)
         self._epoch: int | None = None
 
     @property
@@ -182,9 +174,8 @@ class ReconstructionPipeline:
         return self._backend.inner
 
     def reset(self) -> None:
-        """Start a new world (the next window defines it) and clear the trajectory."""
+        """Start a new world (the next window defines it)."""
         self.world.reset()
-        self._trajectory.clear()
 
     def submit(self, window: ViewWindow, num_steps: int) -> CycleResult:
         """Reconstruct ``window`` with K = ``num_steps`` loop steps."""
@@ -228,7 +219,6 @@ class ReconstructionPipeline:
             products_ms=(end - after_world) * 1e3,
             total_ms=(end - start) * 1e3,
         )
-        stamps, positions = self._trajectory_arrays()
         return CycleResult(
             stamp_ns=window.stamp_ns,
             epoch=window.epoch,
@@ -242,8 +232,6 @@ class ReconstructionPipeline:
             poses=products[2],
             window_poses=products[3],
             frusta=products[4],
-            trajectory_stamps_ns=stamps,
-            trajectory=positions,
             timings=timings,
             backend_timings=recon.timings,
             events=tuple(events),
@@ -282,13 +270,4 @@ class ReconstructionPipeline:
                     cfg.frustum_size,
                 )
             )
-        if recon.views[0].pose_valid:
-            reference = sim.apply_c2w(recon.views[0].extrinsics_c2w)
-            self._trajectory.append((window.stamp_ns, reference[:3, 3].copy()))
         return cloud, tuple(depths), tuple(poses), window_poses, tuple(frusta)
-
-    def _trajectory_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._trajectory:
-            return np.zeros(0, np.int64), np.zeros((0, 3))
-        stamps = np.array([s for s, _ in self._trajectory], dtype=np.int64)
-        return stamps, np.stack([p for _, p in self._trajectory])

@@ -82,6 +82,9 @@ class RigSnapshot:
     frames: tuple[CameraFrame, ...]
     missing: tuple[str, ...] = ()
     epoch: int = 0
+    #: Clock (the ``now_ns`` given to :meth:`RigSynchronizer.add`) when its last frame
+    #: was queued.
+    arrived_ns: int | None = None
 
     @property
     def stamp_ns(self) -> int:
@@ -127,6 +130,7 @@ class _CameraState:
     queue: deque[CameraFrame]
     last_stamp_ns: int | None = None
     last_arrival_ns: int | None = None
+    arrivals: dict[int, int] = field(default_factory=dict)  # stamp -> arrival, queued frames
     last_size: tuple[int, int] | None = None
     timed_out: bool = False
     mismatch_reported: bool = False
@@ -385,6 +389,10 @@ class RigSynchronizer:
         state.queue.append(frame)
         state.last_stamp_ns = frame.stamp_ns
         state.last_arrival_ns = now_ns
+        state.arrivals[frame.stamp_ns] = now_ns
+        if len(state.arrivals) > len(state.queue):  # forget frames that left the queue
+            queued = {f.stamp_ns for f in state.queue}
+            state.arrivals = {s: t for s, t in state.arrivals.items() if s in queued}
         if self._newest_ns is None or frame.stamp_ns > self._newest_ns:
             self._newest_ns = frame.stamp_ns
         if self._on_accept is not None:
@@ -405,9 +413,12 @@ class RigSynchronizer:
                 chosen.append(min(queue, key=lambda f: abs(f.stamp_ns - candidate.stamp_ns)))
             stamps = [f.stamp_ns for f in chosen]
             if max(stamps) - min(stamps) <= self.config.slop_ns:
+                arrivals = [self._states[f.camera].arrivals.get(f.stamp_ns) for f in chosen]
+                known = [a for a in arrivals if a is not None]
                 self._consume(chosen)
                 missing = tuple(n for n in self.config.cameras if n not in active)
-                return RigSnapshot(tuple(chosen), missing, self._epoch), events
+                return RigSnapshot(tuple(chosen), missing, self._epoch,
+                                   max(known) if known else None), events
         return None, events
 
     def _consume(self, chosen: list[CameraFrame]) -> None:

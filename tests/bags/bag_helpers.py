@@ -15,9 +15,9 @@ from dvlt_ros.bags.sample import (
     read_sample_config,
     write_sample_bag,
 )
-from dvlt_ros.bags.settings import load_parameters
 from dvlt_ros.bags.source import BagMessage, BagSource
 from dvlt_ros.bags.writer import BagWriter
+from dvlt_ros.pipeline.settings import load_parameters
 
 IMG_SIZE = 112
 SAMPLE = SampleBagConfig(frames=6, rate_hz=5.0, num_cameras=2, width=160, height=120)

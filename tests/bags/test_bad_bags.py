@@ -505,3 +505,13 @@ def test_a_bad_model_for_the_run_is_a_one_line_refusal(sample, tmp_path, capsys,
     (line,) = _error_lines(capsys.readouterr().err)
     assert code == 2 and expected in line
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_parameters_that_cannot_go_together(sample, tmp_path, capsys):
+    """Each value passes alone; together they are refused, as the node refuses them."""
+    args = [str(sample), "--out", str(tmp_path / "out"), "--backend", "ground_truth",
+            "--quiet", "-p", "budget_min_num_steps:=9", "-p", "budget_max_num_steps:=8"]
+    assert process_cli.main(args) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "budget_min_num_steps (9) must be <= budget_max_num_steps (8)" in line
+    assert not (tmp_path / "out").exists()

@@ -144,7 +144,7 @@ def test_sigint_keeps_a_valid_partial_result(tmp_path):
 
 
 def test_fused_cloud_keeps_the_most_confident_point_per_voxel():
-    from dvlt_ros.bags.outputs import FusedCloud
+    from dvlt_ros.pipeline.accumulate import FusedCloud
 
     rng = np.random.default_rng(0)
     cloud = FusedCloud(0.1)
@@ -166,7 +166,7 @@ def test_fused_cloud_keeps_the_most_confident_point_per_voxel():
 
 
 def test_fused_cloud_memory_is_bounded_by_coarsening():
-    from dvlt_ros.bags.outputs import FusedCloud
+    from dvlt_ros.pipeline.accumulate import FusedCloud
 
     rng = np.random.default_rng(1)
     cloud = FusedCloud(0.01, max_points=2000)

@@ -1,6 +1,7 @@
 """Live lossless replay (``BagPlayer`` + ``reconstruct_node`` with ``lossless:=true`` and
 ``use_sim_time:=true``, real DDS on loopback) against offline processing of the same bag:
-nothing dropped, and the same clouds, depth and TF (determinism)."""
+nothing dropped, and the same clouds, depth, TF and trajectory (determinism: both drive
+the one ReconstructionSession)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from bag_helpers import PARAMS, SAMPLE, make_sample, process
+from nav_msgs.msg import Path
 from ros_graph import Graph
 from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import Image, PointCloud2
@@ -39,9 +41,9 @@ def _stamp(header) -> int:
 
 def _offline(bag, out):
     """Clouds (x, y, z, rgb bits) per stamp, depth per (frame, stamp), TF translation per
-    (child, stamp) of an offline run."""
+    (child, stamp) and the last trajectory (stamp, position) of an offline run."""
     summary, _ = process(bag, out, ProcessOptions(fuse_voxel=0.0))
-    clouds, depths, translations = {}, {}, {}
+    clouds, depths, translations, path = {}, {}, {}, []
     with AnyReader([out / "reconstruction"], default_typestore=typestore()) as reader:
         for conn, log_ns, raw in reader.messages():
             msg = reader.deserialize(raw, conn.msgtype)
@@ -54,11 +56,18 @@ def _offline(bag, out):
                 for tf in msg.transforms:
                     t = tf.transform.translation
                     translations[(tf.child_frame_id, log_ns)] = np.array([t.x, t.y, t.z])
-    return summary, clouds, depths, translations
+            elif conn.topic == f"{NODE}/trajectory":
+                path = _path_points(msg)
+    return summary, clouds, depths, translations, path
+
+
+def _path_points(msg) -> list[tuple[int, np.ndarray]]:
+    return [(_stamp(p.header), np.array([p.pose.position.x, p.pose.position.y,
+                                         p.pose.position.z])) for p in msg.poses]
 
 
 def test_lossless_replay_matches_offline_processing(bag, tmp_path):
-    summary, clouds, depths, translations = _offline(bag, tmp_path / "offline")
+    summary, clouds, depths, translations, path = _offline(bag, tmp_path / "offline")
     assert summary["windows"] == SAMPLE.frames
 
     graph = Graph()
@@ -70,6 +79,7 @@ def test_lossless_replay_matches_offline_processing(bag, tmp_path):
                                       **PARAMS)
         points = graph.listen(PointCloud2, f"{NODE}/points")
         tf = graph.listen(TFMessage, "/tf")
+        trajectory = graph.listen(Path, f"{NODE}/trajectory")
         live_depths = [graph.listen(Image, f"{NODE}/{c}/depth") for c in CAMERAS]
         acks = graph.listen(UInt64, f"{NODE}/consumed", ACK_QOS)
         player = graph.player(BagSource(bag), rate=0.0, lossless=True)
@@ -78,6 +88,7 @@ def test_lossless_replay_matches_offline_processing(bag, tmp_path):
         assert report.acknowledged == len(CAMERAS) * SAMPLE.frames
         assert graph.spin_until(lambda: acks and acks[-1].data == report.acknowledged)
         assert len(points) == SAMPLE.frames
+        assert graph.spin_until(lambda: trajectory and len(trajectory[-1].poses) == SAMPLE.frames)
         assert node.last_report.drops == 0 and node.last_report.cycle == SAMPLE.frames
         # Sim time: the node's clock is the bag's.
         assert node.get_clock().now().nanoseconds == SAMPLE.stamp_ns(SAMPLE.frames - 1)
@@ -100,6 +111,10 @@ def test_lossless_replay_matches_offline_processing(bag, tmp_path):
     assert set(live_tf) == set(translations)
     for key, t in live_tf.items():
         assert np.allclose([t.x, t.y, t.z], translations[key], atol=1e-9)
+    live_path = _path_points(trajectory[-1])
+    assert len(path) == SAMPLE.frames and [s for s, _ in live_path] == [s for s, _ in path]
+    for (_, live), (_, offline) in zip(live_path, path, strict=True):
+        assert np.allclose(live, offline, atol=1e-9)
 
 
 def test_replay_command_drives_a_lossless_node_in_another_process(bag):

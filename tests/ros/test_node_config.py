@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dvlt_ros.node_support.launching import camera_list
-from dvlt_ros.node_support.parameters import SPECS, SPECS_BY_NAME, check_parameters
+from dvlt_ros.node_support.parameters import SPECS, SPECS_BY_NAME, check_parameters, descriptor
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "reconstruct.yaml"
@@ -72,11 +72,11 @@ def test_one_default_k_everywhere():
 
 def test_parameter_descriptors():
     for spec in SPECS:
-        desc = spec.descriptor()
+        desc = descriptor(spec)
         assert desc.description and desc.read_only is not spec.dynamic
         if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
             assert desc.integer_range or desc.floating_point_range, spec.name
-    num_steps = SPECS_BY_NAME["num_steps"].descriptor().integer_range[0]
+    num_steps = descriptor(SPECS_BY_NAME["num_steps"]).integer_range[0]
     assert (num_steps.from_value, num_steps.to_value) == (1, 64)
 
 

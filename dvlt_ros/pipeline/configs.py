@@ -1,5 +1,6 @@
-"""The pipeline-core configurations of the node's parameters: one place, so the live node
-and offline tools (``dvlt-ros process``) build identical pipelines from the same values."""
+"""The pipeline-core configurations built from the settings
+(:mod:`dvlt_ros.pipeline.settings`): one place, used by the session, so the live node and
+offline tools (``dvlt-ros process``) build identical pipelines from the same values."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from dvlt_ros.node_support.parameters import camera_label
-from dvlt_ros.pipeline import (
-    CloudConfig,
-    KPolicyConfig,
-    PipelineConfig,
-    SyncConfig,
-    WindowConfig,
-    WorldConfig,
-)
+from dvlt_ros.pipeline.engine import PipelineConfig
+from dvlt_ros.pipeline.k_policy import KPolicyConfig
+from dvlt_ros.pipeline.products import CloudConfig
+from dvlt_ros.pipeline.settings import camera_label
+from dvlt_ros.pipeline.sync import SyncConfig
+from dvlt_ros.pipeline.window import WindowConfig
+from dvlt_ros.pipeline.world import WorldConfig
 
 # Rotation of an optical frame (x right, y down, z forward) in its REP 103 body frame.
 BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -71,7 +70,6 @@ def pipeline_config(p: Params) -> PipelineConfig:
             max_points=p["max_points"],
         ),
         frustum_size=p["frustum_scale"],
-        trajectory_length=p["trajectory_length"],
     )
 
 

@@ -1,0 +1,234 @@
+"""``ReconstructionSession``: the one way frames become cycle products, live and offline.
+
+The session owns everything between camera frames and what a cycle publishes, without
+ROS: the synchroniser (with the arrival time of each queued frame), the window selector,
+the K policy, the :class:`ReconstructionPipeline`, the lossless queue, the settings and
+their changes (every check, per value and across values), the cycle report, the
+trajectories and the fused cloud. The live node (:mod:`dvlt_ros.nodes.reconstruct_node`)
+feeds it from subscriptions and publishes what it returns; ``dvlt-ros process`` and
+``dvlt-ros demo`` drive the same class, so the same frames in the same order give the same
+windows, K (fixed mode) and results.
+
+Per image message: :meth:`add_frame` (or :meth:`count_rejected`), then, lossless,
+:meth:`after_image` and :meth:`next_queued` until it returns None; else :meth:`poll` at
+the cycle rate. Each snapshot: :meth:`reconstruct`, publish the result, :meth:`finish`.
+The input methods and :meth:`propose` may be called from another thread than the cycle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+from dvlt_core.backends import InferenceBackend
+from dvlt_ros.pipeline import configs
+from dvlt_ros.pipeline.accumulate import FusedCloud, Trajectories
+from dvlt_ros.pipeline.engine import CycleResult, ReconstructionPipeline
+from dvlt_ros.pipeline.events import Level, PipelineEvent
+from dvlt_ros.pipeline.frames import CameraFrame
+from dvlt_ros.pipeline.k_policy import KDecision, KPolicy
+from dvlt_ros.pipeline.products import build_cloud
+from dvlt_ros.pipeline.report import CycleReport
+from dvlt_ros.pipeline.settings import (
+    ParamValue,
+    camera_label,
+    check_combination,
+    check_values,
+)
+from dvlt_ros.pipeline.sync import CameraStats, RigSnapshot, RigSynchronizer
+from dvlt_ros.pipeline.window import ViewWindow, WindowSelector
+from dvlt_ros.pipeline.world import MetricScale
+
+# Lossless mode: images waiting for reconstruction and acknowledgement (the replay tool
+# keeps one in flight; the bound only matters when lossless is misused on live cameras).
+LOSSLESS_QUEUE = 64
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One reconstructed snapshot: its window, the K decision and the result.
+    ``sync_wait_ms``: age of its newest frame when the cycle took it; ``path_updated``:
+    whether the reference camera's path got a pose (then it is published)."""
+
+    window: ViewWindow
+    decision: KDecision
+    result: CycleResult
+    started_s: float = 0.0
+    sync_wait_ms: float = 0.0
+    path_updated: bool = False
+
+
+class ReconstructionSession:
+    """Frames in, cycles out (see the module docstring).
+
+    ``params``: checked settings (:func:`~dvlt_ros.pipeline.settings.load_parameters` or
+    the node's declared parameters). ``keep_all_poses``: keep every camera's pose of the
+    run (offline TUM files) besides the bounded reference path. ``fused``: accumulate the
+    newest views of every cycle into this cloud. ``checkpoint_required=False``: the
+    backend is given by the caller and the checkpoint only labels it (may be empty).
+    ``on_accept`` sees every frame the synchroniser queues.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, ParamValue],
+        *,
+        metric_scale: MetricScale | None = None,
+        keep_all_poses: bool = False,
+        fused: FusedCloud | None = None,
+        checkpoint_required: bool = True,
+        on_accept: Callable[[CameraFrame], None] | None = None,
+    ) -> None:
+        self.params: dict[str, ParamValue] = dict(params)
+        p = self.params
+        self.cameras = tuple(camera_label(ns) for ns in p["cameras"])
+        self.checkpoint_required = checkpoint_required
+        self._lock = threading.Lock()
+        self._pending: dict[str, ParamValue] = {}
+        self.sync = RigSynchronizer(configs.sync_config(p), on_accept)
+        self.windows = WindowSelector(configs.window_config(p))
+        self.k_policy = KPolicy(configs.k_policy_config(p))
+        self.pipeline: ReconstructionPipeline | None = None
+        self._metric_scale = metric_scale
+        self.lossless_queue: deque[tuple[RigSnapshot | None, int]] = deque(
+            maxlen=LOSSLESS_QUEUE)
+        self.images_received = 0
+        self.trajectories = Trajectories(int(p["trajectory_length"]), keep_all=keep_all_poses)
+        self.fused = fused
+        self.cycles = 0
+        self.last_report: CycleReport | None = None
+
+    # ----------------------------------------------------------------- settings
+    def propose(self, changes: Mapping[str, ParamValue]) -> str | None:
+        """Why ``changes`` are refused (a value alone, or with every value accepted so
+        far), or None: then they apply at the next :meth:`apply_pending`."""
+        problem = check_values(changes.items(), checkpoint_required=self.checkpoint_required)
+        if problem:
+            return problem
+        # Under the lock, so that the cycle cannot apply pending changes between this check
+        # and the update (the check must see every accepted value).
+        with self._lock:
+            problem = check_combination({**self.params, **self._pending, **changes})
+            if problem is None:
+                self._pending.update(changes)
+        return problem
+
+    def apply_pending(self) -> dict[str, ParamValue]:
+        """Apply the changes accepted since the last call (cycle thread); returns them."""
+        with self._lock:
+            changes, self._pending = self._pending, {}
+            self.params.update(changes)
+        if changes:
+            self.k_policy.update(**asdict(configs.k_policy_config(self.params)))
+            if self.pipeline is not None:
+                self.pipeline.config = configs.pipeline_config(self.params)
+        return changes
+
+    # ----------------------------------------------------------------- model
+    def install_backend(self, backend: InferenceBackend) -> list[PipelineEvent]:
+        """Make ``backend`` the one cycles run on; a replaced one starts a new world."""
+        if self.pipeline is not None:
+            self.trajectories.reset_path()
+        self.pipeline = ReconstructionPipeline(
+            backend, configs.pipeline_config(self.params),
+            world=configs.world_config(self.params), metric_scale=self._metric_scale,
+        )
+        with self._lock:  # arrivals are checked against this model's input size
+            events = self.sync.set_img_size(self.pipeline.reconstructor.img_size)
+        self.k_policy.model.reset()
+        return events
+
+    # ----------------------------------------------------------------- inputs
+    def add_frame(self, frame: CameraFrame, now_ns: int) -> list[PipelineEvent]:
+        """Queue a frame that arrived at ``now_ns`` (the clock of every ``now_ns``)."""
+        with self._lock:
+            return self.sync.add(frame, now_ns)
+
+    def count_rejected(self, camera: str) -> None:
+        """Count an image of ``camera`` refused before it became a frame."""
+        with self._lock:
+            self.sync.count_rejected(camera)
+
+    def poll(self, now_ns: int) -> tuple[RigSnapshot | None, list[PipelineEvent]]:
+        """The newest complete snapshot (consumed), or None; plus time-out events."""
+        with self._lock:
+            return self.sync.poll(now_ns)
+
+    def after_image(self, now_ns: int) -> list[PipelineEvent]:
+        """Lossless mode, after each image message (used or rejected): queue the snapshot
+        it completed (or None) with the image count, to reconstruct and acknowledge in
+        order. A full queue drops its oldest entry (reported)."""
+        with self._lock:
+            self.images_received += 1
+            snapshot, events = self.sync.poll(now_ns)
+            queue = self.lossless_queue
+            if len(queue) == queue.maxlen and queue[0][0] is not None:
+                events.append(PipelineEvent(
+                    "queue_overflow", Level.WARN,
+                    f"lossless queue full ({queue.maxlen} images): the oldest snapshot was "
+                    "dropped; lossless mode is for `dvlt-ros replay --lossless`, which "
+                    "waits for each acknowledgement",
+                ))
+            queue.append((snapshot, self.images_received))
+        return events
+
+    def next_queued(self) -> tuple[RigSnapshot | None, int] | None:
+        """The oldest lossless entry (snapshot or None, image count), or None if empty."""
+        with self._lock:
+            return self.lossless_queue.popleft() if self.lossless_queue else None
+
+    def camera_stats(self) -> dict[str, CameraStats]:
+        with self._lock:
+            return self.sync.stats()
+
+    # ----------------------------------------------------------------- cycle
+    def reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> Cycle:
+        """Window ``snapshot``, choose K, reconstruct, and add the result to the
+        trajectories and the fused cloud. A snapshot whose reconstruction raises is never
+        kept as a keyframe (the exception propagates)."""
+        if self.pipeline is None:
+            raise RuntimeError("no backend installed: call install_backend first")
+        started = time.perf_counter()
+        arrived = snapshot.arrived_ns
+        sync_wait_ms = max(0, now_ns - arrived) / 1e6 if arrived is not None else 0.0
+        window = self.windows.select(snapshot)
+        decision = self.k_policy.choose(len(window))
+        try:
+            result = self.pipeline.submit(window, decision.num_steps)
+        except Exception:
+            self.windows.forget(snapshot)
+            raise
+        path_updated = self.trajectories.add_cycle(result)
+        if self.fused is not None:
+            newest = [i for i, step in enumerate(window.timesteps) if step == 0]
+            cloud = build_cloud(result.reconstruction, result.placement.world_from_window,
+                                self.pipeline.config.cloud, newest)
+            self.fused.add(result.epoch, cloud.points, cloud.colors, cloud.confidence)
+        return Cycle(window, decision, result, started, sync_wait_ms, path_updated)
+
+    def finish(self, cycle: Cycle, publish_ms: float, points: int,
+               overruns: int = 0) -> CycleReport:
+        """Close a cycle whose products took ``publish_ms`` to publish or write: feed the
+        K policy and return the cycle's report (also kept as ``last_report``)."""
+        total_ms = (time.perf_counter() - cycle.started_s) * 1e3
+        result, decision, window = cycle.result, cycle.decision, cycle.window
+        self.k_policy.observe(len(window), result.backend_timings,
+                              result.timings.post_ms + publish_ms)
+        self.cycles += 1
+        b = result.backend_timings
+        stages = {**result.timings.as_dict(), "publish_ms": publish_ms, "total_ms": total_ms}
+        report = CycleReport(
+            cycle=self.cycles, stamp_ns=result.stamp_ns, epoch=result.epoch,
+            num_steps=result.num_steps, num_steps_mode=decision.mode,
+            predicted_ms=decision.predicted_ms, num_views=result.num_views,
+            num_cameras=len(window.newest), num_timesteps=max(window.timesteps) + 1,
+            points=points, units=result.units, sync_wait_ms=cycle.sync_wait_ms, **stages,
+            encode_ms=b.encode_ms, decode_ms=b.decode_ms,
+            step_ms=sum(b.step_ms) / len(b.step_ms) if b.step_ms else 0.0,
+            drops=sum(s.dropped for s in self.camera_stats().values()), overruns=overruns,
+        )
+        self.last_report = report
+        return report
