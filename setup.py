@@ -97,7 +97,11 @@ setup(
             "dvlt-export = dvlt_core.export.cli:main",
             "dvlt-train = dvlt_core.training.cli:main",
             "dvlt-eval = dvlt_core.eval.cli:main",
-            "dvlt-bag-to-dataset = dvlt_core.training.bag_to_dataset:main",
+            "dvlt-bag-to-dataset = dvlt_ros.cli.bag_to_dataset:main",
+        ],
+        # Training source types dvlt_core's `dvlt-train` loads by name (data.sources[].type).
+        "dvlt.training_sources": [
+            "rosbag = dvlt_ros.bags.training_source:rosbag_scenes",
         ],
     },
 )

@@ -16,16 +16,16 @@ pytest.importorskip("rosbags")
 from bag_fixtures import STAMPS, camera_topics, write_robot_bag
 
 from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
-from dvlt_core.training.bag_to_dataset import CameraTopics
 from dvlt_core.training.cli import build_config, main
-from dvlt_core.training.data import rosbag_scenes, scenes_from_source
-from dvlt_core.training.data.rosbag_source import parse_cameras, parse_conversion
+from dvlt_core.training.data import scenes_from_source
+from dvlt_ros.bags.decode import CameraTopics
+from dvlt_ros.bags.training_source import parse_cameras, parse_conversion, rosbag_scenes
 
-RECIPES = Path(__file__).resolve().parents[3] / "training"
+RECIPES = Path(__file__).resolve().parents[2] / "training"
 TINY = ["model.patch_embed=dinov2_tiny_test", "model.embed_dim=64", "model.num_heads=1",
         "data.image_size=28", "model.img_size=28", "data.min_epoch_length=4",
         "data.images_per_element=[2,3]", "data.images_per_batch=6", "trainer.progress_bar=false"]
-SOURCE_LOG = "dvlt_core.training.data.rosbag_source"
+SOURCE_LOG = "dvlt_ros.bags.training_source"
 
 
 @pytest.fixture(scope="module")
