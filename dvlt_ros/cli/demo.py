@@ -203,7 +203,7 @@ class SyntheticRigPublisher:
         from std_msgs.msg import Header
 
         from dvlt_ros.conversions.image import array_to_image
-        from dvlt_ros.conversions.transforms import stamp_from_ns
+        from dvlt_ros.conversions.tf import stamp_from_ns
 
         stamp = BASE_STAMP_NS + round(t * 1e9)
         for view in self.rig.snapshot(t):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dvlt_core.geometry.transforms import quaternion_to_rotation
-from dvlt_core.io.transforms import ViewTransform
+from dvlt_core.io.view_transforms import ViewTransform
 from dvlt_core.io.writers import (
     colorize,
     write_cameras_json,
