@@ -107,11 +107,11 @@ def _make_backend(args, rig, times, checkpoint):
 
         return GroundTruthBackend.for_rig(rig, times, img_size=args.img_size or 504)
     from dvlt_core.backends import create_backend
-    from dvlt_ros.node_support.model import resolve_device
+    from dvlt_core.device import resolve_device
 
     print(f"loading {args.backend} model from {checkpoint} ...", flush=True)
     return create_backend(args.backend, checkpoint=checkpoint,
-                          device=resolve_device(args.device), precision=args.precision)
+                          device=str(resolve_device(args.device)), precision=args.precision)
 
 
 def _run_node(args, rig, times, backend, checkpoint: str) -> int:

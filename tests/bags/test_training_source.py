@@ -15,8 +15,8 @@ import torch
 pytest.importorskip("rosbags")
 from bag_fixtures import STAMPS, camera_topics, write_robot_bag
 
+from dvlt_core.cli.train import build_config, main
 from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
-from dvlt_core.training.cli import build_config, main
 from dvlt_core.training.data import scenes_from_source
 from dvlt_ros.bags.decode import CameraTopics
 from dvlt_ros.bags.training_source import parse_cameras, parse_conversion, rosbag_scenes
