@@ -182,7 +182,7 @@ def cached_conversion(bag: str | Path, conversion: BagConversion,
         try:
             report = convert_bag(bag, partial, conversion, scene_name=bag.stem, progress=True)
             info = {**identity, "source": str(bag.resolve()), "frames": report.written,
-                    "skipped": dict(report.skipped)}
+                    "skipped": dict(report.skipped), "warnings": report.warnings}
             (partial / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
             partial.chmod(0o755)  # mkdtemp makes it private; the entry is a dataset like any other
             os.replace(partial, entry)

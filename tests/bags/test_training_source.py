@@ -182,3 +182,16 @@ def test_finetune_rosbag_recipe_takes_the_one_command_overrides():
     assert conversion.min_interval == 0.2 and conversion.fixed_frame == "map"
     np.testing.assert_allclose(conversion.base_from_camera["cam_optical_frame"][:3, 3],
                                [0.1, 0, 0.2])
+
+
+def test_a_truncated_bag_trains_on_what_is_readable_and_records_the_warning(tmp_path, bag):
+    path, rig = bag
+    cut = shutil.copytree(path, tmp_path / "cut" / path.name)
+    (file,) = cut.glob("*.mcap")
+    os.truncate(file, int(file.stat().st_size * 0.7))
+    (scene,) = rosbag_scenes({"path": str(cut), "cameras": _cameras_arg(rig),
+                              "cache_dir": str(tmp_path / "cache")})
+    (entry,) = _entries(tmp_path / "cache")
+    info = json.loads((entry / "conversion.json").read_text())
+    assert 0 < len(scene) == info["frames"] < 2 * len(STAMPS)
+    assert any("truncated" in warning for warning in info["warnings"])

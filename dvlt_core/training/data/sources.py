@@ -79,8 +79,9 @@ def scenes_from_source(spec: Mapping[str, Any]) -> list[Scene]:
             spec = {}
         else:
             raise ValueError(f"data source type must be one of {source_types()}, got {kind!r}"
-                             + ("; the rosbag source comes with dvlt_ros (install the package "
-                                "with its bags extra)" if kind == "rosbag" else ""))
+                             + ("; the rosbag source comes with dvlt_ros: install (or reinstall, "
+                                "e.g. pip install -e .) the package with its bags extra so that "
+                                "its entry points are registered" if kind == "rosbag" else ""))
     except KeyError as exc:
         raise ValueError(f"data source {kind!r} needs the key {exc.args[0]!r}") from None
     if spec:
