@@ -94,10 +94,14 @@ setup(
             "reconstruct_node = dvlt_ros.nodes.reconstruct_node:main",
             "dvlt-ros = dvlt_ros.cli.main:main",
             "dvlt-reconstruct = dvlt_core.cli.reconstruct:main",
-            "dvlt-export = dvlt_core.export.cli:main",
-            "dvlt-train = dvlt_core.training.cli:main",
-            "dvlt-eval = dvlt_core.eval.cli:main",
-            "dvlt-bag-to-dataset = dvlt_core.training.bag_to_dataset:main",
+            "dvlt-export = dvlt_core.cli.export:main",
+            "dvlt-train = dvlt_core.cli.train:main",
+            "dvlt-eval = dvlt_core.cli.evaluate:main",
+            "dvlt-bag-to-dataset = dvlt_ros.cli.bag_to_dataset:main",
+        ],
+        # Training source types dvlt_core's `dvlt-train` loads by name (data.sources[].type).
+        "dvlt.training_sources": [
+            "rosbag = dvlt_ros.bags.training_source:rosbag_scenes",
         ],
     },
 )

@@ -17,7 +17,7 @@ import torch
 from dvlt_core.backends.base import BackendOutput, StageTimings
 from dvlt_core.geometry import unproject_depth
 from dvlt_core.io.images import PreprocessedBatch
-from dvlt_core.io.transforms import ViewTransform, network_to_opencv_intrinsics
+from dvlt_core.io.view_transforms import ViewTransform, network_to_opencv_intrinsics
 
 RESOLUTIONS = ("original", "network")
 

@@ -17,7 +17,7 @@ region of every registered crop size is hashed and looked up, which also recover
 padding offset of views padded to a larger batch size. A match is exact (bit-identical
 input) or fails with an error naming the view; nothing is guessed. The intrinsics of the
 network canvas follow from the preprocessing record
-(:meth:`~dvlt_core.io.transforms.ViewTransform.intrinsics_to_network`), so the effect of
+(:meth:`~dvlt_core.io.view_transforms.ViewTransform.intrinsics_to_network`), so the effect of
 resize, crop, padding and portrait rotation is exact. The reconstructor must use the
 backend's ``img_size`` (its default).
 
@@ -39,7 +39,7 @@ from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTiming
 from dvlt_core.geometry.transforms import pose_encoding_from_cameras
 from dvlt_core.geometry.unproject import compute_world_rays
 from dvlt_core.io.images import preprocess
-from dvlt_core.io.transforms import ViewTransform
+from dvlt_core.io.view_transforms import ViewTransform
 from dvlt_core.model.config import DEFAULT_NUM_STEPS
 from dvlt_core.synthetic.rig import RenderedView, SyntheticRig
 from dvlt_core.synthetic.scene import Scene

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
-from dvlt_core.backends.device import resolve_device
+from dvlt_core.device import resolve_device
 from dvlt_core.model import PRECISIONS, DVLTModel, autocast_for
 
 

@@ -23,15 +23,14 @@ from dvlt_core.io.checkpoint import default_checkpoint
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_core.io.images import load_sequence
 from dvlt_core.io.writers import (
-    write_cameras_json,
     write_confidence_preview,
     write_depth_preview,
-    write_npz,
     write_ply,
     write_tum,
 )
 from dvlt_core.model.precision import PRECISIONS
 from dvlt_core.result import RESOLUTIONS, Reconstruction
+from dvlt_core.result_writers import write_cameras_json, write_npz
 
 EXIT_USAGE = 2
 USER_ERRORS = (*BACKEND_SETUP_ERRORS, FileNotFoundError, ValueError)

@@ -8,7 +8,7 @@ from dvlt_core.io.checkpoint import (
     save_checkpoint,
 )
 from dvlt_core.io.images import ImageSequence, PreprocessedBatch, load_sequence, preprocess
-from dvlt_core.io.transforms import ViewTransform
+from dvlt_core.io.view_transforms import ViewTransform
 
 __all__ = [
     "CheckpointError",

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dvlt_core.atomic import write_atomic
-from dvlt_core.backends.device import resolve_device
+from dvlt_core.device import resolve_device
 from dvlt_core.io.download import (
     CONFIG_LIMITS,
     WEIGHTS_LIMITS,

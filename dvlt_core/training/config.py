@@ -119,7 +119,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Learning-rate schedule per optimizer step (see :mod:`dvlt_core.training.schedule`)."""
+    """Learning-rate schedule per optimizer step (see :mod:`dvlt_core.training.lr_schedule`)."""
 
     name: str = "constant"
     warmup_steps: int = 500

@@ -38,7 +38,7 @@ from dvlt_core.training.data import (
 from dvlt_core.training.finetune import apply_freezing, optimizer_param_groups
 from dvlt_core.training.forward import TrainingForward, training_plan
 from dvlt_core.training.losses import MultiTaskLoss
-from dvlt_core.training.schedule import build_optimizer, build_scheduler
+from dvlt_core.training.lr_schedule import build_optimizer, build_scheduler
 from dvlt_core.training.state import (
     begin_checkpoint,
     finish_checkpoint,

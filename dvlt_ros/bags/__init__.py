@@ -12,6 +12,9 @@ Nothing here needs rosbag2 (``rosbags`` reads and writes sqlite3 and mcap bags).
   :mod:`~dvlt_ros.bags.evaluation` scores trajectories (ATE/RPE after Sim(3)).
 * :mod:`~dvlt_ros.bags.sample`: ``dvlt-ros sample-bag``, a synthetic multi-camera bag with
   ground truth.
+* :mod:`~dvlt_ros.bags.to_dataset`: a bag -> a training scene (``dvlt-bag-to-dataset``);
+  :mod:`~dvlt_ros.bags.training_source`: the ``rosbag`` source of ``dvlt-train``, converted
+  once into a cache.
 
 See docs/replay.md.
 """

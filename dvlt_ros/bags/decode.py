@@ -23,12 +23,20 @@ from dvlt_ros.pipeline import CameraFrame, CameraInfoData, PipelineEvent
 
 @dataclass(frozen=True)
 class CameraTopics:
-    """The topics of one camera namespace: ``image`` (raw or compressed) and ``info``."""
+    """The topics of one camera: ``image`` (raw or compressed), its ``info`` and, for an
+    RGB-D camera (:mod:`dvlt_ros.bags.to_dataset`), the ``depth`` registered to the image.
+    ``camera``: its label (default: the image topic); ``compressed``: the image topic is
+    ``CompressedImage``."""
 
-    camera: str
     image: str
     info: str
-    compressed: bool
+    depth: str | None = None
+    camera: str = ""
+    compressed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.camera:
+            object.__setattr__(self, "camera", self.image)
 
 
 def camera_topics(namespace: str, transport: str) -> CameraTopics:
@@ -36,7 +44,8 @@ def camera_topics(namespace: str, transport: str) -> CameraTopics:
     base = "/" + namespace.strip("/")
     compressed = transport == "compressed"
     image = f"{base}/image_raw/compressed" if compressed else f"{base}/image_raw"
-    return CameraTopics(camera_label(namespace), image, f"{base}/camera_info", compressed)
+    return CameraTopics(image, f"{base}/camera_info", camera=camera_label(namespace),
+                        compressed=compressed)
 
 
 class FrameDecoder:

@@ -27,7 +27,7 @@ from dvlt_ros.bags.handshake import ACK_QOS
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.msgtypes import IMAGE_TYPES
 from dvlt_ros.bags.source import BagMessage, BagSource
-from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns
 
 SpinOnce = Callable[[float], None]
 CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,

@@ -37,7 +37,7 @@ from dvlt_ros.bags.outputs import StagedOutput
 from dvlt_ros.bags.source import BagSource
 from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
-from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
 from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers

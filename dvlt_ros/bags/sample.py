@@ -32,7 +32,7 @@ from dvlt_ros.bags.source import BagSource
 from dvlt_ros.bags.writer import BagWriter
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
 from dvlt_ros.conversions.image import ImageConversionError, array_to_image, image_to_rgb8
-from dvlt_ros.conversions.transforms import stamp_from_ns, tf_message, transform_stamped
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
 
 SCENE_TOPIC = "/dvlt_sample/scene"
 GT_TOPIC = "/ground_truth/tf"

@@ -109,11 +109,11 @@ def _make_backend(args, rig, times, checkpoint):
 
         return GroundTruthBackend.for_rig(rig, times, img_size=args.img_size or 504)
     from dvlt_core.backends import create_backend
-    from dvlt_ros.node_support.model import resolve_device
+    from dvlt_core.device import resolve_device
 
     print(f"loading {args.backend} model from {checkpoint} ...", flush=True)
     return create_backend(args.backend, checkpoint=checkpoint,
-                          device=resolve_device(args.device), precision=args.precision)
+                          device=str(resolve_device(args.device)), precision=args.precision)
 
 
 def _run_node(args, rig, times, backend, checkpoint: str) -> int:
@@ -205,7 +205,7 @@ class SyntheticRigPublisher:
         from std_msgs.msg import Header
 
         from dvlt_ros.conversions.image import array_to_image
-        from dvlt_ros.conversions.transforms import stamp_from_ns
+        from dvlt_ros.conversions.tf import stamp_from_ns
 
         stamp = BASE_STAMP_NS + round(t * 1e9)
         for view in self.rig.snapshot(t):

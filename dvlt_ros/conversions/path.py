@@ -9,7 +9,7 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path
 from std_msgs.msg import Header
 
-from dvlt_ros.conversions.transforms import pose_from_matrix, stamp_from_ns
+from dvlt_ros.conversions.tf import pose_from_matrix, stamp_from_ns
 
 
 def path_message(header: Header, poses: Iterable[tuple[int, np.ndarray]]) -> Path:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dvlt_core.backends import InferenceBackend, create_backend
+from dvlt_core.device import resolve_device
 from dvlt_core.io.checkpoint import LICENCE_NOTICE, RELEASED_REPO
 from dvlt_ros.node_support.diagnostics import gpu_memory_values
 from dvlt_ros.node_support.health import ERROR, WARN
@@ -34,15 +35,6 @@ class LoadedModel:
     identity: str
     licence: str
     load_ms: float
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; other names unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def is_released(checkpoint: str) -> bool:
@@ -76,7 +68,7 @@ def load_backend(settings: ModelSettings) -> LoadedModel:
     backend = create_backend(
         settings.backend,
         checkpoint=settings.checkpoint,
-        device=resolve_device(settings.device),
+        device=str(resolve_device(settings.device)),
         precision=settings.precision,
     )
     identity, licence = describe(backend, settings.checkpoint)

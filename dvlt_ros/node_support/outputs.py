@@ -24,7 +24,7 @@ from dvlt_ros.conversions.image import array_to_image
 from dvlt_ros.conversions.markers import frusta_markers
 from dvlt_ros.conversions.path import path_message
 from dvlt_ros.conversions.pointcloud import points_to_cloud
-from dvlt_ros.conversions.transforms import stamp_from_ns, tf_message, transform_stamped
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
 from dvlt_ros.node_support.qos import DIAGNOSTICS_QOS, LATCHED_QOS, OUTPUT_QOS
 from dvlt_ros.pipeline.engine import CycleResult
 

@@ -31,7 +31,7 @@ from dvlt_core.geometry import (
     TfTree,
     TransformError,
 )
-from dvlt_ros.conversions.transforms import matrix_from_transform
+from dvlt_ros.conversions.tf import matrix_from_transform
 
 TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                     reliability=ReliabilityPolicy.RELIABLE,

@@ -21,7 +21,7 @@ from rclpy.node import Node
 from std_msgs.msg import UInt64
 
 from dvlt_core.backends import InferenceBackend
-from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
 from dvlt_ros.node_support.health import EventReporter, ProblemBoard
 from dvlt_ros.node_support.inputs import CameraInputs

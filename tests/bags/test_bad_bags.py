@@ -39,7 +39,7 @@ from dvlt_ros.bags.source import BagSource
 from dvlt_ros.cli import process as process_cli
 from dvlt_ros.cli import replay as replay_cli
 from dvlt_ros.conversions.image import array_to_image, image_to_rgb8
-from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns
 
 CAMERAS = ("cam_front_left", "cam_front_right")
 CHEAP = ["-p", "img_size:=112", "-p", "num_steps:=2", "-p", "window_timesteps:=2",

@@ -19,13 +19,30 @@ LAUNCHED = {"rviz2"}
 EXTRAS = ("onnx", "onnxruntime", "ml_dtypes", "tensorrt", "tensorboard", "h5py")
 
 
-def _console_scripts() -> list[str]:
+def _entry_points() -> dict[str, list[str]]:
     tree = ast.parse((REPO / "setup.py").read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
                 and getattr(n.func, "id", None) == "setup")
-    entry_points = ast.literal_eval(next(k.value for k in call.keywords
-                                         if k.arg == "entry_points"))
-    return [item.split("=")[0].strip() for item in entry_points["console_scripts"]]
+    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == "entry_points"))
+
+
+def _console_scripts() -> list[str]:
+    return [item.split("=")[0].strip() for item in _entry_points()["console_scripts"]]
+
+
+def test_entry_points_name_functions_of_the_package():
+    """Every console script and plugin (``dvlt.training_sources``) names a module of this
+    repository that defines the function (checked without importing it)."""
+    for group, items in _entry_points().items():
+        for item in items:
+            module, function = item.split("=")[1].strip().split(":")
+            path = REPO / (module.replace(".", "/") + ".py")
+            assert path.is_file(), f"{group}: {item}: no module {path}"
+            names = {n.name for n in ast.parse(path.read_text()).body
+                     if isinstance(n, ast.FunctionDef)}
+            assert function in names, f"{group}: {item}: {module} has no {function}()"
+    assert _entry_points()["dvlt.training_sources"] == [
+        "rosbag = dvlt_ros.bags.training_source:rosbag_scenes"]
 
 
 def test_console_scripts_have_namespaced_names():

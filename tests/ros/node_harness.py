@@ -29,7 +29,7 @@ from visualization_msgs.msg import MarkerArray
 from dvlt_core.synthetic import SyntheticRig
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
 from dvlt_ros.conversions.image import array_to_image
-from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns
 from dvlt_ros.node_support.qos import LATCHED_QOS
 from dvlt_ros.nodes.reconstruct_node import ReconstructNode
 

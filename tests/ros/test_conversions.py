@@ -18,7 +18,7 @@ from dvlt_ros.conversions.image import (
     image_to_rgb8,
 )
 from dvlt_ros.conversions.pointcloud import cloud_to_array, pack_rgb, points_to_cloud, unpack_rgb
-from dvlt_ros.conversions.transforms import (
+from dvlt_ros.conversions.tf import (
     matrix_from_transform,
     ns_from_stamp,
     stamp_from_ns,

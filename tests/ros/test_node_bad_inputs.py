@@ -30,7 +30,7 @@ from dvlt_core.synthetic import default_rig
 from dvlt_core.testing.images import constant_png
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
 from dvlt_ros.conversions.image import array_to_image
-from dvlt_ros.conversions.transforms import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns
 from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, prepare_frame
 
 TIMES = (0.0, 0.5, 1.0, 1.5, 2.0)

@@ -18,7 +18,7 @@ from dvlt_core.synthetic import default_rig
 from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
 from dvlt_ros.conversions.image import image_to_array
 from dvlt_ros.conversions.pointcloud import cloud_to_array, unpack_rgb
-from dvlt_ros.conversions.transforms import matrix_from_transform, ns_from_stamp
+from dvlt_ros.conversions.tf import matrix_from_transform, ns_from_stamp
 from dvlt_ros.pipeline.configs import BODY_FROM_OPTICAL
 from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, prepare_frame
 

@@ -16,7 +16,7 @@ from dvlt_ros.conversions.camera_info import (
 )
 from dvlt_ros.conversions.markers import frusta_markers
 from dvlt_ros.conversions.path import path_message
-from dvlt_ros.conversions.transforms import ns_from_stamp
+from dvlt_ros.conversions.tf import ns_from_stamp
 from dvlt_ros.node_support.diagnostics import status
 from dvlt_ros.node_support.health import ERROR, OK, WARN, ProblemBoard
 from dvlt_ros.node_support.lifecycle import GateClosedError, ShutdownGate

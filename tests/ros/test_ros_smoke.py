@@ -25,7 +25,7 @@ from tf2_msgs.msg import TFMessage
 
 from dvlt_ros.conversions.image import array_to_image, image_to_array
 from dvlt_ros.conversions.pointcloud import cloud_to_array, points_to_cloud, unpack_rgb
-from dvlt_ros.conversions.transforms import stamp_from_ns, tf_message, transform_stamped
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
 
 TF_MESSAGE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 LATCHED = QoSProfile(

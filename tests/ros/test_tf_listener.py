@@ -9,7 +9,7 @@ from node_harness import RosGraph
 from tf2_msgs.msg import TFMessage
 
 from dvlt_core.geometry import ExtrapolationError, FrameNotFoundError
-from dvlt_ros.conversions.transforms import stamp_from_ns, tf_message, transform_stamped
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
 from dvlt_ros.node_support.tf_listener import TF_QOS, TF_STATIC_QOS, TfListener
 
 S = 1_000_000_000

@@ -7,11 +7,14 @@ from dvlt_core.training.data.folder import (
     SceneWriter,
     find_folder_scenes,
 )
-from dvlt_core.training.data.rosbag_source import rosbag_scenes
 from dvlt_core.training.data.sampler import SampleRequest, TokenBudgetBatchSampler
 from dvlt_core.training.data.scannetpp import ScanNetppScene, scannetpp_scenes
 from dvlt_core.training.data.scene import Frame, Scene
-from dvlt_core.training.data.sources import scenes_from_source, scenes_from_sources
+from dvlt_core.training.data.sources import (
+    register_source,
+    scenes_from_source,
+    scenes_from_sources,
+)
 from dvlt_core.training.data.synthetic import SyntheticScene, SyntheticSpec, synthetic_scenes
 from dvlt_core.training.data.views import ViewSampling, build_sample, target_hw
 
@@ -31,7 +34,7 @@ __all__ = [
     "build_sample",
     "collate_samples",
     "find_folder_scenes",
-    "rosbag_scenes",
+    "register_source",
     "scannetpp_scenes",
     "scenes_from_source",
     "scenes_from_sources",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dvlt_core.backends import create_backend
-from dvlt_core.eval.cli import main
+from dvlt_core.cli.evaluate import main
 from dvlt_core.eval.datasets import REFERENCE_RESULTS, SyntheticEvalDataset
 from dvlt_core.eval.runner import (
     BenchmarkReport,

@@ -34,7 +34,7 @@ def small_export(reference_dir, tmp_path_factory) -> SmallExport:
     """``dvlt-export --onnx-only`` of the ViT-S case config (deterministic weights, seed 0)."""
     for name in EXPORT_EXTRA:  # without the export extra, the tests using it are skipped
         pytest.importorskip(name, reason=f"needs {name}: pip install -e '.[export]'")
-    from dvlt_core.export.cli import main
+    from dvlt_core.cli.export import main
 
     with np.load(reference_dir / "case_small_public.npz") as case:
         config = json.loads(str(case["config_json"]))

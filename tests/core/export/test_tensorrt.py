@@ -12,8 +12,8 @@ import torch
 
 from dvlt_core.backends import create_backend
 from dvlt_core.backends.tensorrt_backend import TensorRTBackend  # registers "tensorrt"
+from dvlt_core.cli.export import main as export_main
 from dvlt_core.export import EngineCacheError, ViewRange, check_backend, load_manifest
-from dvlt_core.export.cli import main as export_main
 from dvlt_core.export.tensorrt_build import (
     BuildProgress,
     EngineBuildError,

@@ -527,7 +527,7 @@ def test_reconstruct_with_an_empty_checkpoint_exits_2(image_file, tmp_path, caps
 
 
 def test_eval_with_a_bad_config_exits_2_with_one_line(saved, tmp_path, tiny_config, capsys):
-    from dvlt_core.eval.cli import main
+    from dvlt_core.cli.evaluate import main
 
     folder = _checkpoint(tmp_path, saved[1] / "model.safetensors",
                          {**tiny_config, "mlp_ratio": "abc"})

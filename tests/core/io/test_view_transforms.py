@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dvlt_core.io.images import preprocess
-from dvlt_core.io.transforms import ViewTransform, network_to_opencv_intrinsics
+from dvlt_core.io.view_transforms import ViewTransform, network_to_opencv_intrinsics
 from dvlt_core.result import unproject
 
 # (original size, rotate_portrait, other view in the batch) -> crop, pad and rotation cases.

@@ -9,17 +9,16 @@ import pytest
 from PIL import Image
 
 from dvlt_core.geometry.transforms import quaternion_to_rotation
-from dvlt_core.io.transforms import ViewTransform
+from dvlt_core.io.view_transforms import ViewTransform
 from dvlt_core.io.writers import (
     colorize,
-    write_cameras_json,
     write_confidence_preview,
     write_depth_preview,
-    write_npz,
     write_ply,
     write_tum,
 )
 from dvlt_core.result import Reconstruction, ViewReconstruction
+from dvlt_core.result_writers import write_cameras_json, write_npz
 
 
 def read_ply(path):

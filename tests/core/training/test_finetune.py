@@ -10,7 +10,7 @@ import torch
 from dvlt_core.model import DVLTModel
 from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
 from dvlt_core.training.finetune import apply_freezing, optimizer_param_groups
-from dvlt_core.training.schedule import build_optimizer, build_scheduler, lr_lambda
+from dvlt_core.training.lr_schedule import build_optimizer, build_scheduler, lr_lambda
 
 TINY = {"patch_embed": "dinov2_tiny_test", "embed_dim": 64, "num_heads": 1, "num_steps": 2,
         "min_steps": 1, "decoder_depth": 1, "decoder_embed_dim": 64, "decoder_num_heads": 1,

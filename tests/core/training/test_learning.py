@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from dvlt_core.backends import create_backend
+from dvlt_core.cli.train import build_config
 from dvlt_core.eval.datasets import SyntheticEvalDataset
 from dvlt_core.eval.runner import run_benchmark
 from dvlt_core.io import load_model
 from dvlt_core.model import DVLTModel
 from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
-from dvlt_core.training.cli import build_config
 from dvlt_core.training.trainer import Trainer
 
 RECIPE = Path(__file__).resolve().parents[3] / "training" / "tiny-cpu.yaml"

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dvlt_core.cli.train import build_config
 from dvlt_core.io import save_checkpoint
 from dvlt_core.model import DVLTConfig, DVLTModel
 from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
-from dvlt_core.training.cli import build_config
 from dvlt_core.training.forward import TrainingForward, training_plan
 from dvlt_core.training.k_sampler import train_k_for_step
 from dvlt_core.training.trainer import Trainer, load_initial_weights

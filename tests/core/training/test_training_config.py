@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dvlt_core.training.cli import build_config, main
+from dvlt_core.cli.train import build_config, main
 from dvlt_core.training.config import ConfigError, load_config
 
 RECIPES = Path(__file__).resolve().parents[3] / "training"

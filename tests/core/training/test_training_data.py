@@ -25,6 +25,7 @@ from dvlt_core.training.data import (
     find_folder_scenes,
     scannetpp_scenes,
     scenes_from_sources,
+    sources,
     target_hw,
 )
 from dvlt_core.training.data.scannetpp import write_float16_png
@@ -199,3 +200,24 @@ def test_dataset_and_collate(synthetic):
     assert batch["is_synthetic"].all()
     again = collate_samples([dataset[r] for r in requests])
     assert torch.equal(batch["images"], again["images"])  # deterministic per request seed
+
+
+def test_installed_packages_add_source_types_through_entry_points(tmp_path, monkeypatch):
+    """A package declaring ``dvlt.training_sources`` entry points (as dvlt_ros declares
+    ``rosbag``) adds a source type that is loaded on first use; unknown types are refused."""
+    (tmp_path / "fake_rooms.py").write_text(
+        "from dvlt_core.training.data import SyntheticSpec, synthetic_scenes\n"
+        "def rooms(spec):\n"
+        "    return synthetic_scenes(int(spec['count']), 0, SyntheticSpec(num_frames=2))\n")
+    info = tmp_path / "fake_rooms-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-rooms\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("[dvlt.training_sources]\nrooms = fake_rooms:rooms\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sources, "_REGISTERED", dict(sources._REGISTERED))
+    assert "rooms" in sources.source_types()
+    assert len(scenes_from_sources([{"type": "rooms", "count": 2, "repeat": 2}])) == 4
+    with pytest.raises(ValueError, match=r"must be one of .*'rooms'.*, got 'lidar'"):
+        scenes_from_sources([{"type": "lidar"}])
+    with pytest.raises(ValueError, match="built in"):
+        sources.register_source("folder", sources.scenes_from_source)

@@ -15,17 +15,17 @@ import torch
 pytest.importorskip("rosbags")
 from bag_fixtures import STAMPS, camera_topics, write_robot_bag
 
+from dvlt_core.cli.train import build_config, main
 from dvlt_core.model.dinov2 import BACKBONE_SPECS, BackboneSpec
-from dvlt_core.training.bag_to_dataset import CameraTopics
-from dvlt_core.training.cli import build_config, main
-from dvlt_core.training.data import rosbag_scenes, scenes_from_source
-from dvlt_core.training.data.rosbag_source import parse_cameras, parse_conversion
+from dvlt_core.training.data import scenes_from_source
+from dvlt_ros.bags.decode import CameraTopics
+from dvlt_ros.bags.training_source import parse_cameras, parse_conversion, rosbag_scenes
 
-RECIPES = Path(__file__).resolve().parents[3] / "training"
+RECIPES = Path(__file__).resolve().parents[2] / "training"
 TINY = ["model.patch_embed=dinov2_tiny_test", "model.embed_dim=64", "model.num_heads=1",
         "data.image_size=28", "model.img_size=28", "data.min_epoch_length=4",
         "data.images_per_element=[2,3]", "data.images_per_batch=6", "trainer.progress_bar=false"]
-SOURCE_LOG = "dvlt_core.training.data.rosbag_source"
+SOURCE_LOG = "dvlt_ros.bags.training_source"
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,16 @@ def test_finetune_rosbag_recipe_takes_the_one_command_overrides():
     assert conversion.min_interval == 0.2 and conversion.fixed_frame == "map"
     np.testing.assert_allclose(conversion.base_from_camera["cam_optical_frame"][:3, 3],
                                [0.1, 0, 0.2])
+
+
+def test_a_truncated_bag_trains_on_what_is_readable_and_records_the_warning(tmp_path, bag):
+    path, rig = bag
+    cut = shutil.copytree(path, tmp_path / "cut" / path.name)
+    (file,) = cut.glob("*.mcap")
+    os.truncate(file, int(file.stat().st_size * 0.7))
+    (scene,) = rosbag_scenes({"path": str(cut), "cameras": _cameras_arg(rig),
+                              "cache_dir": str(tmp_path / "cache")})
+    (entry,) = _entries(tmp_path / "cache")
+    info = json.loads((entry / "conversion.json").read_text())
+    assert 0 < len(scene) == info["frames"] < 2 * len(STAMPS)
+    assert any("truncated" in warning for warning in info["warnings"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +15,10 @@ from bag_fixtures import STAMPS, T, camera_topics, write_robot_bag
 
 from dvlt_core.io.image_decode import ImageDecodeError
 from dvlt_core.testing.images import constant_png
-from dvlt_core.training.bag_to_dataset import BagConversion, convert_bag, decode_color, main
 from dvlt_core.training.data import find_folder_scenes
+from dvlt_ros.bags.decode import CameraTopics
+from dvlt_ros.bags.to_dataset import BagConversion, convert_bag, decode_color
+from dvlt_ros.cli.bag_to_dataset import main
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,22 @@ def test_compressed_images_are_decoded_within_their_camera_info_size():
     # The 79 KB PNG of 9000x9000: refused from its header, never decoded.
     with pytest.raises(ImageDecodeError, match="9000x9000: more than the 1728 pixels"):
         decode_color(compressed(constant_png(9000, 9000)), kind, 48 * 36)
+
+
+def test_truncated_bag_converts_what_is_readable(tmp_path, recorded):
+    bag, rig = recorded
+    cut = shutil.copytree(bag, tmp_path / "cut")
+    (file,) = cut.glob("*.mcap")
+    os.truncate(file, int(file.stat().st_size * 0.7))
+    report = convert_bag(cut, tmp_path / "out", BagConversion(camera_topics(rig)))
+    assert 0 < report.written < 2 * len(STAMPS)
+    assert any("truncated" in warning for warning in report.warnings)
+    assert len(find_folder_scenes(tmp_path / "out")[0]) == report.written
+
+
+def test_topics_of_another_type_are_refused(tmp_path, recorded):
+    bag, rig = recorded
+    (front, _) = camera_topics(rig)
+    wrong = CameraTopics("/odom", front.info, front.depth)
+    with pytest.raises(ValueError, match="/odom is nav_msgs/msg/Odometry, expected"):
+        convert_bag(bag, tmp_path, BagConversion([wrong]))

@@ -3,7 +3,7 @@
 Examples::
 
     dvlt-train --config training/dvlt-large.yaml data.sources[0].root=/data/scannetpp
-    accelerate launch --num_processes 8 -m dvlt_core.training.cli --config training/X.yaml
+    accelerate launch --num_processes 8 -m dvlt_core.cli.train --config training/X.yaml
     dvlt-train --config training/X.yaml --resume latest
 """
 

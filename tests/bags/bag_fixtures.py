@@ -16,7 +16,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from dvlt_core.geometry import rotation_to_quaternion
 from dvlt_core.synthetic import SyntheticRig, default_rig
-from dvlt_core.training.bag_to_dataset import CameraTopics
+from dvlt_ros.bags.decode import CameraTopics
 
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types

@@ -11,7 +11,11 @@
      max_depth: null,                        # applied when loading, not part of the cache key
      cache_dir: null}                        # default $DVLT_CACHE_DIR/rosbag-scenes
 
-Each bag is converted by :func:`dvlt_core.training.bag_to_dataset.convert_bag` into
+Importing this module registers the source type ``rosbag`` with
+:func:`dvlt_core.training.data.sources.register_source`; ``dvlt-train`` finds it through the
+``dvlt.training_sources`` entry point (setup.py), so dvlt_core never imports dvlt_ros.
+
+Each bag is converted by :func:`dvlt_ros.bags.to_dataset.convert_bag` into
 ``<cache_dir>/<bag name>-<key>/<bag name>/``, where ``key`` hashes the bag's files (names, sizes,
 modification times and the content of ``metadata.yaml``) together with the conversion options.
 The conversion is written into a ``.partial`` folder that is renamed when complete, under a file
@@ -32,13 +36,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dvlt_core.io.download import default_cache_dir
 from dvlt_core.training.data.folder import FolderScene, find_folder_scenes
-
-if TYPE_CHECKING:
-    from dvlt_core.training.bag_to_dataset import BagConversion, CameraTopics
+from dvlt_core.training.data.sources import register_source
+from dvlt_ros.bags.decode import CameraTopics
+from dvlt_ros.bags.to_dataset import BagConversion, convert_bag, extrinsic_matrix, parse_camera
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ def parse_cameras(value: Any) -> list[CameraTopics]:
     Accepted forms: a string of ``IMAGE,INFO,DEPTH`` specs separated by spaces (convenient on the
     command line), or a list whose items are such strings or ``{image, info, depth}`` mappings.
     """
-    from dvlt_core.training.bag_to_dataset import CameraTopics, parse_camera
-
     if isinstance(value, str):
         items: list[Any] = value.split()
     elif isinstance(value, Sequence):
@@ -88,8 +90,6 @@ def parse_cameras(value: Any) -> list[CameraTopics]:
 def parse_conversion(spec: Mapping[str, Any]) -> BagConversion:
     """The :class:`BagConversion` a rosbag source spec describes (its ``cameras``, ``pose``,
     ``tolerance``, ``min_interval`` and ``allow_distortion``)."""
-    from dvlt_core.training.bag_to_dataset import BagConversion, extrinsic_matrix
-
     if spec.get("cameras") is None:
         raise ValueError("rosbag source needs 'cameras'; on the command line: "
                          "data.sources[0].cameras=IMAGE,INFO,DEPTH")
@@ -164,8 +164,6 @@ def cached_conversion(bag: str | Path, conversion: BagConversion,
                       cache_dir: str | Path | None = None) -> Path:
     """The cache entry (a dataset root holding one scene) of ``bag`` converted with
     ``conversion``, converting it first if it is not cached yet."""
-    from dvlt_core.training.bag_to_dataset import convert_bag
-
     bag = Path(bag)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / CACHE_SUBDIR
     key, identity = cache_key(bag, conversion)
@@ -184,7 +182,7 @@ def cached_conversion(bag: str | Path, conversion: BagConversion,
         try:
             report = convert_bag(bag, partial, conversion, scene_name=bag.stem, progress=True)
             info = {**identity, "source": str(bag.resolve()), "frames": report.written,
-                    "skipped": dict(report.skipped)}
+                    "skipped": dict(report.skipped), "warnings": report.warnings}
             (partial / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
             partial.chmod(0o755)  # mkdtemp makes it private; the entry is a dataset like any other
             os.replace(partial, entry)
@@ -214,3 +212,6 @@ def rosbag_scenes(spec: Mapping[str, Any]) -> list[FolderScene]:
         entry = cached_conversion(bag, conversion, spec.get("cache_dir"))
         scenes.extend(find_folder_scenes(entry, spec.get("max_depth")))
     return scenes
+
+
+register_source("rosbag", rosbag_scenes)
