@@ -188,7 +188,7 @@ def write_outputs(
 
     Views whose pose fit failed stay in the NPZ and JSON (flagged) but are left out of the
     point cloud, the trajectory and the viewer exports (``glb``, ``rrd``) unless
-    ``keep_failed``. ``metric``: the geometry is in metres (the ``.rrd``'s depth unit).
+    ``keep_failed``. ``metric``: the geometry is in metres (the unit the exports state).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "depth").mkdir(exist_ok=True)
@@ -204,7 +204,7 @@ def write_outputs(
     write_ply(paths["ply"], points, colors)
     if glb:
         paths["glb"] = out / "scene.glb"
-        write_glb(paths["glb"], recon, points, colors, include_failed=keep_failed)
+        write_glb(paths["glb"], recon, points, colors, include_failed=keep_failed, metric=metric)
     if rrd:
         paths["rrd"] = out / "recording.rrd"
         write_rrd(paths["rrd"], recon, points, colors, include_failed=keep_failed, metric=metric)

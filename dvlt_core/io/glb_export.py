@@ -14,7 +14,7 @@ about view 0's camera). glTF is y up and its cameras look along -z, so every coo
 written turned 180 degrees about x: glTF ``(x, y, z)`` = reconstruction ``(x, -y, -z)``
 (:data:`OPENCV_TO_GLTF`). A glTF viewer then shows view 0 looking along -z with image-up
 as +y. Units are the reconstruction's: metres only for a metric backend (DVLT's geometry is
-up to scale). Both facts are also written into the scene's ``extras``.
+up to scale). Both facts are also written into the scene's ``extras`` (:func:`scene_extras`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,7 @@ OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])
 #: Depth of a frustum as a fraction of the scene's size (diagonal of the bounding box of
 #: the points and the camera centres).
 FRUSTUM_FRACTION = 0.05
-#: What the scene's ``extras`` say about the file.
-SCENE_EXTRAS = {
-    "axes": "glTF (x, y, z) = reconstruction OpenCV world (x, -y, -z): y up, view 0 looks "
-    "along -z",
-    "units": "as the reconstruction (metres only for a metric backend, else up to scale)",
-}
+AXES = "glTF (x, y, z) = reconstruction OpenCV world (x, -y, -z): y up, view 0 looks along -z"
 #: Segments of a frustum, as indices into (apex, 4 image corners).
 _FRUSTUM_SEGMENTS = ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1))
 
@@ -50,6 +45,12 @@ _FRUSTUM_SEGMENTS = ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4,
 def require_trimesh() -> ModuleType:
     """trimesh, or :class:`ViewerPackageMissingError` saying how to install it."""
     return require_viewer_package("trimesh", "the .glb export (--glb)")
+
+
+def scene_extras(metric: bool) -> dict[str, str]:
+    """What the scene's ``extras`` say about the file: its axes and its unit."""
+    units = "metres" if metric else "arbitrary: the reconstruction is up to scale"
+    return {"axes": AXES, "units": units}
 
 
 def scene_size(points: np.ndarray, centres: np.ndarray) -> float:
@@ -77,15 +78,19 @@ def frustum_segments(view: ViewReconstruction, depth: float) -> np.ndarray:
 
 
 def build_glb(
-    recon: Reconstruction, points: np.ndarray, colors: np.ndarray, views: Sequence[int]
+    recon: Reconstruction,
+    points: np.ndarray,
+    colors: np.ndarray,
+    views: Sequence[int],
+    metric: bool = False,
 ) -> bytes:
     """The GLB bytes of ``points`` (N, 3) with ``colors`` (N, 3) uint8 and the frusta of
-    ``views`` (indices into ``recon.views``)."""
+    ``views`` (indices into ``recon.views``); ``metric``: the geometry is in metres."""
     trimesh = require_trimesh()
     from trimesh.path.entities import Line
 
     scene = trimesh.Scene()
-    scene.metadata.update(SCENE_EXTRAS)
+    scene.metadata.update(scene_extras(metric))
     if len(points):
         rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
         cloud = trimesh.PointCloud(np.asarray(points, np.float64) @ OPENCV_TO_GLTF, colors=rgba)
@@ -104,16 +109,16 @@ def build_glb(
         name = f"frustum_{view.name}"
         scene.add_geometry(path, node_name=name, geom_name=name)
     if not scene.geometry:  # trimesh refuses to export nothing; an empty glTF is valid
-        return empty_glb()
+        return empty_glb(scene_extras(metric))
     return scene.export(file_type="glb")
 
 
-def empty_glb() -> bytes:
-    """A valid GLB with one empty scene (no points and no views to draw)."""
+def empty_glb(extras: dict[str, str]) -> bytes:
+    """A valid GLB with one empty scene carrying ``extras`` (nothing to draw)."""
     document = {
         "asset": {"version": "2.0", "generator": "dvlt_core.io.glb_export"},
         "scene": 0,
-        "scenes": [{"nodes": [], "extras": SCENE_EXTRAS}],
+        "scenes": [{"nodes": [], "extras": extras}],
     }
     text = json.dumps(document).encode()
     text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned, JSON padded with spaces
@@ -127,7 +132,8 @@ def write_glb(
     points: np.ndarray,
     colors: np.ndarray,
     include_failed: bool = False,
+    metric: bool = False,
 ) -> None:
     """Write :func:`build_glb` of the :func:`exported_views` atomically to ``path``."""
-    data = build_glb(recon, points, colors, exported_views(recon, include_failed))
+    data = build_glb(recon, points, colors, exported_views(recon, include_failed), metric)
     write_atomic(path, lambda tmp: tmp.write_bytes(data))

@@ -111,6 +111,7 @@ def test_glb_holds_the_ply_cloud_and_one_coloured_frustum_per_view(written):
     # Colours: trimesh reads lines back without them, so check the glTF itself.
     gltf, blob = _gltf(paths["glb"])
     assert "y up" in gltf["scenes"][0]["extras"]["axes"]
+    assert gltf["scenes"][0]["extras"]["units"] == "metres"  # the ground truth is metric
     palette = view_colors(len(NAMES))
     meshes = {m["name"]: m["primitives"][0] for m in gltf["meshes"]}
     assert meshes["points"]["mode"] == 0 and "COLOR_0" in meshes["points"]["attributes"]
@@ -240,6 +241,7 @@ def test_cli_flags_write_both_exports(saved, tmp_path, capsys):
                  "--keep-failed-views", "--glb", "--rrd"])
     assert code == 0, capsys.readouterr().err
     scene = trimesh.load(out / "scene.glb", force="scene")
+    assert "up to scale" in _gltf(out / "scene.glb")[0]["scenes"][0]["extras"]["units"]
     assert sorted(n for n in scene.geometry if n.startswith("frustum_")) == [
         "frustum_a", "frustum_b"]
     chunks = _chunks(out / "recording.rrd")
