@@ -56,6 +56,9 @@ EXTRAS = {
     "train": ["tensorboard>=2.14"],
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "rectify": ["opencv-python-headless>=4.5"],  # distorted inputs (dvlt_core.io.rectify)
+    # dvlt-reconstruct --glb / --rrd (tested with trimesh 5.2 and rerun-sdk 0.41, whose
+    # rerun.chunk.RrdReader the tests read recordings with)
+    "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41"],
     "dev": [
         "pytest>=8.0",
         "ruff>=0.6",
@@ -69,7 +72,7 @@ EXTRAS = {
 
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
 # independent reader that checks the CRCs our mcap bags carry.
-TEST_GROUPS = ("dev", "export", "train", "eval", "rectify")
+TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers")
 EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]} | {"mcap>=1.1"})
 
 setup(

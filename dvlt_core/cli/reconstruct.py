@@ -2,7 +2,8 @@
 
 Writes into ``--out``: ``reconstruction.npz`` (all arrays), ``points.ply`` (coloured,
 confidence-filtered), ``depth/<view>.png`` and ``confidence/<view>.png`` previews,
-``cameras.json`` and ``trajectory.tum``.
+``cameras.json`` and ``trajectory.tum``; with ``--glb`` ``scene.glb`` and with ``--rrd``
+``recording.rrd`` (the ``viewers`` extra).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from dvlt_core.backends import available_backends, create_backend
 from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
 from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
 from dvlt_core.io.checkpoint import default_checkpoint
+from dvlt_core.io.glb_export import require_trimesh, write_glb
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_core.io.images import load_sequence
+from dvlt_core.io.rrd_export import require_rerun, write_rrd
+from dvlt_core.io.viewer_packages import ViewerPackageMissingError
 from dvlt_core.io.writers import (
     write_confidence_preview,
     write_depth_preview,
@@ -33,7 +37,7 @@ from dvlt_core.result import RESOLUTIONS, Reconstruction
 from dvlt_core.result_writers import write_cameras_json, write_npz
 
 EXIT_USAGE = 2
-USER_ERRORS = (*BACKEND_SETUP_ERRORS, FileNotFoundError, ValueError)
+USER_ERRORS = (*BACKEND_SETUP_ERRORS, FileNotFoundError, ValueError, ViewerPackageMissingError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also put views whose pose fit failed into points.ply and trajectory.tum",
     )
+    parser.add_argument(
+        "--glb",
+        action="store_true",
+        help="also write scene.glb: the points.ply cloud and a camera frustum per view, "
+        "for any glTF viewer (y up; needs the 'viewers' extra)",
+    )
+    parser.add_argument(
+        "--rrd",
+        action="store_true",
+        help="also write recording.rrd: images, depth, confidence, cameras, points and the "
+        "trajectory over time; open it with `rerun recording.rrd` (needs the 'viewers' extra)",
+    )
     return parser
 
 
@@ -159,12 +175,20 @@ def _source(inputs: Sequence[str]) -> str | list[str]:
 
 
 def write_outputs(
-    recon: Reconstruction, out: Path, conf_threshold: float | str, keep_failed: bool = False
+    recon: Reconstruction,
+    out: Path,
+    conf_threshold: float | str,
+    keep_failed: bool = False,
+    *,
+    glb: bool = False,
+    rrd: bool = False,
+    metric: bool = False,
 ) -> dict[str, Path]:
     """Write every output file of the tool into ``out``; returns them by kind.
 
     Views whose pose fit failed stay in the NPZ and JSON (flagged) but are left out of the
-    point cloud and the trajectory unless ``keep_failed``.
+    point cloud, the trajectory and the viewer exports (``glb``, ``rrd``) unless
+    ``keep_failed``. ``metric``: the geometry is in metres (the unit the exports state).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "depth").mkdir(exist_ok=True)
@@ -178,6 +202,12 @@ def write_outputs(
     write_npz(paths["npz"], recon)
     points, colors = recon.point_cloud(conf_threshold, include_failed=keep_failed)
     write_ply(paths["ply"], points, colors)
+    if glb:
+        paths["glb"] = out / "scene.glb"
+        write_glb(paths["glb"], recon, points, colors, include_failed=keep_failed, metric=metric)
+    if rrd:
+        paths["rrd"] = out / "recording.rrd"
+        write_rrd(paths["rrd"], recon, points, colors, include_failed=keep_failed, metric=metric)
     write_cameras_json(paths["cameras"], recon)
     write_tum(
         paths["trajectory"],
@@ -218,6 +248,7 @@ def reconstruct(args: argparse.Namespace) -> Reconstruction:
         precision=args.precision,
         **options,
     )
+    args.metric = backend.metric  # the unit the exports state
     reconstructor = Reconstructor(
         backend,
         pose_mode=args.pose_mode,
@@ -248,7 +279,7 @@ def report(recon: Reconstruction, args: argparse.Namespace) -> None:
         action = (
             "kept (--keep-failed-views)"
             if args.keep_failed_views
-            else "left out of points.ply and trajectory.tum"
+            else "left out of points.ply, trajectory.tum and the viewer exports"
         )
         print(
             f"warning: pose fit failed for {len(recon.failed_views)} view(s) "
@@ -273,17 +304,34 @@ def _unique(names: Sequence[str]) -> list[str]:
     return out
 
 
+def _require_export_packages(args: argparse.Namespace) -> None:
+    """Refuse --glb/--rrd before any work when their package is not installed."""
+    if args.glb:
+        require_trimesh()
+    if args.rrd:
+        require_rerun()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit code (2 on bad input or setup)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        _require_export_packages(args)
         recon = reconstruct(args)
     except USER_ERRORS as exc:
         print(f"dvlt-reconstruct: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        write_outputs(recon, args.out, args.conf_threshold, keep_failed=args.keep_failed_views)
+        write_outputs(
+            recon,
+            args.out,
+            args.conf_threshold,
+            keep_failed=args.keep_failed_views,
+            glb=args.glb,
+            rrd=args.rrd,
+            metric=args.metric,
+        )
     except OSError as exc:
         print(
             f"dvlt-reconstruct: error: cannot write the outputs to {args.out}: {exc}; "

@@ -16,7 +16,7 @@ CODE = ("dvlt_ros", "dvlt_core", "launch")
 # Started as executables by the launch file, not imported.
 LAUNCHED = {"rviz2"}
 # The optional extras the tests must do without: their modules are hidden in a subprocess.
-EXTRAS = ("onnx", "onnxruntime", "ml_dtypes", "tensorrt", "tensorboard", "h5py")
+EXTRAS = ("onnx", "onnxruntime", "ml_dtypes", "tensorrt", "tensorboard", "h5py", "trimesh", "rerun")
 
 
 def _entry_points() -> dict[str, list[str]]:

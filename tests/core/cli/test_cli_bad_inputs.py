@@ -143,3 +143,21 @@ def test_max_pixels_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path), "--max-pixels", "0"])
     assert stop.value.code == 2 and "--max-pixels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "module", "package"),
+    [("--glb", "trimesh", "trimesh"), ("--rrd", "rerun", "rerun-sdk")],
+)
+def test_an_export_without_its_package_exits_2_before_any_work(
+    flag, module, package, tmp_path, capsys, monkeypatch
+):
+    # The 'viewers' extra not installed: the import fails as it would (None in sys.modules).
+    monkeypatch.setitem(sys.modules, module, None)
+    image = tmp_path / "a.png"
+    image.write_bytes(constant_png(64, 48))
+    out = tmp_path / "out"
+    assert main([str(image), "--checkpoint", str(tmp_path / "none"), "--out", str(out), flag]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert flag in line and package in line and "pip install 'dvlt_ros[viewers]'" in line
+    assert not out.exists()  # refused before loading anything or writing
