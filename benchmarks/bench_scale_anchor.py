@@ -29,14 +29,7 @@ import numpy as np
 from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
 from dvlt_core.inference import Reconstructor
 from dvlt_core.synthetic import default_rig
-from dvlt_ros.pipeline import (
-    CameraFrame,
-    RigSynchronizer,
-    SyncConfig,
-    WindowConfig,
-    WindowSelector,
-    WorldAligner,
-)
+from dvlt_ros.pipeline import WindowConfig, WorldAligner
 from dvlt_ros.pipeline.anchor import Anchor, anchor_reconstruction
 from dvlt_ros.pipeline.scale import (
     MeasuredDepth,
@@ -46,22 +39,7 @@ from dvlt_ros.pipeline.scale import (
     odometry_scale,
     rig_scale,
 )
-
-
-def windows_of(rig, times):
-    sync = RigSynchronizer(SyncConfig(tuple(rig.names)))
-    selector = WindowSelector(
-        WindowConfig(max_timesteps=3, max_views=9, keyframe_min_spacing_ns=0)
-    )
-    out = []
-    for t in times:
-        stamp = round(t * 1e9)
-        for view in rig.snapshot(t):
-            frame_id = rig.camera(view.camera).optical_frame
-            sync.add(CameraFrame(view.camera, stamp, frame_id, view.image), stamp)
-        snapshot, _ = sync.poll(stamp)
-        out.append(selector.select(snapshot))
-    return out
+from dvlt_ros.pipeline.synthetic_windows import rig_windows
 
 
 def main() -> None:
@@ -88,7 +66,8 @@ def main() -> None:
     smooth = {source: [] for source in smoothers}
     anchored = {"Sim(3)": [], "SE(3), smoothed rig scale": []}
     reference_path = []
-    for window in windows_of(rig, times):
+    config = WindowConfig(max_timesteps=3, max_views=9, keyframe_min_spacing_ns=0)
+    for window in rig_windows(rig, times, config):
         recon = Reconstructor(backend).reconstruct([f.rgb for f in window.frames])
         truth = backend.last_draw.metres_per_unit
         reference = chain.place(window, recon).world_from_window.scale

@@ -21,11 +21,8 @@ from dvlt_core.backends import available_backends, create_backend
 from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
 from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
 from dvlt_core.io.checkpoint import default_checkpoint
-from dvlt_core.io.glb_export import require_trimesh, write_glb
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_core.io.images import load_sequence
-from dvlt_core.io.rrd_export import require_rerun, write_rrd
-from dvlt_core.io.viewer_packages import ViewerPackageMissingError
 from dvlt_core.io.writers import (
     write_confidence_preview,
     write_depth_preview,
@@ -35,6 +32,9 @@ from dvlt_core.io.writers import (
 from dvlt_core.model.precision import PRECISIONS
 from dvlt_core.result import RESOLUTIONS, Reconstruction
 from dvlt_core.result_writers import write_cameras_json, write_npz
+from dvlt_core.viewer_exports.glb import require_trimesh, write_glb
+from dvlt_core.viewer_exports.packages import ViewerPackageMissingError
+from dvlt_core.viewer_exports.rrd import require_rerun, write_rrd
 
 EXIT_USAGE = 2
 USER_ERRORS = (*BACKEND_SETUP_ERRORS, FileNotFoundError, ValueError, ViewerPackageMissingError)

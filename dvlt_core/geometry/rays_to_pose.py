@@ -82,6 +82,12 @@ class RobustOptions:
     min_inliers: int = 8
     seed: int = 42
 
+    def ransac_settings(self) -> dict[str, float | int]:
+        """The keyword arguments the RANSAC estimators of :mod:`ransac` take."""
+        return {"threshold": self.inlier_threshold, "num_hypotheses": self.num_hypotheses,
+                "refinements": self.refinements, "seed": self.seed,
+                "min_inliers": self.min_inliers}
+
 
 def rays_to_pose(
     rays: Tensor,
@@ -250,16 +256,7 @@ def _fit_robust(
     patch_w = np.where(usable, patch_w, 0.0)
     dst = np.where(usable[..., None], dirs[..., :2] / np.maximum(dirs[..., 2:3], 1e-6), 0.0)
 
-    hom, inliers, valid = ransac_robust(
-        src,
-        dst,
-        patch_w,
-        threshold=options.inlier_threshold,
-        num_hypotheses=options.num_hypotheses,
-        refinements=options.refinements,
-        seed=options.seed,
-        min_inliers=options.min_inliers,
-    )
+    hom, inliers, valid = ransac_robust(src, dst, patch_w, **options.ransac_settings())
     count = inliers.sum(-1)
     # A failed frame's camera is a least-squares fit to all its usable patches (see
     # ransac_robust), and so is its translation. Finite either way; `valid` flags it.
@@ -291,16 +288,7 @@ def _fit_known_intrinsics(
     usable = (patch_w > 0) & (np.square(dirs).sum(-1) > 0.5)
     patch_w = np.where(usable, patch_w, 0.0)
 
-    rotation, inliers, valid = ransac_rotation(
-        bearings,
-        dirs,
-        patch_w,
-        threshold=options.inlier_threshold,
-        num_hypotheses=options.num_hypotheses,
-        refinements=options.refinements,
-        seed=options.seed,
-        min_inliers=options.min_inliers,
-    )
+    rotation, inliers, valid = ransac_rotation(bearings, dirs, patch_w, **options.ransac_settings())
     count = inliers.sum(-1)
     inliers = np.where(valid[:, None], inliers, usable)
     inlier_w = patch_w * inliers

@@ -26,6 +26,7 @@ from dvlt_ros.node_support.launching import (
     write_rviz_config,
 )
 from dvlt_ros.node_support.parameters import SPECS_BY_NAME
+from dvlt_ros.testing.processes import process_ended
 
 REPO = Path(__file__).resolve().parents[2]
 RVIZ = REPO / "config" / "reconstruct.rviz"
@@ -108,15 +109,6 @@ sys.exit(service.run())
 """
 
 
-def _gone(pid: int) -> bool:
-    """The process ended (a zombie no one reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 class _Launch:
     """``ros2 launch dvlt_ros reconstruct.launch.py ARGS`` through launch's Python API
     (needs launch_ros and dvlt_ros in the ament index, e.g. under `colcon test`)."""
@@ -159,7 +151,7 @@ class _Launch:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if self.node_pid is not None and not _gone(self.node_pid):
+        if self.node_pid is not None and not process_ended(self.node_pid):
             os.kill(self.node_pid, signal.SIGKILL)
 
 
@@ -176,9 +168,9 @@ def test_launch_with_rviz_but_no_rviz2_runs_the_node_which_ends_with_launch(tmp_
         launch.proc.kill()  # no clean launch shutdown: the node must end all the same
         launch.proc.wait()
         deadline = time.monotonic() + 15
-        while not _gone(launch.node_pid) and time.monotonic() < deadline:
+        while not process_ended(launch.node_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _gone(launch.node_pid), "reconstruct_node outlived its launch"
+        assert process_ended(launch.node_pid), "reconstruct_node outlived its launch"
     finally:
         launch.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RIG_IMG_SIZE, RIG_TIMES
+from rig_constants import RIG_IMG_SIZE, RIG_TIMES
 
 from dvlt_ros.pipeline import CameraFrame, Level
 from dvlt_ros.pipeline.accumulate import FusedCloud

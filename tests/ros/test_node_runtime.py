@@ -32,6 +32,7 @@ from std_msgs.msg import UInt64
 from dvlt_core.backends.ground_truth import GroundTruthBackend
 from dvlt_core.synthetic import default_rig
 from dvlt_ros.node_support.qos import LATCHED_QOS
+from dvlt_ros.testing.processes import process_ended
 
 TIMES = (0.0, 0.5, 1.0, 1.5)
 
@@ -233,15 +234,6 @@ child.wait()
 """
 
 
-def _gone(pid: int) -> bool:
-    """The process ended (a zombie that no one reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
 def test_node_ends_with_its_launcher(long_checkpoint, tmp_path):
     """`ros2 launch` killed (or crashing): the node it started does not live on."""
@@ -254,17 +246,17 @@ def test_node_ends_with_its_launcher(long_checkpoint, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while "model loaded" not in log.read_text() and time.monotonic() < deadline:
-            assert not _gone(node_pid), log.read_text()
+            assert not process_ended(node_pid), log.read_text()
             time.sleep(0.1)
         assert "model loaded" in log.read_text()
         launcher.kill()
         launcher.wait()
         deadline = time.monotonic() + 15
-        while not _gone(node_pid) and time.monotonic() < deadline:
+        while not process_ended(node_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _gone(node_pid), "the node outlived its launcher"
+        assert process_ended(node_pid), "the node outlived its launcher"
     finally:
-        if not _gone(node_pid):
+        if not process_ended(node_pid):
             os.kill(node_pid, signal.SIGKILL)
     output = log.read_text()
     for text in UNCLEAN:

@@ -3,7 +3,6 @@ no input, whatever its header claims, takes memory beyond a bound set by --max-p
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -14,10 +13,7 @@ import pytest
 from PIL import Image
 
 from dvlt_core.cli.reconstruct import main
-from dvlt_core.io.checkpoint import save_checkpoint
 from dvlt_core.io.image_decode import DECODE_HEADROOM, DEFAULT_MAX_PIXELS
-from dvlt_core.model import DVLTModel
-from dvlt_core.testing import load_deterministic_weights
 from dvlt_core.testing.images import constant_png
 
 # Peak RSS growth of the command (after its imports) in a subprocess, in bytes.
@@ -34,16 +30,6 @@ RSS_SCRIPT = textwrap.dedent("""
 # conversion (4 bytes a pixel in PIL), the downscaled image and its array; allow 8x that
 # for allocator slack. An 81 MP image decoded in full needs several times more.
 RSS_BOUND = 8 * 4 * DECODE_HEADROOM * DEFAULT_MAX_PIXELS
-
-
-@pytest.fixture(scope="module")
-def checkpoint(reference_dir, tmp_path_factory):
-    with np.load(reference_dir / "case_small_public.npz") as case:
-        config = json.loads(str(case["config_json"]))
-    config.update(img_size=112, decoder_embed_dim=64, decoder_num_heads=2, decoder_depth=1)
-    model = DVLTModel(**config)
-    load_deterministic_weights(model, seed=5)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt"))
 
 
 def _run_measured(args: list[str]) -> tuple[int, str, int]:

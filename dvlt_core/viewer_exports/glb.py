@@ -28,9 +28,9 @@ from types import ModuleType
 import numpy as np
 
 from dvlt_core.atomic import write_atomic
-from dvlt_core.io.viewer_packages import require_viewer_package
-from dvlt_core.io.viewer_views import exported_views, view_colors
 from dvlt_core.result import Reconstruction, ViewReconstruction
+from dvlt_core.viewer_exports.packages import require_viewer_package
+from dvlt_core.viewer_exports.views import exported_views, view_colors
 
 #: Rotation taking the reconstruction's OpenCV-convention coordinates to glTF's (y up).
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])
@@ -116,7 +116,7 @@ def build_glb(
 def empty_glb(extras: dict[str, str]) -> bytes:
     """A valid GLB with one empty scene carrying ``extras`` (nothing to draw)."""
     document = {
-        "asset": {"version": "2.0", "generator": "dvlt_core.io.glb_export"},
+        "asset": {"version": "2.0", "generator": "dvlt_core.viewer_exports.glb"},
         "scene": 0,
         "scenes": [{"nodes": [], "extras": extras}],
     }

@@ -28,9 +28,9 @@ from types import ModuleType
 import numpy as np
 
 from dvlt_core.atomic import write_atomic
-from dvlt_core.io.viewer_packages import require_viewer_package
-from dvlt_core.io.viewer_views import exported_views, view_colors
 from dvlt_core.result import Reconstruction
+from dvlt_core.viewer_exports.packages import require_viewer_package
+from dvlt_core.viewer_exports.views import exported_views, view_colors
 
 APPLICATION_ID = "dvlt_reconstruct"
 METRIC_UNITS = "Depth, points and poses are in metres (DepthImage meter = 1)."

@@ -16,10 +16,10 @@ from PIL import Image
 from dvlt_core.backends.ground_truth import GroundTruthBackend
 from dvlt_core.cli.reconstruct import build_parser, main, write_outputs
 from dvlt_core.inference import Reconstructor
-from dvlt_core.io.glb_export import FRUSTUM_FRACTION, OPENCV_TO_GLTF, scene_size, write_glb
-from dvlt_core.io.rrd_export import ARBITRARY_UNITS, METRIC_UNITS, write_rrd
-from dvlt_core.io.viewer_views import view_colors
 from dvlt_core.synthetic import default_rig
+from dvlt_core.viewer_exports.glb import FRUSTUM_FRACTION, OPENCV_TO_GLTF, scene_size, write_glb
+from dvlt_core.viewer_exports.rrd import ARBITRARY_UNITS, METRIC_UNITS, write_rrd
+from dvlt_core.viewer_exports.views import view_colors
 
 trimesh = pytest.importorskip("trimesh", reason="the 'viewers' extra (trimesh) is not installed")
 rr = pytest.importorskip("rerun", reason="the 'viewers' extra (rerun-sdk) is not installed")
