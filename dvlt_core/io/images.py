@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from dvlt_core.io.video import VIDEO_EXTENSIONS, read_video_frames
 from dvlt_core.io.view_transforms import ViewTransform
+from dvlt_core.model.config import PATCH_SIZE
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-PATCH_SIZE = 14
 
 
 @dataclass

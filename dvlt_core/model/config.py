@@ -26,6 +26,8 @@ from dvlt_core.model.dinov2 import BACKBONE_SPECS
 # K policy, backends, tools): the released model's num_steps, which is also the K behind
 # upstream's published benchmark (docs/model.md, "Default K").
 DEFAULT_NUM_STEPS = 16
+#: Side of a ViT/14 patch in pixels: the default of every published configuration.
+PATCH_SIZE = 14
 
 RECURRENCE_MODES = ("gated", "no_sout", "no_depthscale", "none")
 TIME_CONDITIONINGS = ("continuous", "interval")
@@ -128,7 +130,7 @@ class DVLTConfig:
     """
 
     img_size: int = 518
-    patch_size: int = 14
+    patch_size: int = PATCH_SIZE
     embed_dim: int = 768
     num_steps: int = DEFAULT_NUM_STEPS
     min_steps: int = 8

@@ -8,7 +8,7 @@ written by the node's own :class:`~dvlt_ros.node_support.outputs.OutputPublisher
 diagnostics builder into an mcap bag (through :class:`~dvlt_ros.bags.writer.RecordingNode`),
 at the source stamps. At the end: the session's fused cloud as ``.ply``, its trajectories
 as one TUM file per camera, an optional evaluation, and ``summary.json``. Output files
-appear atomically (:class:`~dvlt_ros.bags.outputs.StagedOutput`); an interruption
+appear atomically (:class:`~dvlt_ros.bags.staged_output.StagedOutput`); an interruption
 (``stop()``, e.g. on SIGINT) or a damaged bag ends the run early, and what was
 reconstructed until then is finalised and kept.
 """
@@ -33,8 +33,8 @@ from dvlt_ros.bags.decode import CameraTopics, FrameDecoder, camera_topics
 from dvlt_ros.bags.evaluation import Evaluation, evaluate, read_tum, tum_lookup
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.msgtypes import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, TF_MESSAGE
-from dvlt_ros.bags.outputs import StagedOutput
 from dvlt_ros.bags.source import BagSource
+from dvlt_ros.bags.staged_output import StagedOutput
 from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
 from dvlt_ros.conversions.tf import stamp_from_ns

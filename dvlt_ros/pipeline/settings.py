@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
-from dvlt_core.model.config import DEFAULT_NUM_STEPS, DVLTConfig
+from dvlt_core.model.config import DEFAULT_NUM_STEPS, PATCH_SIZE
 from dvlt_core.model.precision import PRECISIONS
 from dvlt_ros.pipeline.k_policy import K_LIMITS, K_MODES
 from dvlt_ros.pipeline.sync import RESOLUTION_POLICIES
@@ -32,7 +32,6 @@ NODE_NAME = "reconstruct_node"
 IMAGE_TRANSPORTS = ("raw", "compressed")
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 WORLD_AXES = ("body", "optical")
-PATCH_SIZE = DVLTConfig.patch_size
 
 
 class ParameterError(ValueError):
