@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from dvlt_core.model import DVLTConfig
+from dvlt_core.model.config import PATCH_SIZE
 from dvlt_core.training.losses import LossConfig
 
 TRAINING_ONLY_MODEL_KEYS = ("finetune_mode", "freeze", "loss")
@@ -89,7 +90,7 @@ class DataConfig:
 
     sources: list[dict[str, Any]] = field(default_factory=list)
     image_size: int = 518
-    patch_size: int = 14
+    patch_size: int = PATCH_SIZE
     tokens_per_batch: int | None = None
     images_per_batch: int = 48
     images_per_element: list[int] = field(default_factory=lambda: [2, 24])
