@@ -43,7 +43,7 @@ from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
 from dvlt_ros.pipeline.accumulate import FusedCloud, epoch_suffix
-from dvlt_ros.pipeline.session import Cycle, ReconstructionSession
+from dvlt_ros.pipeline.session import ReconstructedSnapshot, ReconstructionSession
 from dvlt_ros.pipeline.settings import NODE_NAME
 
 OUTPUT_BAG = "reconstruction"
@@ -237,7 +237,7 @@ class BagProcessor:
             if self._stop_requested:
                 break
 
-    def _write_cycle(self, cycle: Cycle, start: float, recorder: RecordingNode,
+    def _write_cycle(self, cycle: ReconstructedSnapshot, start: float, recorder: RecordingNode,
                      publishers: OutputPublishers) -> None:
         result = cycle.result
         if cycle.decision.event is not None:
@@ -274,7 +274,7 @@ class BagProcessor:
         if event.level >= Level.WARN and self.stats.events[event.code] <= 3:
             self._log("warning" if event.level == Level.WARN else "error", str(event))
 
-    def _diagnostics(self, cycle: Cycle):
+    def _diagnostics(self, cycle: ReconstructedSnapshot):
         """The node's diagnostics of this cycle; problems: the cycle's own warnings."""
         result = cycle.result
         name = f"/{self.options.node_name}"

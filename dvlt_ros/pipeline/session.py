@@ -48,7 +48,7 @@ LOSSLESS_QUEUE = 64
 
 
 @dataclass(frozen=True)
-class Cycle:
+class ReconstructedSnapshot:
     """One reconstructed snapshot: its window, the K decision and the result.
     ``sync_wait_ms``: age of its newest frame when the cycle took it; ``path_updated``:
     whether the reference camera's path got a pose (then it is published)."""
@@ -185,7 +185,7 @@ class ReconstructionSession:
             return self.sync.stats()
 
     # ----------------------------------------------------------------- cycle
-    def reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> Cycle:
+    def reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> ReconstructedSnapshot:
         """Window ``snapshot``, choose K, reconstruct, and add the result to the
         trajectories and the fused cloud. A snapshot whose reconstruction raises is never
         kept as a keyframe (the exception propagates)."""
@@ -207,9 +207,9 @@ class ReconstructionSession:
             cloud = build_cloud(result.reconstruction, result.placement.world_from_window,
                                 self.pipeline.config.cloud, newest)
             self.fused.add(result.epoch, cloud.points, cloud.colors, cloud.confidence)
-        return Cycle(window, decision, result, started, sync_wait_ms, path_updated)
+        return ReconstructedSnapshot(window, decision, result, started, sync_wait_ms, path_updated)
 
-    def finish(self, cycle: Cycle, publish_ms: float, points: int,
+    def finish(self, cycle: ReconstructedSnapshot, publish_ms: float, points: int,
                overruns: int = 0) -> CycleReport:
         """Close a cycle whose products took ``publish_ms`` to publish or write: feed the
         K policy and return the cycle's report (also kept as ``last_report``)."""
