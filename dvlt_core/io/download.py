@@ -69,16 +69,27 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "dvlt"
 
 
+def display_url(url: str) -> str:
+    """``url`` as messages show it: scheme, host and path. A query (signed storage URLs carry
+    their signature and expiry there) or credentials never reach a log or a diagnostics
+    topic."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
 def check_url(url: str) -> None:
     """Accept https URLs, and plain http only for the local machine (with a warning)."""
+    shown = display_url(url)
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https":
         return
     if parts.scheme == "http" and parts.hostname in _LOCAL_HOSTS:
-        logger.warning("downloading over unencrypted http from the local machine: %s", url)
+        logger.warning("downloading over unencrypted http from the local machine: %s", shown)
         return
     raise DownloadError(
-        f"refusing to download {url}: only https URLs are allowed (plain http only for "
+        f"refusing to download {shown}: only https URLs are allowed (plain http only for "
         "localhost); use an https URL or download the file and pass its local path"
     )
 
@@ -143,9 +154,10 @@ _OPENER = urllib.request.build_opener(_CheckedRedirects)
 
 
 def _check_size(url: str, size: int, limits: DownloadLimits) -> None:
+    shown = display_url(url)
     if size > limits.max_bytes:
         raise DownloadError(
-            f"refusing to download {url}: it is {size} bytes, more than the {limits.max_bytes}-"
+            f"refusing to download {shown}: it is {size} bytes, more than the {limits.max_bytes}-"
             "byte limit for this file; download it yourself and pass its local path"
         )
 
@@ -158,6 +170,7 @@ def _fetch(
     sha256: str | None,
     headers: Mapping[str, str],
 ) -> None:
+    shown = display_url(url)
     deadline = time.monotonic() + limits.deadline_s
     request = urllib.request.Request(url, headers={"User-Agent": "dvlt_core"})
     for key, value in headers.items():
@@ -166,11 +179,11 @@ def _fetch(
         response = _OPENER.open(request, timeout=limits.stall_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise RemoteFileNotFoundError(f"{url} does not exist (HTTP 404)") from exc
-        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+            raise RemoteFileNotFoundError(f"{shown} does not exist (HTTP 404)") from exc
+        raise DownloadError(f"download of {shown} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(
-            f"cannot reach {url} ({exc}); check the network, or download the file yourself and "
+            f"cannot reach {shown} ({exc}); check the network, or download the file yourself and "
             "set DVLT_CHECKPOINT to its local path"
         ) from exc
     with response:
@@ -179,7 +192,7 @@ def _fetch(
         if announced is not None:
             if expected_size is not None and announced != expected_size:
                 raise DownloadError(
-                    f"{url}: the server sends {announced} bytes but the index announced "
+                    f"{shown}: the server sends {announced} bytes but the index announced "
                     f"{expected_size}; try again later"
                 )
             _check_size(url, announced, limits)
@@ -187,17 +200,18 @@ def _fetch(
         received, digest = _stream(response, part, url, limits, deadline, total)
     if total is not None and received != total:
         raise DownloadError(
-            f"download of {url} stopped after {received} of {total} bytes; try again"
+            f"download of {shown} stopped after {received} of {total} bytes; try again"
         )
     if sha256 is not None and digest != sha256.lower():
         raise DownloadError(
-            f"download of {url} is corrupt: sha256 {digest}, expected {sha256}; try again"
+            f"download of {shown} is corrupt: sha256 {digest}, expected {sha256}; try again"
         )
 
 
 def _stream(response, part: Path, url: str, limits: DownloadLimits, deadline: float,
             total: int | None) -> tuple[int, str]:
     """Copy the body into ``part`` within the limits; returns its size and sha256."""
+    shown = display_url(url)
     received = 0
     digest = hashlib.sha256()
     try:
@@ -210,7 +224,7 @@ def _stream(response, part: Path, url: str, limits: DownloadLimits, deadline: fl
                 received += len(chunk)
                 if received > limits.max_bytes:
                     raise DownloadError(
-                        f"download of {url} passed the {limits.max_bytes}-byte limit for this "
+                        f"download of {shown} passed the {limits.max_bytes}-byte limit for this "
                         "file; download it yourself and pass its local path"
                     )
                 out.write(chunk)
@@ -218,18 +232,18 @@ def _stream(response, part: Path, url: str, limits: DownloadLimits, deadline: fl
                 bar.update(len(chunk))
                 if time.monotonic() > deadline:
                     raise DownloadError(
-                        f"download of {url} did not finish within {limits.deadline_s:.0f} s; "
+                        f"download of {shown} did not finish within {limits.deadline_s:.0f} s; "
                         "try again on a faster connection, or download the file yourself and "
                         "pass its local path"
                     )
     except TimeoutError as exc:
         raise DownloadError(
-            f"download of {url} stalled: no data for {limits.stall_s:.0f} s after {received} "
+            f"download of {shown} stalled: no data for {limits.stall_s:.0f} s after {received} "
             "bytes; try again"
         ) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise DownloadError(
-            f"download of {url} broke off after {received} bytes ({exc}); try again"
+            f"download of {shown} broke off after {received} bytes ({exc}); try again"
         ) from exc
     return received, digest.hexdigest()
 

@@ -57,6 +57,10 @@ def hub_offline_mode() -> bool:
     return bool(hf_constants.HF_HUB_OFFLINE)
 
 
+_HEX_COMMIT = re.compile(r"[0-9a-f]{40}")
+_HEX_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
 class HubRepo:
     """Fetches files of one repository revision into the Hugging Face cache."""
 
@@ -66,6 +70,9 @@ class HubRepo:
 
         self.repo_id = repo_id
         self.revision = revision or "main"
+        if ".." in self.revision.split("/") or self.revision.startswith("/"):
+            raise DownloadError(f"revision {self.revision!r} is not a branch, tag or commit of "
+                                f"{repo_id}: name one (e.g. main)")
         root = Path(cache_dir) if cache_dir else Path(hf_constants.HF_HUB_CACHE)
         self.storage = root / repo_folder_name(repo_id=repo_id, repo_type="model")
         self.cache_dir = root
@@ -114,6 +121,12 @@ class HubRepo:
             raise DownloadError(
                 f"{url}: the server's answer lacks the commit or etag of the file; is "
                 "HF_ENDPOINT a Hugging Face Hub?"
+            )
+        # Both become cache path components: only the Hub's hex ids are accepted.
+        if not (_HEX_COMMIT.fullmatch(meta.commit_hash) and _HEX_ETAG.fullmatch(meta.etag)):
+            raise DownloadError(
+                f"{url}: the server's commit {meta.commit_hash!r} or etag {meta.etag!r} is not "
+                "a Hub id; is HF_ENDPOINT a Hugging Face Hub?"
             )
         return HubFile(filename, meta.location, meta.commit_hash, meta.etag, meta.size)
 

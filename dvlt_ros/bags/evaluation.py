@@ -41,7 +41,11 @@ def _rotation_angle_deg(rotation: np.ndarray) -> float:
 def read_tum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(stamps ns, camera-to-world 4x4) of a TUM trajectory file."""
     stamps, poses = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BagError(f"cannot read TUM file {path}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -53,6 +57,10 @@ def read_tum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             t, *rest = (float(v) for v in values)
         except ValueError as exc:
             raise BagError(f"{path}:{number}: {exc}") from None
+        if not all(math.isfinite(v) for v in (t, *rest)):
+            raise BagError(f"{path}:{number}: every number must be finite, got {line!r}")
+        if math.hypot(*rest[3:]) < 1e-9:
+            raise BagError(f"{path}:{number}: the quaternion (qx qy qz qw) is zero")
         pose = rigid_from_translation_quaternion(rest[:3], rest[3:])
         stamps.append(round(t * 1e9))
         poses.append(pose)

@@ -88,6 +88,7 @@ class _Stats:
     timings: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     events: Counter = field(default_factory=Counter)
     first_rejection: str | None = None
+    failed_windows: int = 0
 
 
 class BagProcessor:
@@ -228,9 +229,18 @@ class BagProcessor:
             for ev in self.session.after_image(message.log_ns):
                 self._report(ev)
             while (item := self.session.next_queued()) is not None:
-                if item[0] is not None:
+                if item[0] is None:
+                    continue
+                try:
                     cycle = self.session.reconstruct(item[0], message.log_ns)
-                    self._write_cycle(cycle, start, recorder, publishers)
+                except Exception as exc:  # like the live node: report, keep going
+                    self.stats.failed_windows += 1
+                    self._report(PipelineEvent(
+                        "cycle_error", Level.ERROR,
+                        f"the window at {item[0].stamp_ns * 1e-9:.3f} s failed: "
+                        f"{type(exc).__name__}: {exc}", stamp_ns=item[0].stamp_ns))
+                    continue
+                self._write_cycle(cycle, start, recorder, publishers)
             if self._progress is not None:
                 self._progress(self.stats.frames_read, self.stats.images_total,
                                self.stats.windows)
@@ -314,7 +324,8 @@ class BagProcessor:
         files["trajectories"] = trajectories
         evaluation = self._evaluate(epochs)
         interrupted = self._stop_requested
-        complete = error is None and not interrupted and self.bag.complete
+        complete = (error is None and not interrupted and self.bag.complete
+                    and stats.failed_windows == 0)
         sync_stats = self.session.sync.stats()
         summary: dict[str, object] = {
             "bag": str(self.bag.path),
@@ -332,6 +343,7 @@ class BagProcessor:
                 "first_rejection": stats.first_rejection,
             },
             "windows": stats.windows,
+            "failed_windows": stats.failed_windows,
             "k": {"mode": self.params["num_steps_mode"],
                   "counts": {str(k): n for k, n in sorted(stats.k_values.items())}},
             "views_per_window": {str(s): n for s, n in sorted(stats.views.items())},
@@ -365,7 +377,7 @@ class BagProcessor:
             estimated = {c: self.trajectories.arrays(epoch, c) for c in self.session.cameras}
             try:
                 evaluation: Evaluation = evaluate(estimated, lookups, gt.align)
-            except BagError as exc:
+            except Exception as exc:  # the reconstruction is kept whatever the scoring does
                 self.issues.warn("evaluation_failed", f"world epoch {epoch}: {exc}")
                 continue
             self._log("info", f"evaluation (world epoch {epoch}):\n{evaluation.table()}")

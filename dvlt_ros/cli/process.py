@@ -94,6 +94,7 @@ def _backend(params: dict[str, object], bag):
 
 
 def _ground_truth(args: argparse.Namespace, cameras: list[str]):
+    from dvlt_ros.bags.evaluation import read_tum
     from dvlt_ros.bags.issues import BagError
     from dvlt_ros.bags.processor import GroundTruth
     from dvlt_ros.pipeline.settings import camera_label
@@ -106,6 +107,7 @@ def _ground_truth(args: argparse.Namespace, cameras: list[str]):
         camera = camera_label(camera) if camera else camera_label(cameras[0])
         if not Path(path).is_file():
             raise BagError(f"--gt-tum file {path} does not exist")
+        read_tum(path)  # refuse a file that cannot be used now, not after processing
         tum[camera] = Path(path)
     topic = None if args.gt_tf_topic is None else "/" + args.gt_tf_topic.lstrip("/")
     return GroundTruth(tf_topic=topic, tum_files=tum, align=args.align)

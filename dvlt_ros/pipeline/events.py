@@ -39,6 +39,7 @@ EVENT_CODES = frozenset(
         "scale_unreliable",  # shared views gave no usable scale; previous scale kept
         "pose_fit_failed",  # some views got no pose; they are left out of the products
         "over_budget",  # even k_min is predicted to exceed latency_budget_ms
+        "cycle_error",  # reconstructing a window raised; offline processing goes on
     }
 )
 

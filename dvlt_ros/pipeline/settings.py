@@ -217,7 +217,20 @@ def check_value(name: str, value: ParamValue, *, checkpoint_required: bool = Tru
     if problem is None and name == "checkpoint" and checkpoint_required and not str(
             value).strip():
         problem = EMPTY_CHECKPOINT
+    if problem is None and name in ("world_frame", "frame_suffix"):
+        problem = _check_frame_part(name, str(value))
     return problem
+
+
+def _check_frame_part(name: str, value: str) -> str | None:
+    """A TF frame id (``world_frame``) or the suffix that makes the camera frames
+    (``frame_suffix``): tf2 refuses empty ids and a leading '/'; an empty suffix would give
+    a camera's image frame a second parent."""
+    if not value or value != value.strip() or " " in value:
+        return f"{name} must be a non-empty name without spaces, got {value!r}"
+    if name == "world_frame" and value.startswith("/"):
+        return f"world_frame must not start with '/' (tf2 frame ids do not), got {value!r}"
+    return None
 
 
 def check_values(values: Iterable[tuple[str, ParamValue]], *,
@@ -313,6 +326,8 @@ def load_parameters(
             value = values[name] = float(value)
         if type(value) is not type(spec.default):
             problems.append(f"{name} must be a {type(spec.default).__name__}, got {value!r}")
+        elif isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            problems.append(f"{name} must be a list of strings, got {value!r}")
     if not problems:
         problem = check_values(values.items()) or check_combination(values)
         if problem:

@@ -515,3 +515,36 @@ def test_cli_refuses_parameters_that_cannot_go_together(sample, tmp_path, capsys
     (line,) = _error_lines(capsys.readouterr().err)
     assert "budget_min_num_steps (9) must be <= budget_max_num_steps (8)" in line
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- a window that fails
+def test_a_failing_window_is_reported_and_the_rest_processed(sample, tmp_path):
+    """The ground-truth backend refuses views it does not know: one altered image makes its
+    window fail. Like the live node, processing reports it and goes on."""
+    def altered(msg, topic, index):
+        if topic.startswith("/" + CAMERAS[0]) and index == 2:
+            rgb = image_to_rgb8(msg)
+            return array_to_image(255 - rgb, "rgb8", msg.header)
+        return msg
+
+    bag = _recode_images(sample, tmp_path / "altered", altered)
+    summary, _ = process(bag, tmp_path / "out", backend_from=sample)
+    assert summary["failed_windows"] >= 1 and summary["events"]["cycle_error"] >= 1
+    assert summary["windows"] >= SAMPLE.frames - 2 and not summary["complete"]
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"\xff\xfe not text", "cannot read TUM file"),
+    (b"inf 0 0 0 0 0 0 1\n", "must be finite"),
+    (b"1.0 0 0 0 0 0 0 0\n", "quaternion (qx qy qz qw) is zero"),
+])
+def test_a_bad_ground_truth_file_is_refused_before_processing(sample, tmp_path, capsys, content,
+                                                              why):
+    tum = tmp_path / "gt.tum"
+    tum.write_bytes(content)
+    code = process_cli.main([str(sample), "--out", str(tmp_path / "out"), "--quiet",
+                             "--backend", "ground_truth", "--gt-tum", str(tum), *CHEAP])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == 2 and why in line
+    assert not (tmp_path / "out").exists()

@@ -157,6 +157,11 @@ def test_loading_refuses_values_and_combinations(pipeline_rig):
         _params(pipeline_rig, budget_min_num_steps=9, budget_max_num_steps=8)
     with pytest.raises(ParameterError, match="unknown parameter 'num_step'"):
         _params(pipeline_rig, num_step=3)
+    with pytest.raises(ParameterError, match=r"cameras must be a list of strings, got \[1, 2\]"):
+        load_parameters(None, ["cameras:=[1,2]"])
+    for name, value in (("world_frame", ""), ("world_frame", "/odom"), ("frame_suffix", "")):
+        with pytest.raises(ParameterError, match=name):
+            _params(pipeline_rig, **{name: value})
 
 
 def test_trajectory_is_bounded_and_restarts_with_a_new_model(pipeline_rig,

@@ -49,6 +49,7 @@ from dvlt_core.io.download import (
     DownloadLimits,
     cached_download,
     check_url,
+    display_url,
     download_file,
     url_file_name,
 )
@@ -556,3 +557,15 @@ def test_reconstruct_offline_answers_at_once_with_the_override(image_file, tmp_p
     assert run.returncode == 2, run.stderr
     assert OVERRIDE in _error_line(run.stderr, "dvlt-reconstruct: error: ")
     assert len(endpoint.file_requests) == (0 if offline_flag else 1)
+
+
+def test_messages_never_show_a_signed_url_query(tmp_path):
+    """Signed storage URLs carry their signature in the query: errors (which reach logs and
+    /diagnostics) show scheme, host and path only."""
+    signed = "https://user:pw@cdn.example.org:8443/repo/model.safetensors?X-Amz-Signature=s3cr3t"
+    assert display_url(signed) == "https://cdn.example.org:8443/repo/model.safetensors"
+    with pytest.raises(DownloadError) as refused:
+        download_file(signed, tmp_path / "model.safetensors", DownloadLimits(max_bytes=10),
+                      expected_size=11)
+    assert "s3cr3t" not in str(refused.value) and "pw@" not in str(refused.value)
+    assert "cdn.example.org:8443/repo/model.safetensors" in str(refused.value)
