@@ -119,8 +119,13 @@ def run_node_process(make_node: Callable[[], object], args: list[str] | None, *,
         return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    while not stop_requested.is_set() and rclpy.ok():
-        executor.spin_once(timeout_sec=0.1)
+    status = 0
+    try:
+        while not stop_requested.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except Exception as exc:  # a callback that raised ends the node, its threads stopped first
+        node.get_logger().error(f"stopping after an error: {type(exc).__name__}: {exc}")
+        status = 1
     finished = node.stop(grace_s)
     if not finished:
         node.get_logger().info("stopping without waiting for the running cycle or model load")
@@ -128,5 +133,5 @@ def run_node_process(make_node: Callable[[], object], args: list[str] | None, *,
     node.destroy_node()
     rclpy.shutdown()
     if not finished:
-        exit_now(0)  # a thread inside PyTorch must not meet interpreter finalisation
-    return 0
+        exit_now(status)  # a thread inside PyTorch must not meet interpreter finalisation
+    return status
