@@ -87,8 +87,10 @@ def _string(body: bytes, pos: int) -> tuple[str, int]:
     return body[pos + 4 : end].decode("utf-8", "replace"), end
 
 
-def decompress(data: bytes, compression: str) -> bytes:
-    """The records of a chunk; :class:`DamagedChunkError` when they cannot be decompressed."""
+def decompress(data: bytes, compression: str, size: int) -> bytes:
+    """The ``size`` bytes of records of a chunk; :class:`DamagedChunkError` when they cannot
+    be decompressed or would decompress past ``size`` (its header's uncompressed size), so a
+    crafted chunk cannot expand without bound."""
     if compression == "":
         return data
     try:
@@ -97,14 +99,25 @@ def decompress(data: bytes, compression: str) -> bytes:
                 from compression import zstd  # type: ignore[import-not-found]
             except ImportError:
                 from backports import zstd  # type: ignore[import-not-found,no-redef]
-            return zstd.decompress(data)
-        if compression == "lz4":
-            from lz4.frame import decompress as lz4_decompress
+            decompressor = zstd.ZstdDecompressor()
+            out = decompressor.decompress(data, max_length=size)
+            complete = decompressor.eof
+        elif compression == "lz4":
+            from lz4.frame import LZ4FrameDecompressor
 
-            return lz4_decompress(data)
+            decompressor = LZ4FrameDecompressor()
+            out = decompressor.decompress(data, max_length=size)
+            complete = decompressor.eof
+        else:
+            raise CutError(f"unsupported chunk compression {compression!r}")
+    except CutError:
+        raise
     except Exception as exc:  # zstd and lz4 raise their own error types
         raise DamagedChunkError(f"its {compression} data does not decompress ({exc})") from None
-    raise CutError(f"unsupported chunk compression {compression!r}")
+    if not complete:  # more output than declared, or the compressed data is cut
+        raise DamagedChunkError(f"its {compression} data does not end within the {size} "
+                                "bytes its header declares")
+    return out
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,7 @@ def chunk_records(body: bytes) -> tuple[bytes, bool]:
     payload = body[header.records_at : header.records_at + header.records_size]
     if len(payload) != header.records_size:
         raise DamagedChunkError(f"its records are {len(payload)} bytes, not {header.records_size}")
-    data = decompress(payload, header.compression)
+    data = decompress(payload, header.compression, header.uncompressed_size)
     if len(data) != header.uncompressed_size:
         raise DamagedChunkError(f"its records decompress to {len(data)} bytes, not "
                            f"{header.uncompressed_size}")

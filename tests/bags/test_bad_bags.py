@@ -25,7 +25,15 @@ from dvlt_core.testing.images import constant_png
 from dvlt_ros.bags.bag_metadata import metadata_problem
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.mcap_crc import summary_crc_problem
-from dvlt_ros.bags.mcap_salvage import MAGIC, OP_CHUNK, ChunkHeader, McapSalvager, records
+from dvlt_ros.bags.mcap_salvage import (
+    MAGIC,
+    OP_CHUNK,
+    ChunkHeader,
+    DamagedChunkError,
+    McapSalvager,
+    decompress,
+    records,
+)
 from dvlt_ros.bags.msgtypes import (
     COMPRESSED_IMAGE,
     IMAGE,
@@ -548,3 +556,23 @@ def test_a_bad_ground_truth_file_is_refused_before_processing(sample, tmp_path, 
     (line,) = _error_lines(capsys.readouterr().err)
     assert code == 2 and why in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_a_chunk_never_decompresses_past_its_declared_size(compression):
+    """A crafted chunk (a small header size over a bomb of zeros) is refused after at most
+    its declared size, and an honest one decompresses."""
+    records_bytes = bytes(1 << 20)
+    if compression == "zstd":
+        try:
+            from compression import zstd
+        except ImportError:
+            from backports import zstd
+        packed = zstd.compress(records_bytes)
+    else:
+        from lz4.frame import compress
+
+        packed = compress(records_bytes)
+    assert decompress(packed, compression, len(records_bytes)) == records_bytes
+    with pytest.raises(DamagedChunkError, match="does not end within the 1000 bytes"):
+        decompress(packed, compression, 1000)
