@@ -46,6 +46,7 @@ from dvlt_ros.bags.decode import CameraTopics
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.msgtypes import CAMERA_INFO, IMAGE, IMAGE_TYPES, TF_MESSAGE
 from dvlt_ros.bags.source import BagMessage, BagSource
+from dvlt_ros.bags.staged_output import StagedOutput
 from dvlt_ros.conversions.image import image_to_array, image_to_rgb8
 
 logger = logging.getLogger(__name__)
@@ -334,7 +335,25 @@ def write_scene(scene_dir: Path, plan: Sequence[PlannedFrame],
                 depths: dict[tuple[str, float], np.ndarray], index: BagIndex,
                 conversion: BagConversion) -> int:
     """Write the planned frames into ``scene_dir``; the number written (0: nothing is
-    written)."""
+    written). The scene is staged and replaces an old one only once complete, so a failed
+    run never leaves new images under an old scene's poses."""
+    staged = StagedOutput(scene_dir, overwrite=True)
+    try:
+        written = _write_frames(staged.staging, plan, images, depths, index, conversion)
+    except BaseException:
+        staged.discard()
+        raise
+    if written:
+        staged.commit()
+    else:
+        staged.discard()
+    return written
+
+
+def _write_frames(scene_dir: Path, plan: Sequence[PlannedFrame],
+                  images: dict[tuple[str, float], np.ndarray],
+                  depths: dict[tuple[str, float], np.ndarray], index: BagIndex,
+                  conversion: BagConversion) -> int:
     writer = SceneWriter(scene_dir, is_synthetic=False)
     for frame in plan:
         cam, topic = frame.camera, frame.camera.image

@@ -105,3 +105,15 @@ def test_topics_of_another_type_are_refused(tmp_path, recorded):
     wrong = CameraTopics("/odom", front.info, front.depth)
     with pytest.raises(ValueError, match="/odom is nav_msgs/msg/Odometry, expected"):
         convert_bag(bag, tmp_path, BagConversion([wrong]))
+
+
+def test_converting_again_replaces_the_whole_scene(tmp_path, recorded):
+    """A scene is staged and replaces the old one whole: no image of an earlier run is left
+    beside the new scene.json, and no staging folder stays behind."""
+    bag, rig = recorded
+    first = convert_bag(bag, tmp_path, BagConversion(camera_topics(rig)))
+    sparse = convert_bag(bag, tmp_path, BagConversion(camera_topics(rig), min_interval=0.35))
+    assert first.scene == sparse.scene and sparse.written < first.written
+    assert len(list((sparse.scene / "images").iterdir())) == sparse.written
+    assert len(list((sparse.scene / "depth").iterdir())) == sparse.written
+    assert [p.name for p in tmp_path.iterdir()] == [sparse.scene.name]
