@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"dvlt-bag-to-dataset: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {report.written} frames to {report.scene}; skipped: {dict(report.skipped)}")
+    state = ("PARTIAL (the bag is damaged or cut: see the warnings above), "
+             if report.warnings else "")
+    print(f"{state}wrote {report.written} frames to {report.scene}; skipped: "
+          f"{dict(report.skipped)}")
     return 0
 
 

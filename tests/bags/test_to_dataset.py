@@ -99,6 +99,17 @@ def test_truncated_bag_converts_what_is_readable(tmp_path, recorded):
     assert len(find_folder_scenes(tmp_path / "out")[0]) == report.written
 
 
+def test_the_cli_says_when_a_bag_was_cut(tmp_path, recorded, capsys):
+    bag, rig = recorded
+    cut = shutil.copytree(bag, tmp_path / "cut")
+    (file,) = cut.glob("*.mcap")
+    os.truncate(file, int(file.stat().st_size * 0.7))
+    cam = ",".join([camera_topics(rig)[0].image, camera_topics(rig)[0].info,
+                    camera_topics(rig)[0].depth])
+    assert main([str(cut), str(tmp_path / "out"), "--camera", cam]) == 0
+    assert capsys.readouterr().out.startswith("PARTIAL (the bag is damaged or cut")
+
+
 def test_topics_of_another_type_are_refused(tmp_path, recorded):
     bag, rig = recorded
     (front, _) = camera_topics(rig)
