@@ -36,6 +36,7 @@ from dvlt_core.backends.base import BackendOutput, register_backend
 from dvlt_core.backends.ground_truth import GroundTruthBackend, backend_factory
 from dvlt_core.geometry import Sim3
 from dvlt_core.geometry.rotations import rotation_from_vector
+from dvlt_core.model.config import DEFAULT_NUM_STEPS
 from dvlt_core.synthetic.scene import Scene
 
 
@@ -68,7 +69,7 @@ class GroundTruthUnscaledBackend(GroundTruthBackend):
         scene: Scene,
         img_size: int = 504,
         confidence: float = 10.0,
-        default_num_steps: int = 12,
+        default_num_steps: int = DEFAULT_NUM_STEPS,
         *,
         scale_range: tuple[float, float] = (0.2, 5.0),
         rotation_noise_deg: float = 0.05,

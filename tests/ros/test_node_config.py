@@ -56,6 +56,7 @@ def test_one_default_k_everywhere():
     import inspect
 
     from dvlt_core.backends.ground_truth import GroundTruthBackend
+    from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
     from dvlt_core.io.checkpoint import released_config
     from dvlt_core.model import DEFAULT_NUM_STEPS, DVLTConfig
     from dvlt_ros.pipeline import KPolicyConfig
@@ -65,8 +66,9 @@ def test_one_default_k_everywhere():
     assert SPECS_BY_NAME["num_steps"].default == DEFAULT_NUM_STEPS
     assert SPECS_BY_NAME["budget_max_num_steps"].default == DEFAULT_NUM_STEPS
     assert KPolicyConfig().num_steps == KPolicyConfig().k_max == DEFAULT_NUM_STEPS
-    ground_truth = inspect.signature(GroundTruthBackend).parameters["default_num_steps"]
-    assert ground_truth.default == DEFAULT_NUM_STEPS
+    for backend in (GroundTruthBackend, GroundTruthUnscaledBackend):
+        default = inspect.signature(backend).parameters["default_num_steps"].default
+        assert default == DEFAULT_NUM_STEPS, backend.name
     assert "K, the number of loop steps, defaults to 16" in (REPO / "README.md").read_text()
 
 
