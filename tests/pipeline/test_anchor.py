@@ -41,10 +41,7 @@ def windows(pipeline_rig, make_rig_windows):
 
 
 def _reconstructions(rig, windows, **noise):
-    backend = GroundTruthUnscaledBackend(rig.scene, img_size=IMG_SIZE, **noise)
-    for t in TIMES:
-        for view in rig.snapshot(t):
-            backend.register_view(view)
+    backend = GroundTruthUnscaledBackend.for_rig(rig, TIMES, img_size=IMG_SIZE, **noise)
     out = []
     for window in windows:
         recon = Reconstructor(backend).reconstruct([f.rgb for f in window.frames])

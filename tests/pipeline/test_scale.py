@@ -38,11 +38,7 @@ MEDIAN = 1.2533
 
 
 def _backend(rig, **noise) -> GroundTruthUnscaledBackend:
-    backend = GroundTruthUnscaledBackend(rig.scene, img_size=IMG_SIZE, **noise)
-    for t in TIMES:
-        for view in rig.snapshot(t):
-            backend.register_view(view)
-    return backend
+    return GroundTruthUnscaledBackend.for_rig(rig, TIMES, img_size=IMG_SIZE, **noise)
 
 
 NO_NOISE = {"rotation_noise_deg": 0.0, "position_noise": 0.0, "depth_noise": 0.0, "ray_noise": 0.0}

@@ -23,11 +23,7 @@ def rig():
 
 
 def _backend(rig, **options) -> GroundTruthUnscaledBackend:
-    backend = GroundTruthUnscaledBackend(rig.scene, img_size=IMG_SIZE, **options)
-    for t in TIMES:
-        for view in rig.snapshot(t):
-            backend.register_view(view)
-    return backend
+    return GroundTruthUnscaledBackend.for_rig(rig, TIMES, img_size=IMG_SIZE, **options)
 
 
 def _window(rig, *times):
