@@ -1,7 +1,8 @@
 """diagnostic_msgs/DiagnosticArray of a reconstruction session, live or offline.
 
 One status for the pipeline (latency per stage, K, views, drops, model identity and
-licence, units, GPU memory) and one per camera (input rate, frames, drops, problems).
+licence, units, the scale in use with its source, spread and constraints, the anchor,
+GPU memory) and one per camera (input rate, frames, drops, problems).
 Each status carries the worst level of its active problems and their messages. The live
 node and ``dvlt-ros process`` both build them with :func:`session_statuses` from
 :func:`pipeline_values` (plus their own values, e.g. the model's).
@@ -9,12 +10,14 @@ node and ``dvlt-ros process`` both build them with :func:`session_statuses` from
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from dvlt_ros.node_support.health import OK, Problem
+from dvlt_ros.pipeline.report import CycleReport
 from dvlt_ros.pipeline.session import ReconstructionSession
 from dvlt_ros.pipeline.sync import CameraStats
 
@@ -81,7 +84,22 @@ def pipeline_values(session: ReconstructionSession, overruns: int = 0) -> dict[s
         values.update({f"latency_{k}": v for k, v in report.as_dict().items()
                        if k.endswith("_ms") and k != "predicted_ms"})
         values["drops"] = report.drops
+        values.update(grounding_values(report))
     return values
+
+
+def grounding_values(report: CycleReport) -> dict[str, object]:
+    """The scale in use, its source, spread and constraints, and the anchor of a cycle;
+    ``grounding`` is one line (``no metric scale available: <reasons>`` when none)."""
+    metric = report.metric
+    return {
+        "scale_source": report.scale_source,
+        "metres_per_unit": report.metres_per_unit if metric else "n/a (up to scale)",
+        "scale_spread": report.scale_spread if math.isfinite(report.scale_spread) else "n/a",
+        "scale_constraints": report.scale_constraints,
+        "anchor": report.anchor,
+        "grounding": report.grounding or units_text(report.units),
+    }
 
 
 def session_statuses(

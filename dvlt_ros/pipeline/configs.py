@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from dvlt_ros.pipeline.engine import PipelineConfig
+from dvlt_ros.pipeline.grounding import GroundingConfig
 from dvlt_ros.pipeline.k_policy import KPolicyConfig
 from dvlt_ros.pipeline.products import CloudConfig
 from dvlt_ros.pipeline.settings import camera_label
@@ -80,3 +81,17 @@ def world_config(p: Params) -> WorldConfig:
     if p["world_axes"] == "body":
         initial[:3, :3] = BODY_FROM_OPTICAL
     return WorldConfig(initial_world_from_reference=initial)
+
+
+def grounding_config(p: Params) -> GroundingConfig:
+    """Scale source and anchor; depth images match a view within ``sync_slop``."""
+    return GroundingConfig(
+        scale_source=p["scale_source"],
+        anchor=p["anchor"],
+        world_frame=p["world_frame"],
+        odom_frame=p["odom_frame"],
+        base_frame=p["base_frame"],
+        min_baseline=p["min_baseline"],
+        min_motion=p["min_motion"],
+        depth_slop_ns=seconds_to_ns(p["sync_slop"]),
+    )

@@ -18,6 +18,12 @@ from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTiming
 from dvlt_core.inference import Reconstructor
 from dvlt_core.result import Reconstruction
 from dvlt_ros.pipeline.events import Level, PipelineEvent
+from dvlt_ros.pipeline.grounding import (
+    Grounding,
+    GroundingConfig,
+    GroundingStatus,
+    TransformLookup,
+)
 from dvlt_ros.pipeline.products import (
     CameraPose,
     CloudConfig,
@@ -29,6 +35,7 @@ from dvlt_ros.pipeline.products import (
     camera_pose,
     frustum,
 )
+from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.window import ViewWindow
 from dvlt_ros.pipeline.world import MetricScale, Placement, WorldAligner, WorldConfig
 
@@ -41,7 +48,8 @@ class PipelineConfig:
     the ``"network"`` crop. ``depth_interpolation``: ``"bilinear"`` (accurate on surfaces)
     or ``"nearest"`` (no blended depth at object edges) for the original-resolution
     resampling.
-    ``use_input_camera_info``: publish depth on the input CameraInfo's pixel grid and K
+    ``use_input_camera_info``: the pose fit uses each view's calibrated K (rotation and
+    translation only) and depth is published on the input CameraInfo's pixel grid and K
     (where it is valid) instead of the predicted intrinsics. ``frame_suffix``: appended to
     each image's frame_id to name its TF child frame. ``frustum_size``: frustum depth in
     world units.
@@ -111,6 +119,7 @@ class CycleResult:
     backend_timings: StageTimings
     events: tuple[PipelineEvent, ...]
     reconstruction: Reconstruction = field(repr=False)
+    grounding: GroundingStatus | None = None
 
     @property
     def units(self) -> str:
@@ -155,6 +164,8 @@ class ReconstructionPipeline:
         config: PipelineConfig | None = None,
         world: WorldConfig | None = None,
         metric_scale: MetricScale | None = None,
+        grounding: GroundingConfig | None = None,
+        transforms: TransformLookup | None = None,
     ) -> None:
         self.config = config or PipelineConfig()
         self._backend = _TimedBackend(backend)
@@ -166,8 +177,14 @@ class ReconstructionPipeline:
             interpolation=self.config.depth_interpolation,
             img_size=self.config.img_size,
         )
-        self.world = WorldAligner(world, metric_scale=metric_scale, backend_metric=backend.metric)
+        self.grounding = Grounding(grounding, world, transforms=transforms,
+                                   backend_metric=backend.metric, metric_scale=metric_scale)
         self._epoch: int | None = None
+
+    @property
+    def world(self) -> WorldAligner:
+        """The chained world placement (:class:`~dvlt_ros.pipeline.world.WorldAligner`)."""
+        return self.grounding.world
 
     @property
     def backend(self) -> InferenceBackend:
@@ -175,10 +192,16 @@ class ReconstructionPipeline:
 
     def reset(self) -> None:
         """Start a new world (the next window defines it)."""
-        self.world.reset()
+        self.grounding.reset()
 
-    def submit(self, window: ViewWindow, num_steps: int) -> CycleResult:
-        """Reconstruct ``window`` with K = ``num_steps`` loop steps."""
+    def submit(
+        self,
+        window: ViewWindow,
+        num_steps: int,
+        depths: list[MeasuredDepth | None] | None = None,
+    ) -> CycleResult:
+        """Reconstruct ``window`` with K = ``num_steps`` loop steps; ``depths``: a measured
+        depth image per view (None: none) for ``scale_source`` depth or auto."""
         if len(window) == 0:
             raise ValueError("the window holds no views")
         if self._epoch is not None and window.epoch != self._epoch:
@@ -190,6 +213,7 @@ class ReconstructionPipeline:
             num_steps,
             names=[f"{f.camera}@{f.stamp_ns}" for f in window.frames],
             timestamps=[f.stamp_ns * 1e-9 for f in window.frames],
+            intrinsics=self._known_intrinsics(window),
         )
         after_recon = time.perf_counter()
         events = list(window.events)
@@ -206,7 +230,7 @@ class ReconstructionPipeline:
                     stamp_ns=window.stamp_ns,
                 )
             )
-        placement = self.world.place(window, recon)
+        placement, grounding = self.grounding.place(window, recon, depths)
         events.extend(placement.events)
         after_world = time.perf_counter()
         products = self._products(window, recon, placement)
@@ -236,7 +260,15 @@ class ReconstructionPipeline:
             backend_timings=recon.timings,
             events=tuple(events),
             reconstruction=recon,
+            grounding=grounding,
         )
+
+    def _known_intrinsics(self, window: ViewWindow) -> list | None:
+        """The calibrated K of each view with ``use_input_camera_info`` (None: predict)."""
+        if not self.config.use_input_camera_info:
+            return None
+        known = [None if f.info is None else f.info.k for f in window.frames]
+        return known if any(k is not None for k in known) else None
 
     def _products(self, window: ViewWindow, recon: Reconstruction, placement: Placement) -> tuple:
         cfg = self.config

@@ -23,7 +23,7 @@ class Level(IntEnum):
 EVENT_CODES = frozenset(
     {
         "camera_info_invalid",  # NaN / zero / mismatched CameraInfo: predicted intrinsics used
-        "camera_info_distortion",  # non-zero distortion in CameraInfo; ignored (pinhole model)
+        "camera_info_distortion",  # distortion that cannot be rectified: CameraInfo not used
         "image_rejected",  # undecodable, too large, too small or elongated; frame dropped
         "stamp_rejected",  # unset/negative stamp, or a lone stamp far from the rig's; dropped
         "image_downscaled",  # larger than max_pixels; resized (CameraInfo scaled to match)
@@ -40,6 +40,12 @@ EVENT_CODES = frozenset(
         "pose_fit_failed",  # some views got no pose; they are left out of the products
         "over_budget",  # even k_min is predicted to exceed latency_budget_ms
         "cycle_error",  # reconstructing a window raised; offline processing goes on
+        "scale_unavailable",  # scale_source set but no source measured the scale this window
+        "scale_conflict",  # auto: scale sources disagree beyond their errors
+        "tf_unavailable",  # a transform needed for scale or anchoring is missing or stale
+        "anchor_refused",  # anchor tf: the window could not be aligned to TF (reason given)
+        "world_rescaled",  # the first metric scale: the chained world converted to metres
+        "depth_rejected",  # a depth image for an unknown camera, or of the wrong kind
     }
 )
 

@@ -6,6 +6,7 @@ and the benchmark.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 #: Latency stages in pipeline order (milliseconds).
@@ -18,7 +19,14 @@ class CycleReport:
     excludes ``sync_wait_ms``, the age of the newest frame when the cycle took it);
     ``predicted_ms`` is the K policy's estimate before the cycle (None before any
     measurement). ``drops`` counts every frame dropped so far, ``overruns`` the timer
-    ticks that found a cycle still running."""
+    ticks that found a cycle still running.
+
+    Grounding (:class:`~dvlt_ros.pipeline.grounding.GroundingStatus`): ``metric`` (products
+    in metres), ``metres_per_unit`` (the scale in use, NaN when not metric),
+    ``scale_source``, ``scale_spread`` (relative, NaN when unknown), ``scale_constraints``,
+    ``anchor`` (chain, tf, tf_held, unanchored), ``grounding`` (one line: the scale in use,
+    or ``no metric scale available: <reasons>``) and ``tf_ms`` (TF lookups of the cycle,
+    part of ``world_ms``)."""
 
     cycle: int
     stamp_ns: int
@@ -44,6 +52,14 @@ class CycleReport:
     decode_ms: float
     drops: int
     overruns: int
+    metric: bool = False
+    metres_per_unit: float = math.nan
+    scale_source: str = "none"
+    scale_spread: float = math.nan
+    scale_constraints: int = 0
+    anchor: str = "chain"
+    grounding: str = ""
+    tf_ms: float = 0.0
 
     @property
     def node_overhead_ms(self) -> float:
@@ -60,5 +76,5 @@ class CycleReport:
             f"cycle {self.cycle}: K={self.num_steps} ({self.num_steps_mode}) "
             f"S={self.num_views} ({self.num_cameras} cam x {self.num_timesteps}) "
             f"points={self.points} ms: {stages} total {self.total_ms:.1f} "
-            f"drops={self.drops} overruns={self.overruns}"
-        )
+            f"drops={self.drops} overruns={self.overruns} {self.grounding}"
+        ).rstrip()

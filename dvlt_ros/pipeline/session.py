@@ -9,6 +9,12 @@ feeds it from subscriptions and publishes what it returns; ``dvlt-ros process`` 
 ``dvlt-ros demo`` drive the same class, so the same frames in the same order give the same
 windows, K (fixed mode) and results.
 
+Grounding (docs/world_frame.md): with ``scale_source`` rig, odometry or auto, or
+``anchor: tf``, the session looks the robot's transforms up itself at the image stamps
+through ``transforms`` (a :class:`~dvlt_ros.pipeline.grounding.TransformLookup`: the live
+node's TF listener, or a ``TfTree`` filled from a bag); depth images for ``scale_source``
+depth or auto come in through :meth:`add_depth`.
+
 Per image message: :meth:`add_frame` (or :meth:`count_rejected`), then, lossless,
 :meth:`after_image` and :meth:`next_queued` until it returns None; else :meth:`poll` at
 the cycle rate. Each snapshot: :meth:`reconstruct`, publish the result, :meth:`finish`.
@@ -29,9 +35,11 @@ from dvlt_ros.pipeline.accumulate import FusedCloud, Trajectories
 from dvlt_ros.pipeline.engine import CycleResult, ReconstructionPipeline
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import CameraFrame
+from dvlt_ros.pipeline.grounding import TransformLookup
 from dvlt_ros.pipeline.k_policy import KDecision, KPolicy
 from dvlt_ros.pipeline.products import build_cloud
 from dvlt_ros.pipeline.report import CycleReport
+from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.settings import (
     ParamValue,
     camera_label,
@@ -45,6 +53,9 @@ from dvlt_ros.pipeline.world import MetricScale
 # Lossless mode: images waiting for reconstruction and acknowledgement (the replay tool
 # keeps one in flight; the bound only matters when lossless is misused on live cameras).
 LOSSLESS_QUEUE = 64
+#: Depth images kept per camera until a window uses them (the newest win): a few cycles of
+#: a 30 Hz sensor, bounded because each holds a full image.
+DEPTH_QUEUE = 16
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,9 @@ class ReconstructionSession:
     run (offline TUM files) besides the bounded reference path. ``fused``: accumulate the
     newest views of every cycle into this cloud. ``checkpoint_required=False``: the
     backend is given by the caller and the checkpoint only labels it (may be empty).
-    ``on_accept`` sees every frame the synchroniser queues.
+    ``on_accept`` sees every frame the synchroniser queues. ``transforms``: the robot's TF
+    (needed by ``scale_source`` rig, odometry, auto and ``anchor: tf``; without it those
+    report ``tf_unavailable`` and the output stays up to scale).
     """
 
     def __init__(
@@ -81,6 +94,7 @@ class ReconstructionSession:
         fused: FusedCloud | None = None,
         checkpoint_required: bool = True,
         on_accept: Callable[[CameraFrame], None] | None = None,
+        transforms: TransformLookup | None = None,
     ) -> None:
         self.params: dict[str, ParamValue] = dict(params)
         p = self.params
@@ -93,6 +107,11 @@ class ReconstructionSession:
         self.k_policy = KPolicy(configs.k_policy_config(p))
         self.pipeline: ReconstructionPipeline | None = None
         self._metric_scale = metric_scale
+        self.transforms = transforms
+        self.grounding_config = configs.grounding_config(p)
+        self._depths: dict[str, deque[tuple[int, MeasuredDepth]]] = {
+            camera: deque(maxlen=DEPTH_QUEUE) for camera in self.cameras}
+        self._depth_warned: set[str] = set()
         self.lossless_queue: deque[tuple[RigSnapshot | None, int]] = deque(
             maxlen=LOSSLESS_QUEUE)
         self.images_received = 0
@@ -135,6 +154,7 @@ class ReconstructionSession:
         self.pipeline = ReconstructionPipeline(
             backend, configs.pipeline_config(self.params),
             world=configs.world_config(self.params), metric_scale=self._metric_scale,
+            grounding=self.grounding_config, transforms=self.transforms,
         )
         with self._lock:  # arrivals are checked against this model's input size
             events = self.sync.set_img_size(self.pipeline.reconstructor.img_size)
@@ -146,6 +166,45 @@ class ReconstructionSession:
         """Queue a frame that arrived at ``now_ns`` (the clock of every ``now_ns``)."""
         with self._lock:
             return self.sync.add(frame, now_ns)
+
+    def add_depth(self, camera: str, stamp_ns: int, depth: MeasuredDepth) -> list[PipelineEvent]:
+        """Keep a depth image of ``camera`` (its label) stamped ``stamp_ns`` for the window
+        holding that camera's image of the same stamp (within ``sync_slop``; nearest wins).
+
+        Registered depth (``depth.k`` None) is the colour image's pixels at any size of the
+        same aspect; otherwise ``depth.k`` is the depth image's intrinsics and
+        ``depth.colour_from_depth`` the depth optical frame in the colour optical frame
+        (the caller looks it up, e.g. TF ``<image frame_id> -> <depth frame_id>``). Ignored
+        unless ``scale_source`` is depth or auto. Thread-safe; at most ``DEPTH_QUEUE`` per
+        camera are kept."""
+        if not self.grounding_config.uses_depth:
+            return []
+        with self._lock:
+            queue = self._depths.get(camera)
+            if queue is None:
+                if camera in self._depth_warned:
+                    return []
+                self._depth_warned.add(camera)
+                return [PipelineEvent(
+                    "depth_rejected", Level.WARN,
+                    f"depth images of camera {camera!r} are ignored; configured cameras: "
+                    f"{', '.join(self.cameras)}", camera)]
+            queue.append((int(stamp_ns), depth))
+        return []
+
+    def _matched_depths(self, window: ViewWindow) -> list[MeasuredDepth | None] | None:
+        """The depth image of each view of ``window`` (nearest stamp within the slop)."""
+        if not self.grounding_config.uses_depth:
+            return None
+        slop = self.grounding_config.depth_slop_ns
+        matched: list[MeasuredDepth | None] = []
+        with self._lock:
+            for frame in window.frames:
+                candidates = [(abs(stamp - frame.stamp_ns), i, depth) for i, (stamp, depth)
+                              in enumerate(self._depths.get(frame.camera, ()))
+                              if abs(stamp - frame.stamp_ns) <= slop]
+                matched.append(min(candidates, key=lambda c: c[:2])[2] if candidates else None)
+        return matched
 
     def count_rejected(self, camera: str) -> None:
         """Count an image of ``camera`` refused before it became a frame."""
@@ -197,7 +256,8 @@ class ReconstructionSession:
         window = self.windows.select(snapshot)
         decision = self.k_policy.choose(len(window))
         try:
-            result = self.pipeline.submit(window, decision.num_steps)
+            result = self.pipeline.submit(window, decision.num_steps,
+                                          self._matched_depths(window))
         except Exception:
             self.windows.forget(snapshot)
             raise
@@ -229,6 +289,19 @@ class ReconstructionSession:
             encode_ms=b.encode_ms, decode_ms=b.decode_ms,
             step_ms=sum(b.step_ms) / len(b.step_ms) if b.step_ms else 0.0,
             drops=sum(s.dropped for s in self.camera_stats().values()), overruns=overruns,
+            **self._grounding_fields(result),
         )
         self.last_report = report
         return report
+
+    @staticmethod
+    def _grounding_fields(result: CycleResult) -> dict[str, object]:
+        g = result.grounding
+        if g is None:
+            return {"metric": result.metric}
+        return {
+            "metric": result.metric, "metres_per_unit": g.metres_per_unit,
+            "scale_source": g.source, "scale_spread": g.spread,
+            "scale_constraints": g.constraints, "anchor": g.anchor, "grounding": g.summary,
+            "tf_ms": g.tf_ms,
+        }

@@ -32,6 +32,10 @@ NODE_NAME = "reconstruct_node"
 IMAGE_TRANSPORTS = ("raw", "compressed")
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 WORLD_AXES = ("body", "optical")
+SCALE_SOURCES = ("none", "rig", "odometry", "depth", "auto")
+ANCHORS = ("chain", "tf")
+#: ``world_frame``'s default: the node's own frame, which ``anchor: tf`` cannot use.
+OWN_WORLD_FRAME = "dvlt_world"
 
 
 class ParameterError(ValueError):
@@ -157,7 +161,7 @@ SPECS: tuple[ParamSpec, ...] = (
               "then cropped to a multiple of the 14 px patch; 0: the model's own",
               minimum=0, maximum=4096),
     # Outputs
-    ParamSpec("world_frame", "dvlt_world", "frame of the cloud, trajectory, frusta and TF root"),
+    ParamSpec("world_frame", OWN_WORLD_FRAME, "frame of the cloud, trajectory, frusta and TF root"),
     ParamSpec("world_axes", "body",
               "body: world_frame is the first reference camera's body frame (REP 103: x "
               "forward, y left, z up), upright in RViz when that camera was level; optical: "
@@ -180,6 +184,28 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics_period", 1.0,
               "seconds between /diagnostics messages when no cycle runs", minimum=0.05,
               maximum=3600.0),
+    # Grounding: metric scale and the robot's frames (docs/world_frame.md)
+    ParamSpec("scale_source", "none",
+              "metric scale: none (up to scale), rig (camera baselines from TF "
+              "base_frame -> image frame_ids), odometry (camera motion from TF odom_frame -> "
+              "base_frame), depth (a depth topic per camera), auto (the best available: rig, "
+              "depth, odometry)", choices=SCALE_SOURCES),
+    ParamSpec("anchor", "chain",
+              "chain: each window continues the previous ones in world_frame (its own frame); "
+              "tf: world_frame is a TF frame of the robot (odom, map) and each window is "
+              "aligned to the cameras' TF poses at the image stamps", choices=ANCHORS),
+    ParamSpec("odom_frame", "odom", "TF frame of the robot's odometry (scale_source odometry)"),
+    ParamSpec("base_frame", "base_link",
+              "TF frame of the robot base the cameras are mounted on (rig, odometry)"),
+    ParamSpec("depth_topic", "depth/image_raw",
+              "depth image topic relative to each camera namespace (16UC1 mm or 32FC1 m; its "
+              "CameraInfo is the sibling camera_info); used by scale_source depth and auto"),
+    ParamSpec("min_baseline", 0.05,
+              "metres: rig camera pairs closer than this give no scale constraint",
+              minimum=0.001, maximum=1e3),
+    ParamSpec("min_motion", 0.05,
+              "metres: camera motions between snapshots shorter than this give no odometry "
+              "scale constraint", minimum=0.001, maximum=1e3),
 )
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
@@ -217,8 +243,10 @@ def check_value(name: str, value: ParamValue, *, checkpoint_required: bool = Tru
     if problem is None and name == "checkpoint" and checkpoint_required and not str(
             value).strip():
         problem = EMPTY_CHECKPOINT
-    if problem is None and name in ("world_frame", "frame_suffix"):
+    if problem is None and name in ("world_frame", "frame_suffix", "odom_frame", "base_frame"):
         problem = _check_frame_part(name, str(value))
+    if problem is None and name == "depth_topic":
+        problem = _check_depth_topic(str(value))
     return problem
 
 
@@ -228,8 +256,24 @@ def _check_frame_part(name: str, value: str) -> str | None:
     a camera's image frame a second parent."""
     if not value or value != value.strip() or " " in value:
         return f"{name} must be a non-empty name without spaces, got {value!r}"
-    if name == "world_frame" and value.startswith("/"):
-        return f"world_frame must not start with '/' (tf2 frame ids do not), got {value!r}"
+    if name != "frame_suffix" and value.startswith("/"):
+        return f"{name} must not start with '/' (tf2 frame ids do not), got {value!r}"
+    return None
+
+
+def _check_depth_topic(value: str) -> str | None:
+    """A topic name relative to a camera namespace (``<ns>/<depth_topic>``)."""
+    if not value or value.startswith(("/", "~")) or value != value.strip():
+        return (f"depth_topic must be a topic name relative to the camera namespace (e.g. "
+                f"depth/image_raw), got {value!r}")
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    try:
+        validate_topic_name(f"cam/{value}")
+    except InvalidTopicNameException as exc:
+        reason = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+        return f"depth_topic {value!r} is not a valid ROS name: {reason}"
     return None
 
 
@@ -243,10 +287,35 @@ def check_values(values: Iterable[tuple[str, ParamValue]], *,
 
 def check_combination(values: Mapping[str, ParamValue]) -> str | None:
     """Why a set of values that each pass alone cannot go together, or None."""
+    problems = []
     low, high = values["budget_min_num_steps"], values["budget_max_num_steps"]
     if low > high:
-        return f"budget_min_num_steps ({low}) must be <= budget_max_num_steps ({high})"
-    return None
+        problems.append(
+            f"budget_min_num_steps ({low}) must be <= budget_max_num_steps ({high})")
+    problems += _grounding_problems(values)
+    return "; ".join(problems) or None
+
+
+def _grounding_problems(values: Mapping[str, ParamValue]) -> list[str]:
+    """What ``scale_source`` and ``anchor`` need from the other values."""
+    problems = []
+    source, world = values["scale_source"], values["world_frame"]
+    odom, base = values["odom_frame"], values["base_frame"]
+    if values["anchor"] == "tf" and world == OWN_WORLD_FRAME:
+        problems.append(
+            f"anchor tf needs world_frame to be a TF frame of the robot (e.g. odom or map), "
+            f"not the node's own {OWN_WORLD_FRAME!r}")
+    if source == "odometry" and values["window_timesteps"] < 2:
+        problems.append(
+            "scale_source odometry measures motion between the snapshots of a window: set "
+            "window_timesteps >= 2")
+    if source in ("odometry", "auto") and odom == base:
+        problems.append(f"odom_frame and base_frame must differ, both are {odom!r}")
+    if source in ("rig", "odometry", "auto") and base == world:
+        problems.append(
+            f"base_frame ({base!r}) must not be world_frame: the rig's mounts are looked up "
+            "in the base frame, the world is where the base moves")
+    return problems
 
 
 def _check_cameras(names: list[str]) -> str | None:

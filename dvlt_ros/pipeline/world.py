@@ -90,12 +90,25 @@ class WorldAligner:
         self._history.clear()
         self._last = None
 
-    def place(self, window: ViewWindow, reconstruction: Reconstruction) -> Placement:
-        """Place ``reconstruction`` (of ``window``) in the world and remember its views."""
+    def place(
+        self,
+        window: ViewWindow,
+        reconstruction: Reconstruction,
+        metres_per_unit: float | None = None,
+    ) -> Placement:
+        """Place ``reconstruction`` (of ``window``) in the world and remember its views.
+
+        ``metres_per_unit``: this window's metric scale when the caller measured it (the
+        session's grounding, :mod:`~dvlt_ros.pipeline.grounding`); it wins over the
+        ``metric_scale`` seam. The first metric window after non-metric ones converts the
+        remembered world to metres (``world_rescaled``), so the world keeps one unit."""
         if self._epoch is not None and window.epoch != self._epoch:
             self.reset()
         self._epoch = window.epoch
-        metric_scale, metric = self._metric_scale(window, reconstruction)
+        if metres_per_unit is not None and np.isfinite(metres_per_unit) and metres_per_unit > 0:
+            metric_scale, metric = float(metres_per_unit), True
+        else:
+            metric_scale, metric = self._metric_scale(window, reconstruction)
         if self._last is None:
             initial = self.config.initial_world_from_reference
             placement = Placement(
@@ -155,6 +168,8 @@ class WorldAligner:
             )
         )
         events: list[PipelineEvent] = []
+        if metric_scale is not None and not previous.metric:
+            events += self._rescale_to_metres(window, known, views, rotation, metric_scale)
         if metric_scale is not None:
             scale, source = metric_scale, "metric"
         else:
@@ -174,6 +189,30 @@ class WorldAligner:
         translation = (centres_world - scale * centres @ rotation.T).mean(axis=0)
         keys = tuple(window.keys[i] for i in shared)
         return Placement(Sim3(rotation, translation, scale), keys, source, metric, tuple(events))
+
+    def _rescale_to_metres(
+        self,
+        window: ViewWindow,
+        known: list[_ViewEstimate],
+        views: list[ViewReconstruction],
+        rotation: np.ndarray,
+        metres_per_unit: float,
+    ) -> list[PipelineEvent]:
+        """Convert the remembered world (arbitrary units) to metres about its origin: the
+        shared views give the world units per window unit, the metric scale the metres."""
+        chained, _ = self._shared_scale(known, views, rotation)
+        if chained is None:
+            return []
+        factor = metres_per_unit / chained
+        for estimate in self._history.values():
+            estimate.world_from_camera[:3, 3] *= factor
+            estimate.depth_world *= factor
+        return [PipelineEvent(
+            "world_rescaled", Level.INFO,
+            f"metric scale available from this window: the world converted to metres "
+            f"(x{factor:.4g}); earlier products were in arbitrary units",
+            stamp_ns=window.stamp_ns,
+        )]
 
     def _shared_scale(
         self, known: list[_ViewEstimate], views: list[ViewReconstruction], rotation: np.ndarray
