@@ -7,7 +7,17 @@ lossless mode (every snapshot reconstructed). Each cycle's products and diagnost
 written by the node's own :class:`~dvlt_ros.node_support.outputs.OutputPublishers` and
 diagnostics builder into an mcap bag (through :class:`~dvlt_ros.bags.writer.RecordingNode`),
 at the source stamps. At the end: the session's fused cloud as ``.ply``, its trajectories
-as one TUM file per camera, an optional evaluation, and ``summary.json``. Output files
+as one TUM file per camera, an optional evaluation, and ``summary.json``.
+
+Grounding (docs/world_frame.md): the bag's ``/tf_static`` (read first, whole) and ``/tf``
+are the robot's TF (:class:`~dvlt_ros.bags.tf_feed.BagTransforms`), given to the session
+as ``transforms``; with ``scale_source`` depth or auto, each camera's ``<ns>/<depth_topic>``
+goes to :meth:`~dvlt_ros.pipeline.session.ReconstructionSession.add_depth`. TF and depth are
+recorded slightly after the images they belong to, so a snapshot is reconstructed once every
+time-stamped TF edge and every depth stream has reached its stamp, at most
+:data:`~dvlt_ros.bags.tf_feed.LOOKAHEAD_NS` of log time later (then the laggards are
+reported stale), or at the bag's end. A sample bag also gets ``ground_truth.tum``: the
+reference camera's true optical-frame poses in the output world frame. Output files
 appear atomically (:class:`~dvlt_ros.bags.staged_output.StagedOutput`); an interruption
 (``stop()``, e.g. on SIGINT) or a damaged bag ends the run early, and what was
 reconstructed until then is finalised and kept.
@@ -18,33 +28,46 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
 from dvlt_core.backends import InferenceBackend
 from dvlt_core.geometry import TfTree, TransformError
+from dvlt_core.io.writers import write_tum
 from dvlt_ros.bags.decode import CameraTopics, FrameDecoder, camera_topics
 from dvlt_ros.bags.evaluation import Evaluation, evaluate, read_tum, tum_lookup
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.msgtypes import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, TF_MESSAGE
+from dvlt_ros.bags.sample import (
+    ODOM_FRAME,
+    SCENE_TOPIC,
+    ground_truth_in_world,
+    read_sample_config,
+)
 from dvlt_ros.bags.source import BagSource
 from dvlt_ros.bags.staged_output import StagedOutput
 from dvlt_ros.bags.streams import StreamMonitor
+from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS, TF_STATIC_TOPIC, TF_TOPIC, BagTransforms
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
-from dvlt_ros.conversions.tf import stamp_from_ns
+from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
+from dvlt_ros.conversions.image import ImageConversionError, image_to_array
+from dvlt_ros.conversions.tf import ns_from_stamp, stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
 from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
 from dvlt_ros.pipeline.accumulate import FusedCloud, epoch_suffix
+from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.session import ReconstructedSnapshot, ReconstructionSession
 from dvlt_ros.pipeline.settings import NODE_NAME
+from dvlt_ros.pipeline.sync import RigSnapshot
 
 OUTPUT_BAG = "reconstruction"
 SUMMARY = "summary.json"
@@ -89,6 +112,19 @@ class _Stats:
     events: Counter = field(default_factory=Counter)
     first_rejection: str | None = None
     failed_windows: int = 0
+    scale_sources: Counter = field(default_factory=Counter)
+    anchors: Counter = field(default_factory=Counter)
+    metres_per_unit: list[float] = field(default_factory=list)
+    first_unscaled: str | None = None
+
+
+@dataclass(frozen=True)
+class _DepthTopics:
+    """A camera's depth image topic and its CameraInfo."""
+
+    camera: str
+    image: str
+    info: str
 
 
 class BagProcessor:
@@ -116,10 +152,18 @@ class BagProcessor:
         self._progress = progress
         self.topics = self._check_topics()
         self._image_topics = {t.camera: t.image for t in self.topics}
+        self.tf = BagTransforms(self.issues)
         self.session = ReconstructionSession(
             self.params, metric_scale=metric_scale, keep_all_poses=True,
             fused=FusedCloud(self.options.fuse_voxel, self.options.fuse_max_points),
-            on_accept=self._on_accept)
+            on_accept=self._on_accept, transforms=self.tf.tree)
+        grounding = self.session.grounding_config
+        self._tf_topics = self._check_tf(grounding.uses_transforms)
+        self.depth_topics = self._check_depth() if grounding.uses_depth else []
+        self._depth_newest: dict[str, int] = {}
+        self._depth_infos: dict[str, np.ndarray] = {}
+        self._stale_depth: set[str] = set()
+        self._pending: deque[tuple[RigSnapshot, int]] = deque()
         self.fused, self.trajectories = self.session.fused, self.session.trajectories
         self._backend = backend
         self.decoder = FrameDecoder(bool(self.params["use_input_camera_info"]),
@@ -172,6 +216,63 @@ class BagProcessor:
                                  t.info)
         return topics
 
+    def _check_tf(self, needed: bool) -> list[str]:
+        """The TF topics to read (``/tf_static`` first); warn when grounding needs TF the
+        bag does not have or cannot give."""
+        usable = []
+        for topic in (TF_STATIC_TOPIC, TF_TOPIC):
+            info = self.bag.topics.get(topic)
+            if info is None:
+                continue
+            if info.msgtype != TF_MESSAGE:
+                self.issues.warn("unknown_type", f"{topic} has type {info.msgtype}, not "
+                                 f"{TF_MESSAGE}: ignored", topic)
+            elif (problem := self.bag.topic_problem(topic)) is not None:
+                self.issues.warn("tf_invalid", f"{topic} cannot be used: {problem}", topic)
+            else:
+                usable.append(topic)
+        if not needed:
+            return []
+        cfg = self.session.grounding_config
+        wanted = []
+        if cfg.anchor == "tf" or {"rig", "odometry"} & set(cfg.sources):
+            if "rig" in cfg.sources or cfg.anchor == "tf":
+                wanted.append((TF_STATIC_TOPIC, f"the rig's mounts ({cfg.base_frame} -> the "
+                               "image frame_ids)"))
+            if "odometry" in cfg.sources or cfg.anchor == "tf":
+                wanted.append((TF_TOPIC, f"the robot's motion ({cfg.odom_frame} -> "
+                               f"{cfg.base_frame})"))
+        for topic, what in wanted:
+            if topic not in usable:
+                self.issues.warn("missing_tf", f"scale_source {cfg.scale_source} / anchor "
+                                 f"{cfg.anchor} looks up {what} on {topic}, which the bag "
+                                 "does not have: those windows stay up to scale or in the "
+                                 "chain (see summary.json grounding)", topic)
+        return usable
+
+    def _check_depth(self) -> list[_DepthTopics]:
+        """Each camera's depth topic (``<ns>/<depth_topic>``) and its CameraInfo."""
+        relative = str(self.params["depth_topic"]).strip("/")
+        info_relative = "/".join([*relative.split("/")[:-1], "camera_info"])
+        found = []
+        for namespace, camera in zip(self.params["cameras"], self.session.cameras,
+                                     strict=True):
+            base = "/" + str(namespace).strip("/")
+            topics = _DepthTopics(camera, f"{base}/{relative}", f"{base}/{info_relative}")
+            info = self.bag.topics.get(topics.image)
+            if info is None:
+                self.issues.warn("missing_depth", f"{topics.image} is not in the bag: camera "
+                                 f"{camera} gives no depth scale", topics.image)
+            elif info.msgtype != IMAGE:
+                self.issues.warn("unknown_type", f"{topics.image} has type {info.msgtype}, "
+                                 f"not {IMAGE} (16UC1 mm or 32FC1 m): ignored", topics.image)
+            elif info.count and (problem := self.bag.topic_problem(topics.image)) is not None:
+                self.issues.warn("depth_rejected", f"{topics.image} cannot be used: {problem}",
+                                 topics.image)
+            else:
+                found.append(topics)
+        return found
+
     # ------------------------------------------------------------------ run
     def stop(self) -> None:
         """Ask the run to end after the current cycle (signal-handler safe)."""
@@ -211,9 +312,33 @@ class BagProcessor:
         self.stats.images_total = sum(self.bag.topics[t].count for t in by_image)
         names = list(by_image) + [t for t in by_info
                                   if self.bag.topics[t].msgtype == CAMERA_INFO]
+        depth_images = {t.image: t for t in self.depth_topics}
+        depth_infos = {t.info: t for t in self.depth_topics
+                       if self.bag.topics.get(t.info) is not None
+                       and self.bag.topics[t.info].msgtype == CAMERA_INFO}
+        names += [*depth_images, *depth_infos]
+        if TF_STATIC_TOPIC in self._tf_topics:  # static: all of it before the first image
+            for message in self.bag.messages([TF_STATIC_TOPIC]):
+                self.tf.add(message.raw, True, message.topic, message.log_ns)
+        if TF_TOPIC in self._tf_topics:
+            names.append(TF_TOPIC)
+        log_ns = 0
         for message in self.bag.messages(names):
-            if message.topic in by_info:
-                self.decoder.camera_info(by_info[message.topic].camera, message.raw)
+            log_ns = message.log_ns
+            if message.topic == TF_TOPIC:
+                self.tf.add(message.raw, False, message.topic, message.log_ns)
+            elif message.topic in depth_infos:
+                info = deserialize_message(message.raw, CameraInfo)
+                self._depth_infos[depth_infos[message.topic].camera] = (
+                    intrinsics_from_camera_info(info))
+            elif message.topic in depth_images:
+                self._add_depth(depth_images[message.topic], message.raw, message.log_ns)
+            if message.topic not in by_image:
+                if message.topic in by_info:
+                    self.decoder.camera_info(by_info[message.topic].camera, message.raw)
+                self._drain(message.log_ns, start, recorder, publishers)
+                if self._stop_requested:
+                    return
                 continue
             camera = by_image[message.topic]
             self.stats.frames_read += 1
@@ -229,23 +354,93 @@ class BagProcessor:
             for ev in self.session.after_image(message.log_ns):
                 self._report(ev)
             while (item := self.session.next_queued()) is not None:
-                if item[0] is None:
-                    continue
-                try:
-                    cycle = self.session.reconstruct(item[0], message.log_ns)
-                except Exception as exc:  # like the live node: report, keep going
-                    self.stats.failed_windows += 1
-                    self._report(PipelineEvent(
-                        "cycle_error", Level.ERROR,
-                        f"the window at {item[0].stamp_ns * 1e-9:.3f} s failed: "
-                        f"{type(exc).__name__}: {exc}", stamp_ns=item[0].stamp_ns))
-                    continue
-                self._write_cycle(cycle, start, recorder, publishers)
+                if item[0] is not None:
+                    self._pending.append((item[0], message.log_ns))
+            self._drain(message.log_ns, start, recorder, publishers)
             if self._progress is not None:
                 self._progress(self.stats.frames_read, self.stats.images_total,
                                self.stats.windows)
             if self._stop_requested:
-                break
+                return
+        self._drain(log_ns, start, recorder, publishers, final=True)
+
+    def _drain(self, log_ns: int, start: float, recorder: RecordingNode,
+               publishers: OutputPublishers, final: bool = False) -> None:
+        """Reconstruct the held snapshots, oldest first, whose TF and depth have arrived
+        (or waited :data:`LOOKAHEAD_NS`, or ``final``: the bag ended)."""
+        while self._pending and not self._stop_requested:
+            snapshot, queued_ns = self._pending[0]
+            waited_out = final or log_ns - queued_ns > LOOKAHEAD_NS
+            if not waited_out and self._waiting(snapshot.stamp_ns):
+                return
+            self._pending.popleft()
+            if waited_out:
+                self._warn_stale(snapshot.stamp_ns, log_ns)
+            try:
+                cycle = self.session.reconstruct(snapshot, log_ns)
+            except Exception as exc:  # like the live node: report, keep going
+                self.stats.failed_windows += 1
+                self._report(PipelineEvent(
+                    "cycle_error", Level.ERROR,
+                    f"the window at {snapshot.stamp_ns * 1e-9:.3f} s failed: "
+                    f"{type(exc).__name__}: {exc}", stamp_ns=snapshot.stamp_ns))
+                continue
+            self._write_cycle(cycle, start, recorder, publishers)
+
+    def _waiting(self, stamp_ns: int) -> bool:
+        """Whether TF or depth that a window at ``stamp_ns`` may need is still to come."""
+        if TF_TOPIC in self._tf_topics and self.bag.topics[TF_TOPIC].count and (
+                not self.tf.has_dynamic or self.tf.lag(stamp_ns)):
+            return True
+        return any(self.bag.topics[t.image].count and self._depth_newest.get(
+            t.camera, -1) < stamp_ns for t in self.depth_topics)
+
+    def _warn_stale(self, stamp_ns: int, log_ns: int) -> None:
+        self.tf.warn_stale(stamp_ns, log_ns)
+        for topics in self.depth_topics:
+            newest = self._depth_newest.get(topics.camera)
+            if topics.camera in self._stale_depth or (newest is not None and newest >= stamp_ns):
+                continue
+            self._stale_depth.add(topics.camera)
+            since = "none was read" if newest is None else f"the last is at {newest * 1e-9:.3f} s"
+            self.issues.warn("depth_stale", f"no depth image for the snapshot at "
+                             f"{stamp_ns * 1e-9:.3f} s ({since}): camera {topics.camera} gives "
+                             "no depth scale there", topics.image, log_ns)
+
+    def _add_depth(self, topics: _DepthTopics, raw: bytes, log_ns: int) -> None:
+        """One depth image to the session (registered when its frame_id is the colour
+        camera's; otherwise reprojected with its CameraInfo and TF)."""
+        msg = deserialize_message(raw, Image)
+        stamp_ns = ns_from_stamp(msg.header.stamp)
+        self._depth_newest[topics.camera] = max(self._depth_newest.get(topics.camera, stamp_ns),
+                                                stamp_ns)
+        try:
+            if msg.encoding not in ("16UC1", "32FC1"):
+                raise ImageConversionError(f"encoding {msg.encoding!r} is not 16UC1 (mm) or "
+                                           "32FC1 (m)")
+            pixels = image_to_array(msg)
+        except ImageConversionError as exc:
+            self.issues.warn("depth_rejected", f"depth image at {stamp_ns * 1e-9:.3f} s: {exc}",
+                             topics.image, log_ns)
+            return
+        colour = self.frame_ids.get(topics.camera)
+        depth_frame = msg.header.frame_id.lstrip("/")
+        if not depth_frame or colour is None or depth_frame == colour.lstrip("/"):
+            depth = MeasuredDepth.from_image(pixels)
+        else:
+            k = self._depth_infos.get(topics.camera)
+            try:
+                if k is None:
+                    raise LookupError(f"no {topics.info} was read before it")
+                colour_from_depth = self.tf.tree.lookup(colour, depth_frame, stamp_ns)
+            except LookupError as exc:  # TransformError is a LookupError
+                self.issues.warn("depth_rejected", f"depth in frame {depth_frame!r} (not the "
+                                 f"image's {colour!r}) cannot be reprojected: {exc}",
+                                 topics.image, log_ns)
+                return
+            depth = MeasuredDepth.from_image(pixels, k, colour_from_depth)
+        for event in self.session.add_depth(topics.camera, stamp_ns, depth):
+            self._report(event)
 
     def _write_cycle(self, cycle: ReconstructedSnapshot, start: float, recorder: RecordingNode,
                      publishers: OutputPublishers) -> None:
@@ -267,6 +462,14 @@ class BagProcessor:
             stats.first_output_s = time.perf_counter() - start
         stats.k_values[result.num_steps] += 1
         stats.views[result.num_views] += 1
+        grounding = result.grounding
+        if grounding is not None:
+            stats.scale_sources[grounding.source if grounding.metric else "none"] += 1
+            stats.anchors[grounding.anchor] += 1
+            if grounding.metric:
+                stats.metres_per_unit.append(grounding.metres_per_unit)
+            elif stats.first_unscaled is None:
+                stats.first_unscaled = grounding.summary
         timings = {**result.timings.as_dict(), "write_ms": write_ms}
         timings["total_ms"] += write_ms
         for stage in STAGES:
@@ -322,6 +525,8 @@ class BagProcessor:
                 trajectories[name] = self.trajectories.write_tum(
                     self.output.path(name), epoch, camera)
         files["trajectories"] = trajectories
+        truth = self._sample_ground_truth(epochs)
+        files["ground_truth"] = {name: item["poses"] for name, item in truth.items()}
         evaluation = self._evaluate(epochs)
         interrupted = self._stop_requested
         complete = (error is None and not interrupted and self.bag.complete
@@ -357,11 +562,77 @@ class BagProcessor:
             "files": files,
             "output_messages": dict(writer.counts),
             "evaluation": evaluation,
+            "grounding": self._grounding_summary(truth),
             "parameters": {k: v for k, v in self.params.items()},
         }
         self.output.path(SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         self.output.commit()
         return summary
+
+    def _grounding_summary(self, truth: dict[str, dict]) -> dict[str, object]:
+        """Scale and anchor of the windows, the bag's TF, and the sample's ground truth."""
+        stats, cfg = self.stats, self.session.grounding_config
+        scales = stats.metres_per_unit
+        return {
+            "scale_source": cfg.scale_source,
+            "anchor": cfg.anchor,
+            "world_frame": str(self.params["world_frame"]),
+            "metric_windows": len(scales),
+            "sources": dict(stats.scale_sources),
+            "anchors": dict(stats.anchors),
+            "metres_per_unit": None if not scales else {
+                "median": statistics.median(scales), "min": min(scales), "max": max(scales),
+                "last": scales[-1]},
+            "unscaled_reason": stats.first_unscaled,
+            "tf": {"topics": self._tf_topics, "frames": sorted(self.tf.tree.frames),
+                   "dropped": self.tf.dropped},
+            "depth_topics": [t.image for t in self.depth_topics],
+            "ground_truth": {name: {k: v for k, v in item.items() if k != "poses"}
+                             for name, item in truth.items()},
+        }
+
+    def _sample_ground_truth(self, epochs: list[int]) -> dict[str, dict]:
+        """For a sample bag: ``ground_truth<epoch>.tum`` per epoch (the reference camera's
+        true poses in the output world frame at its reconstructed stamps) and the reference
+        camera's ATE after an SE(3) alignment, and without any (the placement)."""
+        if SCENE_TOPIC not in self.bag.topics:
+            return {}
+        try:
+            config = read_sample_config(self.bag)
+        except BagError as exc:
+            self.issues.warn("ground_truth_unavailable", str(exc), SCENE_TOPIC)
+            return {}
+        namespace = str(self.params["cameras"][0]).strip("/")
+        if namespace not in config.rig().names:
+            return {}
+        camera = self.session.cameras[0]
+        world = str(self.params["world_frame"])
+        in_odom = self.session.grounding_config.anchor == "tf" and world == ODOM_FRAME
+        out = {}
+        for epoch in epochs:
+            stamps, poses = self.trajectories.arrays(epoch, camera)
+            if not len(stamps):
+                continue
+            truth = ground_truth_in_world(config, namespace, stamps, in_odom, poses[0])
+            name = f"ground_truth{epoch_suffix(epoch)}.tum"
+            write_tum(self.output.path(name), [int(s) / 1e9 for s in stamps], truth)
+            steps = np.linalg.norm(np.diff(truth[:, :3, 3], axis=0), axis=1)
+            errors = np.linalg.norm(poses[:, :3, 3] - truth[:, :3, 3], axis=1)
+            item: dict[str, object] = {
+                "poses": len(stamps), "camera": camera,
+                "frame": ODOM_FRAME if in_odom else f"{world} (the first reference pose)",
+                "path_length_m": float(steps.sum()),
+                "unaligned_rmse": float(np.sqrt(np.mean(errors**2))),
+            }
+            try:
+                score = evaluate({camera: (stamps, poses)},
+                                 {camera: tum_lookup(stamps, truth, 0)}, "se3")
+                item["ate_se3_rmse"] = score.ate_rmse
+            except BagError as exc:
+                item["ate_se3_rmse"] = None
+                item["ate_se3_reason"] = str(exc)
+            out[name] = item
+        return out
 
     def _evaluate(self, epochs: list[int]) -> list[dict[str, object]] | None:
         gt = self.options.ground_truth

@@ -18,6 +18,8 @@ from pathlib import Path
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: Test doubles that answer from a sample bag's scene (``dvlt-ros sample-bag``).
+GROUND_TRUTH_BACKENDS = ("ground_truth", "ground_truth_unscaled")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                         help="rename a bag topic, e.g. /front/color/image:=/cam0/image_raw")
     parser.add_argument("--backend", help="inference backend (parameter 'backend'); "
-                        "'ground_truth' reconstructs a `dvlt-ros sample-bag` bag exactly")
+                        "'ground_truth' reconstructs a `dvlt-ros sample-bag` bag exactly, "
+                        "'ground_truth_unscaled' like an up-to-scale network (random scale "
+                        "per window, pose and depth noise)")
     parser.add_argument("--checkpoint", help="model checkpoint (parameter 'checkpoint')")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (parameter 'device')")
     parser.add_argument("--fuse-voxel", type=float, default=0.02,
@@ -46,6 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bounded on long bags (default 4000000)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output directory (only once finished)")
+    grounding = parser.add_argument_group(
+        "grounding: metric scale and the robot's frames, from the bag's /tf, /tf_static and "
+        "depth (parameters of the same names, docs/world_frame.md)")
+    grounding.add_argument("--scale-source",
+                           choices=("none", "rig", "odometry", "depth", "auto"),
+                           help="parameter 'scale_source' (default none: up to scale)")
+    grounding.add_argument("--anchor", choices=("chain", "tf"),
+                           help="parameter 'anchor'; tf needs --world-frame, a TF frame of "
+                                "the bag (e.g. odom)")
+    for flag, what in (("world-frame", "frame of the outputs"),
+                       ("odom-frame", "TF frame of the odometry"),
+                       ("base-frame", "TF frame of the robot base")):
+        grounding.add_argument(f"--{flag}", metavar="FRAME",
+                               help=f"parameter '{flag.replace('-', '_')}' ({what})")
     gt = parser.add_argument_group("evaluation against ground truth")
     gt.add_argument("--gt-tf-topic", metavar="TOPIC",
                     help="TF topic of the bag with ground-truth poses (chained with "
@@ -64,7 +82,8 @@ def _parameters(args: argparse.Namespace, bag) -> dict[str, object]:
     from dvlt_ros.pipeline.settings import file_parameters, load_parameters, parse_override
 
     overrides = dict(parse_override(item) for item in args.param)
-    for flag in ("backend", "checkpoint", "device"):
+    for flag in ("backend", "checkpoint", "device", "scale_source", "anchor", "world_frame",
+                 "odom_frame", "base_frame"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     if args.cameras:
@@ -77,7 +96,7 @@ def _parameters(args: argparse.Namespace, bag) -> dict[str, object]:
                    else detect_cameras(bag.topics, str(transport)))
         if cameras:
             overrides["cameras"] = cameras
-    if overrides.get("backend") == "ground_truth" and "img_size" not in overrides:
+    if overrides.get("backend") in GROUND_TRUTH_BACKENDS and "img_size" not in overrides:
         overrides["img_size"] = 224
     return load_parameters(args.params_file, overrides)
 
@@ -86,8 +105,9 @@ def _backend(params: dict[str, object], bag):
     from dvlt_ros.bags.sample import ground_truth_backend
     from dvlt_ros.node_support.model import ModelSettings, load_backend
 
-    if params["backend"] == "ground_truth":
-        return ground_truth_backend(bag, int(params["img_size"]))
+    if params["backend"] in GROUND_TRUTH_BACKENDS:
+        return ground_truth_backend(bag, int(params["img_size"]),
+                                    unscaled=params["backend"] == "ground_truth_unscaled")
     settings = ModelSettings(str(params["backend"]), str(params["checkpoint"]),
                              str(params["device"]), str(params["precision"]))
     return load_backend(settings).backend
@@ -227,6 +247,21 @@ def _print_summary(summary: dict, say) -> None:
     ]
     if summary["error"]:
         lines.append(f"stopped by an error: {summary['error']}")
+    grounding = summary["grounding"]
+    if grounding["scale_source"] != "none" or grounding["anchor"] != "chain":
+        scale = grounding["metres_per_unit"]
+        lines.append(
+            f"grounding: scale_source {grounding['scale_source']}, anchor "
+            f"{grounding['anchor']}: {grounding['metric_windows']} of {summary['windows']} "
+            "windows metric" + (f" (median {scale['median']:.4g} m/unit)" if scale else "")
+            + (f"; not metric: {grounding['unscaled_reason']}"
+               if grounding["unscaled_reason"] else ""))
+    for name, truth in grounding["ground_truth"].items():
+        ate = truth["ate_se3_rmse"]
+        lines.append(f"{name} ({truth['frame']}): reference camera ATE "
+                     + ("n/a" if ate is None else f"{ate:.4g}") + " after SE(3) alignment, "
+                     f"{truth['unaligned_rmse']:.4g} unaligned, path "
+                     f"{truth['path_length_m']:.3g} m")
     for evaluation in summary["evaluation"] or []:
         lines.append(f"ATE rmse {evaluation['ate_rmse']:.4g} over {evaluation['matched']} poses "
                      f"(world epoch {evaluation['epoch']}, {evaluation['align']}, scale "

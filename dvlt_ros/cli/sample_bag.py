@@ -1,6 +1,7 @@
 """``dvlt-ros sample-bag OUT``: write a small multi-camera rosbag2 rendered from the
-synthetic scene (images, camera_info, the rig on /tf_static, ground truth on
-/ground_truth/tf), for trying ``dvlt-ros replay`` / ``dvlt-ros process`` and for tests.
+synthetic scene with what a robot publishes (images, camera_info, the rig on /tf_static,
+odometry ``odom -> base_link`` on /tf, optionally depth) and ground truth on
+/ground_truth/tf, for trying ``dvlt-ros replay`` / ``dvlt-ros process`` and for tests.
 See docs/replay.md."""
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--no-camera-info", action="store_true",
                         help="leave out the <cam>/camera_info topics")
+    parser.add_argument("--no-odometry", action="store_true",
+                        help="leave out /tf (odom -> base_link)")
+    parser.add_argument("--depth", action="store_true",
+                        help="add <cam>/depth/image_raw (16UC1 mm, registered) and "
+                             "<cam>/depth/camera_info")
+    parser.add_argument("--path", choices=("arc", "loop"), default="arc",
+                        help="arc: part of the rig's circle (default); loop: the whole circle "
+                             "over the bag, ending one step short of the start")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         config = SampleBagConfig(frames=args.frames, rate_hz=args.rate,
                                  num_cameras=args.cameras, width=args.width,
                                  height=args.height, seed=args.seed,
-                                 camera_info=not args.no_camera_info)
+                                 camera_info=not args.no_camera_info,
+                                 odometry=not args.no_odometry, depth=args.depth,
+                                 path=args.path)
     except ValueError as exc:
         print(f"[error] {exc}", file=sys.stderr)
         return 1
@@ -46,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     write_sample_bag(args.out, config, args.storage, progress)
     print(file=sys.stderr)
     cameras = " ".join(camera_names(config))
+    extras = "".join([", /tf (odom -> base_link)" if config.odometry else "",
+                      ", depth" if config.depth else ""])
     print(f"wrote {args.out} ({args.storage}): {config.frames} snapshots of {cameras} at "
-          f"{config.rate_hz:g} Hz; ground truth on /ground_truth/tf", file=sys.stderr)
+          f"{config.rate_hz:g} Hz along a{'n' if config.path == 'arc' else ''} {config.path}, "
+          f"/tf_static{extras}; ground truth on /ground_truth/tf", file=sys.stderr)
     return 0
 
 
