@@ -585,10 +585,10 @@ class BagProcessor:
                 "last": scales[-1]},
             "unscaled_reason": stats.first_unscaled,
             "tf": {"topics": self._tf_topics, "frames": sorted(self.tf.tree.frames),
-                   "dropped": self.tf.dropped},
+                   "dropped": sum(self.tf.dropped.values()),
+                   "dropped_kinds": dict(self.tf.dropped)},
             "depth_topics": [t.image for t in self.depth_topics],
-            "ground_truth": {name: {k: v for k, v in item.items() if k != "poses"}
-                             for name, item in truth.items()},
+            "ground_truth": truth,
         }
 
     def _sample_ground_truth(self, epochs: list[int]) -> dict[str, dict]:

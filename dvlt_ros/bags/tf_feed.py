@@ -17,6 +17,7 @@ looped recording) clears the time-stamped edges, as the live listener does.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 from rclpy.serialization import deserialize_message
@@ -33,6 +34,8 @@ TF_STATIC_TOPIC = "/tf_static"
 #: edge that has fallen silent is stale and the snapshot goes on without it (the session
 #: reports the failed lookups).
 LOOKAHEAD_NS = 500_000_000
+#: Distinct kinds of dropped transforms (edge and reason) counted for the summary.
+MAX_DROP_KINDS = 20
 
 
 class BagTransforms:
@@ -43,7 +46,9 @@ class BagTransforms:
         cache_time_ns = round(cache_time_s * 1e9)
         self.tree = TfTree(max_interval_ns=cache_time_ns, cache_time_ns=cache_time_ns)
         self.issues = issues
-        self.dropped = 0
+        #: ``"'parent' -> 'child': reason"`` -> how many were dropped (the first
+        #: MAX_DROP_KINDS kinds; the rest count as "other").
+        self.dropped: Counter[str] = Counter()
         self._newest: dict[str, int] = {}  # child frame -> newest stamp of its edge
         self._stale_warned: set[str] = set()
 
@@ -69,7 +74,9 @@ class BagTransforms:
                 except TransformError as exc:
                     problem = str(exc)
             if problem is not None:
-                self.dropped += 1
+                kind = f"{parent!r} -> {child!r}: {problem}"
+                known = kind in self.dropped or len(self.dropped) < MAX_DROP_KINDS
+                self.dropped[kind if known else "other"] += 1
                 self.issues.warn("tf_invalid", f"transform {parent!r} -> {child!r} at "
                                  f"{stamp_ns * 1e-9:.3f} s dropped: {problem}", topic, log_ns)
                 continue

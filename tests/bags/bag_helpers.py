@@ -54,15 +54,16 @@ def parameters(bag: BagSource, **overrides) -> dict[str, object]:
 
 def process(bag_path: Path, out: Path, options: ProcessOptions | None = None,
             backend_from: Path | None = None, remap: dict[str, str] | None = None,
-            **overrides) -> tuple[dict, IssueLog]:
-    """Process a sample bag with the ground-truth backend; (summary, issues)."""
+            unscaled: bool = False, **overrides) -> tuple[dict, IssueLog]:
+    """Process a sample bag with the ground-truth backend (``unscaled``: its up-to-scale,
+    noisy variant); (summary, issues)."""
     issues = IssueLog()
     with BagSource(bag_path, issues, remap=remap) as bag:
         params = parameters(bag, **overrides)
         if backend_from is None:
-            backend = ground_truth_backend(bag, IMG_SIZE)
+            backend = ground_truth_backend(bag, IMG_SIZE, unscaled)
         else:
             with BagSource(backend_from) as full:
-                backend = ground_truth_backend(full, IMG_SIZE)
+                backend = ground_truth_backend(full, IMG_SIZE, unscaled)
         processor = BagProcessor(bag, backend, params, out, options, issues=issues)
         return processor.run(), issues

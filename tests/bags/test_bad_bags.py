@@ -43,11 +43,11 @@ from dvlt_ros.bags.msgtypes import (
 )
 from dvlt_ros.bags.processor import BagProcessor
 from dvlt_ros.bags.sample import ground_truth_backend
-from dvlt_ros.bags.source import BagSource
+from dvlt_ros.bags.source import BagMessage, BagSource
 from dvlt_ros.cli import process as process_cli
 from dvlt_ros.cli import replay as replay_cli
 from dvlt_ros.conversions.image import array_to_image, image_to_rgb8
-from dvlt_ros.conversions.tf import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
 
 CAMERAS = ("cam_front_left", "cam_front_right")
 CHEAP = ["-p", "img_size:=112", "-p", "num_steps:=2", "-p", "window_timesteps:=2",
@@ -576,3 +576,98 @@ def test_a_chunk_never_decompresses_past_its_declared_size(compression):
     assert decompress(packed, compression, len(records_bytes)) == records_bytes
     with pytest.raises(DamagedChunkError, match="does not end within the 1000 bytes"):
         decompress(packed, compression, 1000)
+
+
+# ---------------------------------------------------------------- the robot's TF
+def _tf_raw(transforms) -> bytes:
+    return serialize_message(tf_message(transforms))
+
+
+def _transform(parent, child, stamp_ns, translation=(0.0, 0.0, 0.0), quaternion=(0, 0, 0, 1)):
+    msg = transform_stamped(np.eye(4), parent, child, stamp_from_ns(stamp_ns))
+    t, r = msg.transform.translation, msg.transform.rotation
+    t.x, t.y, t.z = (float(v) for v in translation)
+    r.x, r.y, r.z, r.w = (float(v) for v in quaternion)
+    return msg
+
+
+def test_bad_tf_in_a_bag_is_dropped_with_warnings_and_the_rest_is_used(sample, tmp_path):
+    """Non-finite values, a zero quaternion, empty frame ids, a second parent and a static
+    edge republished as time-stamped: each transform is dropped (tf_invalid, counted in
+    summary.json); the good transforms of the same message are kept, and the windows are
+    grounded from the rest."""
+    rig = SAMPLE.rig()
+    stamp = (SAMPLE.stamp_ns(0) + SAMPLE.stamp_ns(1)) // 2
+    optical = rig.camera("cam_front_left").optical_frame
+    bad = [
+        _transform("odom", "base_link", stamp, translation=(np.nan, 0, 0)),
+        _transform("odom", "base_link", stamp, quaternion=(0, 0, 0, 0)),
+        _transform("", "base_link", stamp),
+        _transform("odom", "", stamp),
+        _transform("map", "base_link", stamp),
+        _transform("base_link", optical, stamp),
+    ]
+    good = transform_stamped(rig.world_from_base((stamp - SAMPLE.start_ns) / 1e9), "odom",
+                             "base_link", stamp_from_ns(stamp))
+
+    def insert(messages):
+        extra = BagMessage("/tf", "tf2_msgs/msg/TFMessage", stamp, _tf_raw([*bad, good]))
+        return sorted([*messages, extra], key=lambda m: m.log_ns)
+
+    bag = rewrite_bag(sample, tmp_path / "bad_tf", insert)
+    summary, issues = process(bag, tmp_path / "out", unscaled=True, scale_source="rig",
+                              anchor="tf", world_frame="odom")
+    assert summary["error"] is None and summary["windows"] == SAMPLE.frames
+    assert issues.counts["tf_invalid"] == len(bad)
+    assert summary["issue_counts"]["tf_invalid"] == len(bad)
+    grounding = summary["grounding"]
+    assert grounding["tf"]["dropped"] == len(bad) and "map" not in grounding["tf"]["frames"]
+    kinds = grounding["tf"]["dropped_kinds"]
+    assert len(kinds) == len(bad) and set(kinds.values()) == {1}
+    reasons = " ".join(kinds)
+    for why in ("non-finite", "zero quaternion", "empty frame id", "two parents",
+                "both as a static and as a time-stamped"):
+        assert why in reasons
+    assert grounding["sources"] == {"rig": SAMPLE.frames}
+    assert grounding["anchors"] == {"tf": SAMPLE.frames}
+
+
+def test_a_camera_without_a_tf_frame_is_warned_and_the_others_are_used(sample, tmp_path):
+    """/tf_static lacks one camera's mount: its lookups fail (tf_unavailable), and
+    the windows are scaled by odometry and anchored with the camera that has TF (but the
+    first, a single snapshot: no motion, no scale, a single TF position)."""
+    rig = SAMPLE.rig()
+    kept = rig.camera("cam_front_left")
+
+    def strip(messages):
+        for m in messages:
+            if m.topic == "/tf_static":
+                m = replace(m, raw=_tf_raw([transform_stamped(
+                    kept.base_from_camera, "base_link", kept.optical_frame,
+                    stamp_from_ns(m.log_ns))]))
+            yield m
+
+    bag = rewrite_bag(sample, tmp_path / "one_mount", strip)
+    summary, _ = process(bag, tmp_path / "out", unscaled=True,
+                              scale_source="odometry", anchor="tf", world_frame="odom")
+    assert summary["error"] is None and summary["windows"] == SAMPLE.frames
+    assert summary["events"]["tf_unavailable"] == SAMPLE.frames
+    grounding = summary["grounding"]
+    assert grounding["sources"] == {"none": 1, "odometry": SAMPLE.frames - 1}
+    assert grounding["anchors"] == {"unanchored": 1, "tf": SAMPLE.frames - 1}
+    assert "odometry" in grounding["unscaled_reason"]
+
+
+def test_tf_of_another_type_is_ignored_with_a_warning(sample, tmp_path):
+    def retype(messages):
+        for m in messages:
+            if m.topic == "/tf":
+                m = replace(m, msgtype="std_msgs/msg/String",
+                            raw=serialize_message(String(data="not tf")))
+            yield m
+
+    bag = rewrite_bag(sample, tmp_path / "string_tf", retype)
+    summary, issues = process(bag, tmp_path / "out", unscaled=True, scale_source="odometry")
+    assert summary["error"] is None and summary["windows"] == SAMPLE.frames
+    assert {"unknown_type", "missing_tf"} <= issues.codes()
+    assert summary["grounding"]["metric_windows"] == 0

@@ -21,7 +21,7 @@ from tf2_msgs.msg import TFMessage
 from dvlt_ros.bags.handshake import ACK_QOS
 from dvlt_ros.bags.msgtypes import typestore
 from dvlt_ros.bags.processor import ProcessOptions
-from dvlt_ros.bags.sample import camera_names, ground_truth_backend
+from dvlt_ros.bags.sample import TF_DELAY_NS, camera_names, ground_truth_backend
 from dvlt_ros.bags.source import BagSource
 from dvlt_ros.conversions.image import image_to_array
 from dvlt_ros.conversions.pointcloud import cloud_to_array
@@ -90,8 +90,10 @@ def test_lossless_replay_matches_offline_processing(bag, tmp_path):
         assert len(points) == SAMPLE.frames
         assert graph.spin_until(lambda: trajectory and len(trajectory[-1].poses) == SAMPLE.frames)
         assert node.last_report.drops == 0 and node.last_report.cycle == SAMPLE.frames
-        # Sim time: the node's clock is the bag's.
-        assert node.get_clock().now().nanoseconds == SAMPLE.stamp_ns(SAMPLE.frames - 1)
+        # Sim time: the node's clock is the bag's, at its last message (the odometry,
+        # logged TF_DELAY_NS after the last images).
+        last_ns = SAMPLE.stamp_ns(SAMPLE.frames - 1) + TF_DELAY_NS
+        assert graph.spin_until(lambda: node.get_clock().now().nanoseconds == last_ns)
     finally:
         graph.close()
 
@@ -106,8 +108,9 @@ def test_lossless_replay_matches_offline_processing(bag, tmp_path):
         for msg in messages:
             offline = depths[(msg.header.frame_id, _stamp(msg.header))]
             assert np.allclose(image_to_array(msg), offline, atol=1e-6, equal_nan=True)
+    # The node's camera frames (the bag's own odom -> base_link is replayed on /tf too).
     live_tf = {(t.child_frame_id, _stamp(t.header)): t.transform.translation
-               for m in tf for t in m.transforms}
+               for m in tf for t in m.transforms if t.header.frame_id == "dvlt_world"}
     assert set(live_tf) == set(translations)
     for key, t in live_tf.items():
         assert np.allclose([t.x, t.y, t.z], translations[key], atol=1e-9)
