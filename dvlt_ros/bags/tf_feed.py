@@ -7,6 +7,9 @@ looked up without extrapolating (:meth:`BagTransforms.lag`): a robot's TF is rec
 after the images it belongs to, so the processor holds each snapshot back until every
 time-stamped edge seen so far has a sample at or after its stamp, for at most a bounded
 look-ahead (:data:`LOOKAHEAD_NS` of log time) or until the bag ends.
+:meth:`BagTransforms.mount` answers the pose of one sensor in another (a depth camera in
+its colour camera) through static edges alone where they connect the two, without waiting
+for the robot's motion.
 
 Bad transforms (non-finite values, a zero quaternion, an empty frame id, a frame given a
 second parent, an edge both static and time-stamped) are dropped with a warning
@@ -45,6 +48,7 @@ class BagTransforms:
     def __init__(self, issues: IssueLog, cache_time_s: float = DEFAULT_CACHE_TIME_S) -> None:
         cache_time_ns = round(cache_time_s * 1e9)
         self.tree = TfTree(max_interval_ns=cache_time_ns, cache_time_ns=cache_time_ns)
+        self._static = TfTree()  # the static edges alone, for mounts between sensors
         self.issues = issues
         #: ``"'parent' -> 'child': reason"`` -> how many were dropped (the first
         #: MAX_DROP_KINDS kinds; the rest count as "other").
@@ -68,9 +72,11 @@ class BagTransforms:
                                      f"TF stamps jumped back by {(newest - stamp_ns) * 1e-9:.3f} "
                                      "s: the time-stamped transforms start over", topic, log_ns)
             if problem is None:
+                pose = matrix_from_transform(transform)
                 try:
-                    self.tree.set_transform(parent, child, matrix_from_transform(transform),
-                                            None if static else stamp_ns)
+                    self.tree.set_transform(parent, child, pose, None if static else stamp_ns)
+                    if static:
+                        self._static.set_transform(parent, child, pose)
                 except TransformError as exc:
                     problem = str(exc)
             if problem is not None:
@@ -83,6 +89,14 @@ class BagTransforms:
             if not static:
                 key = child.lstrip("/")
                 self._newest[key] = max(self._newest.get(key, stamp_ns), stamp_ns)
+
+    def mount(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
+        """``target_from_source`` between two sensors: through static edges alone where
+        they connect them (no wait for the robot's motion), else at ``stamp_ns``."""
+        try:
+            return self._static.lookup(target, source, stamp_ns)
+        except TransformError:
+            return self.tree.lookup(target, source, stamp_ns)
 
     def lag(self, stamp_ns: int) -> list[str]:
         """The time-stamped edges (child frames) with no sample at or after ``stamp_ns``

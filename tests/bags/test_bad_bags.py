@@ -649,7 +649,7 @@ def test_a_camera_without_a_tf_frame_is_warned_and_the_others_are_used(sample, t
 
     bag = rewrite_bag(sample, tmp_path / "one_mount", strip)
     summary, _ = process(bag, tmp_path / "out", unscaled=True,
-                              scale_source="odometry", anchor="tf", world_frame="odom")
+                         scale_source="odometry", anchor="tf", world_frame="odom")
     assert summary["error"] is None and summary["windows"] == SAMPLE.frames
     assert summary["events"]["tf_unavailable"] == SAMPLE.frames
     grounding = summary["grounding"]
@@ -671,3 +671,32 @@ def test_tf_of_another_type_is_ignored_with_a_warning(sample, tmp_path):
     assert summary["error"] is None and summary["windows"] == SAMPLE.frames
     assert {"unknown_type", "missing_tf"} <= issues.codes()
     assert summary["grounding"]["metric_windows"] == 0
+
+
+def test_unusable_and_stale_depth_is_warned_and_the_rest_is_used(tmp_path):
+    """One camera's depth in mono8 (not a depth encoding) and the other's ending after the
+    second snapshot: depth_rejected and depth_stale warnings, processing goes on, and the
+    windows with depth are scaled by it."""
+    bag = make_sample(tmp_path / "depth", depth=True)
+    cut = SAMPLE.stamp_ns(1) + 10**7
+
+    def spoil(messages):
+        for m in messages:
+            if m.topic == "/cam_front_left/depth/image_raw":
+                msg = deserialize_message(m.raw, Image)
+                m = replace(m, raw=serialize_message(array_to_image(
+                    np.zeros((msg.height, msg.width), np.uint8), "mono8", msg.header)))
+            elif m.topic.startswith("/cam_front_right/depth/") and m.log_ns > cut:
+                continue
+            yield m
+
+    spoiled = rewrite_bag(bag, tmp_path / "spoiled", spoil)
+    summary, issues = process(spoiled, tmp_path / "out", unscaled=True, scale_source="depth")
+    assert summary["error"] is None and summary["windows"] == SAMPLE.frames
+    assert issues.counts["depth_rejected"] == SAMPLE.frames
+    assert "mono8" in next(i.message for i in issues.issues if i.code == "depth_rejected")
+    # The rejected images still show how far that stream has got: only the cut one is stale.
+    (stale,) = [i for i in issues.issues if i.code == "depth_stale"]
+    assert stale.topic == "/cam_front_right/depth/image_raw"
+    sources = summary["grounding"]["sources"]
+    assert sources["depth"] >= 2 and sum(sources.values()) == SAMPLE.frames

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from bag_helpers import make_sample, process, rewrite_bag
-from rclpy.serialization import deserialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
 from dvlt_ros.bags.evaluation import read_tum
+from dvlt_ros.bags.issues import IssueLog
 from dvlt_ros.bags.sample import (
     DEPTH_IMAGE,
     DEPTH_INFO,
@@ -33,11 +35,16 @@ from dvlt_ros.bags.sample import (
     depth_millimetres,
 )
 from dvlt_ros.bags.source import BagMessage, BagSource
-from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS
+from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS, BagTransforms
 from dvlt_ros.cli import process as process_cli
 from dvlt_ros.cli import sample_bag as sample_bag_cli
 from dvlt_ros.conversions.image import image_to_array
-from dvlt_ros.conversions.tf import matrix_from_transform, ns_from_stamp
+from dvlt_ros.conversions.tf import (
+    matrix_from_transform,
+    ns_from_stamp,
+    stamp_from_ns,
+    transform_stamped,
+)
 
 CAMERAS = ("cam_front_left", "cam_front_right")
 FRAMES, RATE = 6, 2.5
@@ -249,3 +256,56 @@ def test_cli_grounding_options_and_refusals(bag, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "anchor tf needs world_frame" in err[0]
     assert "Traceback" not in err[0]
+
+
+def test_depth_in_its_own_frame_is_reprojected_with_its_camera_info_and_tf(bag, tmp_path):
+    """A depth camera with its own optical frame (here mounted where the colour camera is,
+    linked by /tf_static): its images are reprojected through its CameraInfo and that TF,
+    and give the same metric scale."""
+    rig = CONFIG.rig()
+
+    def own_frame(messages):
+        for m in messages:
+            if "/depth/" in m.topic:
+                cls = Image if m.topic.endswith("image_raw") else CameraInfo
+                msg = deserialize_message(m.raw, cls)
+                msg.header.frame_id += "_depth"
+                m = replace(m, raw=serialize_message(msg))
+            elif m.topic == "/tf_static":
+                static = deserialize_message(m.raw, TFMessage)
+                static.transforms += [transform_stamped(
+                    np.eye(4), rig.camera(c).optical_frame, rig.camera(c).optical_frame
+                    + "_depth", stamp_from_ns(m.log_ns)) for c in CAMERAS]
+                m = replace(m, raw=serialize_message(static))
+            yield m
+
+    moved = rewrite_bag(bag, tmp_path / "depth_frame", own_frame)
+    summary, issues = process(moved, tmp_path / "out", unscaled=True, scale_source="depth",
+                              **ANCHORED)
+    assert summary["complete"] and not issues.issues
+    assert summary["grounding"]["sources"] == {"depth": FRAMES}
+    (report,) = summary["grounding"]["ground_truth"].values()
+    assert report["unaligned_rmse"] < placement_tolerance("depth")
+
+
+def test_bag_transforms_wait_for_lagging_edges_and_restart_after_a_jump_back():
+    issues = IssueLog()
+    tf = BagTransforms(issues, cache_time_s=1.0)
+
+    def add(parent, child, stamp_ns):
+        msg = TFMessage(transforms=[transform_stamped(np.eye(4), parent, child,
+                                                      stamp_from_ns(stamp_ns))])
+        tf.add(serialize_message(msg), False, "/tf", stamp_ns)
+
+    assert not tf.has_dynamic and tf.lag(10) == []
+    add("odom", "base_link", 100)
+    add("map", "odom", 50)
+    assert tf.lag(80) == ["odom"] and tf.lag(40) == []
+    tf.warn_stale(80, 200)
+    tf.warn_stale(90, 300)  # once per edge
+    assert issues.counts["tf_stale"] == 1
+    add("odom", "base_link", 100 + 2 * 10**9)
+    add("odom", "base_link", 100)  # 2 s back, beyond the 1 s history: a new timeline
+    assert issues.counts["tf_time_jump"] == 1
+    assert tf.lag(100) == [] and tf.lag(101) == ["base_link"]
+    np.testing.assert_allclose(tf.tree.lookup("odom", "base_link", 100), np.eye(4))
