@@ -27,7 +27,7 @@ rotation residual is an outlier (beyond ``outlier_sigmas`` robust deviations and
 
 TF poses must be of the images' optical frames (x right, y down, z forward: the
 ``frame_id`` of a camera image by convention), like the predicted poses.
-These are building blocks: the node does not call them yet.
+The session runs it every cycle with ``anchor: tf`` (:mod:`dvlt_ros.pipeline.grounding`).
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 A :class:`CameraFrame` is one image of one camera with its stamp (integer nanoseconds),
 its ``frame_id`` and, optionally, the intrinsics of its CameraInfo. :func:`prepare_frame`
 validates a frame once, at arrival: CameraInfo with NaN, zero or mismatched values is
-dropped (the model's predicted intrinsics are used instead), images larger than
-``max_pixels`` are downscaled (CameraInfo scaled to match), images the network cannot take
-at ``img_size`` (:func:`dvlt_core.io.images.image_size_problem`: too elongated, or smaller
-than one patch per side) are rejected.
+dropped (the model's predicted intrinsics are used instead), distorted images
+(``plumb_bob``, ``rational_polynomial``, ``equidistant``) are rectified to the pinhole
+camera of their K (:class:`dvlt_core.io.rectify.Rectifier`, maps computed once per
+CameraInfo), images larger than ``max_pixels`` are downscaled (CameraInfo scaled to match),
+images the network cannot take at ``img_size`` (:func:`dvlt_core.io.images.image_size_problem`:
+too elongated, or smaller than one patch per side) are rejected.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import numpy as np
 
 from dvlt_core.io.image_decode import downscale_rgb
 from dvlt_core.io.images import image_size_problem
+from dvlt_core.io.rectify import CameraCalibration, Rectifier
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 
 #: Network input size used for the arrival checks until the model's own is known (that of
 #: the released nvidia/dvlt weights).
 DEFAULT_IMG_SIZE = 504
+#: Undistortion maps of :func:`prepare_frame` callers that bring no rectifier of their own.
+_SHARED_RECTIFIER = Rectifier("k", cache_size=16)
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class CameraInfoData:
     height: int
     distortion_model: str = ""
     d: tuple[float, ...] = ()
+
+    @property
+    def distorted(self) -> bool:
+        """Whether ``d`` has a non-zero coefficient (the image needs rectifying)."""
+        return any(abs(float(c)) > 0 for c in self.d)
 
     def scaled(self, new_width: int, new_height: int) -> CameraInfoData:
         """The same camera for the image resized to ``new_width`` x ``new_height``."""
@@ -95,18 +105,7 @@ def check_camera_info(
     elif (info.width, info.height) != (width, height):
         problem = f"CameraInfo is for {info.width}x{info.height} but the image is {width}x{height}"
     if problem is None:
-        events = []
-        if any(abs(float(c)) > 0 for c in info.d):
-            events.append(
-                PipelineEvent(
-                    "camera_info_distortion",
-                    Level.WARN,
-                    f"distortion ({info.distortion_model}) is ignored: the model predicts a "
-                    "pinhole camera; publish rectified images for exact depth",
-                    camera or None,
-                )
-            )
-        return replace(info, k=k), events
+        return replace(info, k=k), []
     return None, [
         PipelineEvent(
             "camera_info_invalid",
@@ -116,6 +115,29 @@ def check_camera_info(
             camera or None,
         )
     ]
+
+
+def rectify_frame(
+    rgb: np.ndarray, info: CameraInfoData, rectifier: Rectifier, camera: str = "",
+    stamp_ns: int | None = None,
+) -> tuple[np.ndarray, CameraInfoData | None, list[PipelineEvent]]:
+    """Undistort ``rgb`` to the pinhole camera of ``info.k`` in the same optical frame
+    (stereo ``R`` and ``P`` are not applied, so TF and poses stay those of the image's
+    frame_id); returns the image, its pinhole CameraInfo and what to report. Distortion that
+    cannot be rectified (unknown model, wrong number of coefficients, no OpenCV) drops the
+    CameraInfo (``camera_info_distortion``): the predicted intrinsics are used."""
+    height, width = rgb.shape[:2]
+    try:
+        calibration = CameraCalibration(width, height, info.k, info.distortion_model, info.d)
+        rectified = rectifier.rectify(rgb, calibration)
+    except (ValueError, ImportError) as exc:
+        return rgb, None, [PipelineEvent(
+            "camera_info_distortion", Level.WARN,
+            f"{exc}; the image is not rectified and its CameraInfo is not used (predicted "
+            "intrinsics instead): publish rectified images or fix the calibration",
+            camera or None, stamp_ns,
+        )]
+    return rectified.image, CameraInfoData(rectified.k, width, height), []
 
 
 def downscaled_event(camera: str, stamp_ns: int, source: tuple[int, int],
@@ -136,11 +158,16 @@ def prepare_frame(
     frame: CameraFrame,
     max_pixels: int | None = None,
     img_size: int = DEFAULT_IMG_SIZE,
+    rectifier: Rectifier | None = None,
 ) -> tuple[CameraFrame | None, list[PipelineEvent]]:
-    """Validate and, if needed, downscale one frame; None when it must be dropped.
+    """Validate and, if needed, rectify and downscale one frame; None when it must be
+    dropped.
 
-    Images with more than ``max_pixels`` pixels are resized (bilinear, antialiased, aspect
-    kept: :func:`dvlt_core.io.image_decode.downscale_rgb`) to at most ``max_pixels``; their
+    A frame whose CameraInfo has distortion is rectified (:func:`rectify_frame`, with
+    ``rectifier``'s cached maps; a shared one when None); its CameraInfo becomes the
+    pinhole K, which depth, camera_info and the known-K pose fit then use. Images with more
+    than ``max_pixels`` pixels are resized (bilinear, antialiased, aspect kept:
+    :func:`dvlt_core.io.image_decode.downscale_rgb`) to at most ``max_pixels``; their
     CameraInfo is scaled to the new size, so depth and camera_info published for the frame
     refer to the downscaled image. Images the network cannot take at ``img_size`` are
     rejected.
@@ -160,6 +187,10 @@ def prepare_frame(
         ]
     height, width = rgb.shape[:2]
     info, events = check_camera_info(frame.info, height, width, frame.camera)
+    if info is not None and info.distorted:
+        maps = _SHARED_RECTIFIER if rectifier is None else rectifier
+        rgb, info, problems = rectify_frame(rgb, info, maps, frame.camera, stamp)
+        events += problems
     small = downscale_rgb(rgb, max_pixels)
     if small is not rgb:
         new_h, new_w = small.shape[:2]

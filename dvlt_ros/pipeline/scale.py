@@ -20,7 +20,7 @@ sources measure it, each a robust median of ratios ``known metres / reconstructe
 windows. Each returns a :class:`ScaleEstimate` (value, spread, number of constraints) or a
 :class:`ScaleUnavailable` with the reason, never a silent None.
 
-These are building blocks: the node does not call them yet.
+The session runs them every cycle through :mod:`dvlt_ros.pipeline.grounding`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from dvlt_core.io.image_decode import DEFAULT_MAX_PIXELS
 from dvlt_core.io.images import image_size_problem
+from dvlt_core.io.rectify import Rectifier
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import DEFAULT_IMG_SIZE, CameraFrame, prepare_frame
 
@@ -175,6 +176,9 @@ class RigSynchronizer:
         self._newest_ns: int | None = None
         self._held: _HeldJump | None = None
         self._on_accept = on_accept
+        # Undistortion maps of each camera's CameraInfo (two per camera: a new calibration
+        # replaces an old one without evicting another camera's).
+        self._rectifier = Rectifier("k", cache_size=max(8, 2 * len(config.cameras)))
 
     @property
     def epoch(self) -> int:
@@ -253,7 +257,8 @@ class RigSynchronizer:
         if self._start_ns is None:
             self._start_ns = now_ns
         state.stats.received += 1
-        prepared, events = prepare_frame(frame, self.config.max_pixels, self._img_size)
+        prepared, events = prepare_frame(frame, self.config.max_pixels, self._img_size,
+                                         self._rectifier)
         if prepared is None:
             state.stats.rejected += 1
             return events

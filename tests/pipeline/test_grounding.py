@@ -24,6 +24,8 @@ import pytest
 
 from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
 from dvlt_core.geometry import TfTree
+from dvlt_ros.node_support.diagnostics import pipeline_values, session_statuses
+from dvlt_ros.node_support.health import OK, WARN, EventReporter, ProblemBoard
 from dvlt_ros.pipeline import CameraFrame
 from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.session import ReconstructionSession
@@ -68,9 +70,13 @@ def params(rig, **changes):
 
 
 def run(rig, backend, transforms=None, depth=None, depth_offset=0.0, **changes):
-    """Every snapshot of ``TIMES`` through a session; per cycle (result, report, truth).
-    ``depth(view) -> MeasuredDepth | None`` feeds add_depth, stamped ``depth_offset``
-    seconds after the image (None: no depth at all)."""
+    """Every snapshot of ``TIMES`` through a session; per cycle (result, report, truth)."""
+    return run_session(rig, backend, transforms, depth, depth_offset, **changes)[1]
+
+
+def run_session(rig, backend, transforms=None, depth=None, depth_offset=0.0, **changes):
+    """The session and :func:`run`'s cycles. ``depth(view) -> MeasuredDepth`` feeds
+    add_depth, stamped ``depth_offset`` seconds after the image (None: no depth at all)."""
     session = ReconstructionSession(params(rig, **changes), transforms=transforms)
     assert session.install_backend(backend) == []
     done = []
@@ -87,7 +93,7 @@ def run(rig, backend, transforms=None, depth=None, depth_offset=0.0, **changes):
         cycle = session.reconstruct(snapshot, stamp)
         report = session.finish(cycle, publish_ms=0.0, points=len(cycle.result.cloud))
         done.append((cycle.result, report, backend.last_draw.metres_per_unit))
-    return done
+    return session, done
 
 
 def scale_errors(done):
@@ -257,3 +263,54 @@ def test_anchor_refused_falls_back_to_the_chain(pipeline_rig, unscaled):
 def test_grounding_settings_refused(pipeline_rig, changes, words):
     with pytest.raises(ParameterError, match=words):
         params(pipeline_rig, **changes)
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, text):
+        self.lines.append(text)
+
+    warning = error = info
+
+
+def pipeline_status(session, result):
+    """The pipeline DiagnosticStatus of ``session`` after ``result``'s events were reported
+    like the node reports them."""
+    board = ProblemBoard()
+    reporter = EventReporter(board, list(session.cameras), _Log())
+    for event in result.events:
+        reporter(event)
+    statuses = session_statuses("dvlt", session, pipeline_values(session),
+                                lambda source: board.active(source))
+    status = statuses[0]
+    return status, {kv.key: kv.value for kv in status.values}
+
+
+def test_diagnostics_show_the_scale_in_use(pipeline_rig, unscaled):
+    session, done = run_session(pipeline_rig, unscaled, rig_tf(pipeline_rig),
+                                scale_source="rig", anchor="tf", world_frame="odom")
+    status, values = pipeline_status(session, done[-1][0])
+    report = done[-1][1]
+    assert status.level == bytes([OK])
+    assert values["units"] == "metres" and values["scale_source"] == "rig"
+    assert float(values["metres_per_unit"]) == pytest.approx(report.metres_per_unit, rel=1e-3)
+    assert float(values["scale_spread"]) >= 0 and int(values["scale_constraints"]) >= 3
+    assert values["anchor"] == "tf" and values["grounding"].startswith("rig: ")
+    assert "latency_tf_ms" in values
+
+
+def test_diagnostics_say_why_there_is_no_metric_scale(pipeline_rig, unscaled):
+    session, done = run_session(pipeline_rig, unscaled, scale_source="auto")
+    status, values = pipeline_status(session, done[-1][0])
+    assert status.level == bytes([WARN])
+    assert values["metres_per_unit"] == "n/a (up to scale)" and values["scale_source"] == "none"
+    assert values["grounding"].startswith("no metric scale available: rig: ")
+    assert "no metric scale available" in status.message
+    assert values["problem: scale_unavailable"].endswith("publishing up to scale")
+    # Without a scale source nothing is wrong: no problem, the values say up to scale.
+    session, done = run_session(pipeline_rig, unscaled)
+    status, values = pipeline_status(session, done[-1][0])
+    assert status.level == bytes([OK]) and values["scale_source"] == "none"
+    assert values["grounding"] == "no metric scale available: scale_source is none"
