@@ -166,25 +166,46 @@ class TfTree:
 
     def lookup_root(self, frame: str, stamp_ns: int) -> tuple[str, np.ndarray]:
         """``(root, root_from_frame)`` at ``stamp_ns``, chaining every edge up to the root."""
+        root = self._ancestors(frame)[-1]
+        return root, self._up_to(frame, root, int(stamp_ns))
+
+    def lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
+        """``target_from_source`` (the pose of ``source`` in ``target``) at ``stamp_ns``.
+
+        Only the edges below the frames' lowest common ancestor are evaluated, as in tf2: two
+        frames joined by static edges are answered at any stamp, whatever moves above them."""
+        target_chain = self._ancestors(target)
+        source_chain = self._ancestors(source)
+        if target_chain[-1] != source_chain[-1]:
+            raise NotConnectedError(f"frames {_frame(target)!r} and {_frame(source)!r} are not "
+                                    f"connected (roots {target_chain[-1]!r} and "
+                                    f"{source_chain[-1]!r})")
+        in_target_chain = set(target_chain)
+        common = next(frame for frame in source_chain if frame in in_target_chain)
+        stamp_ns = int(stamp_ns)
+        common_from_target = self._up_to(target, common, stamp_ns)
+        common_from_source = self._up_to(source, common, stamp_ns)
+        return np.linalg.inv(common_from_target) @ common_from_source
+
+    def _ancestors(self, frame: str) -> list[str]:
+        """``frame`` and its parents up to the root (raises on unknown frames and cycles)."""
         frame = _frame(frame)
         if frame not in self.frames:
             raise FrameNotFoundError(f"frame {frame!r} is not in the TF tree")
-        pose = np.eye(4)
-        seen = set()
+        chain = [frame]
         while frame in self._edges:
-            if frame in seen:
+            frame = self._edges[frame].parent
+            if frame in chain:
                 raise TransformError(f"the TF tree has a cycle through {frame!r}")
-            seen.add(frame)
-            edge = self._edges[frame]
-            pose = edge.at(frame, int(stamp_ns), self.max_interval_ns, self.tolerance_ns) @ pose
-            frame = edge.parent
-        return frame, pose
+            chain.append(frame)
+        return chain
 
-    def lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
-        """``target_from_source`` (the pose of ``source`` in ``target``) at ``stamp_ns``."""
-        target_root, root_from_target = self.lookup_root(target, stamp_ns)
-        source_root, root_from_source = self.lookup_root(source, stamp_ns)
-        if target_root != source_root:
-            raise NotConnectedError(f"frames {_frame(target)!r} and {_frame(source)!r} are not "
-                                 f"connected (roots {target_root!r} and {source_root!r})")
-        return np.linalg.inv(root_from_target) @ root_from_source
+    def _up_to(self, frame: str, ancestor: str, stamp_ns: int) -> np.ndarray:
+        """``ancestor_from_frame`` at ``stamp_ns`` (``ancestor`` is on ``frame``'s chain)."""
+        frame = _frame(frame)
+        pose = np.eye(4)
+        while frame != ancestor:
+            edge = self._edges[frame]
+            pose = edge.at(frame, stamp_ns, self.max_interval_ns, self.tolerance_ns) @ pose
+            frame = edge.parent
+        return pose

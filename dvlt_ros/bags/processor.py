@@ -432,7 +432,7 @@ class BagProcessor:
             try:
                 if k is None:
                     raise LookupError(f"no {topics.info} was read before it")
-                colour_from_depth = self.tf.mount(colour, depth_frame, stamp_ns)
+                colour_from_depth = self.tf.tree.lookup(colour, depth_frame, stamp_ns)
             except LookupError as exc:  # TransformError is a LookupError
                 self.issues.warn("depth_rejected", f"depth in frame {depth_frame!r} (not the "
                                  f"image's {colour!r}) cannot be reprojected: {exc}",

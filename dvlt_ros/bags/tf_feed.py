@@ -7,9 +7,9 @@ looked up without extrapolating (:meth:`BagTransforms.lag`): a robot's TF is rec
 after the images it belongs to, so the processor holds each snapshot back until every
 time-stamped edge seen so far has a sample at or after its stamp, for at most a bounded
 look-ahead (:data:`LOOKAHEAD_NS` of log time) or until the bag ends.
-:meth:`BagTransforms.mount` answers the pose of one sensor in another (a depth camera in
-its colour camera) through static edges alone where they connect the two, without waiting
-for the robot's motion.
+The pose of one sensor in another (a depth camera in its colour camera) is a plain
+lookup: the tree evaluates only the edges below their common ancestor, so a static mount
+needs no motion sample.
 
 Bad transforms (non-finite values, a zero quaternion, an empty frame id, a frame given a
 second parent, an edge both static and time-stamped) are dropped with a warning
@@ -48,7 +48,6 @@ class BagTransforms:
     def __init__(self, issues: IssueLog, cache_time_s: float = DEFAULT_CACHE_TIME_S) -> None:
         cache_time_ns = round(cache_time_s * 1e9)
         self.tree = TfTree(max_interval_ns=cache_time_ns, cache_time_ns=cache_time_ns)
-        self._static = TfTree()  # the static edges alone, for mounts between sensors
         self.issues = issues
         #: ``"'parent' -> 'child': reason"`` -> how many were dropped (the first
         #: MAX_DROP_KINDS kinds; the rest count as "other").
@@ -75,8 +74,6 @@ class BagTransforms:
                 pose = matrix_from_transform(transform)
                 try:
                     self.tree.set_transform(parent, child, pose, None if static else stamp_ns)
-                    if static:
-                        self._static.set_transform(parent, child, pose)
                 except TransformError as exc:
                     problem = str(exc)
             if problem is not None:
@@ -89,14 +86,6 @@ class BagTransforms:
             if not static:
                 key = child.lstrip("/")
                 self._newest[key] = max(self._newest.get(key, stamp_ns), stamp_ns)
-
-    def mount(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
-        """``target_from_source`` between two sensors: through static edges alone where
-        they connect them (no wait for the robot's motion), else at ``stamp_ns``."""
-        try:
-            return self._static.lookup(target, source, stamp_ns)
-        except TransformError:
-            return self.tree.lookup(target, source, stamp_ns)
 
     def lag(self, stamp_ns: int) -> list[str]:
         """The time-stamped edges (child frames) with no sample at or after ``stamp_ns``

@@ -119,3 +119,14 @@ def test_clear_can_keep_the_static_edges(tree):
     np.testing.assert_allclose(tree.lookup("base_link", "cam_optical", 7), _yaw(0.0, (0.5, 0, 0.2)))
     with pytest.raises(FrameNotFoundError):
         tree.lookup("odom", "cam_optical", 0)
+
+
+def test_frames_joined_by_static_edges_need_no_motion_sample(tree):
+    """tf2 evaluates only the edges below the lowest common ancestor: two cameras on one
+    mount are related at any stamp, even one the moving odom edge does not cover."""
+    tree.set_transform("base_link", "depth_optical", _yaw(0.1, (0.5, 0.05, 0.2)))
+    expected = np.linalg.inv(_yaw(0.0, (0.5, 0.0, 0.2))) @ _yaw(0.1, (0.5, 0.05, 0.2))
+    np.testing.assert_allclose(tree.lookup("cam_optical", "depth_optical", 50 * S), expected,
+                               atol=1e-12)
+    with pytest.raises(ExtrapolationError):
+        tree.lookup("odom", "depth_optical", 50 * S)
