@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import IMG_SIZE
+from loop_keyframes import IMG_SIZE
 
 from dvlt_core.backends import TorchBackend
 from dvlt_core.inference import Reconstructor

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import IMG_SIZE, make_keyframes
+from loop_keyframes import IMG_SIZE, make_keyframes
 
 from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
 from dvlt_core.geometry import rotation_angle
