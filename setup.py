@@ -59,6 +59,8 @@ EXTRAS = {
     # dvlt-reconstruct --glb / --rrd (tested with trimesh 5.2 and rerun-sdk 0.41, whose
     # rerun.chunk.RrdReader the tests read recordings with)
     "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41"],
+    # loop closure's pose graph (dvlt_core.mapping.pose_graph; tested with gtsam 4.3.0)
+    "mapping": ["gtsam>=4.3"],
     "dev": [
         "pytest>=8.0",
         "ruff>=0.6",
@@ -72,7 +74,7 @@ EXTRAS = {
 
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
 # independent reader that checks the CRCs our mcap bags carry.
-TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers")
+TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers", "mapping")
 EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]} | {"mcap>=1.1"})
 
 setup(

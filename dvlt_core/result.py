@@ -55,6 +55,8 @@ class Reconstruction:
     pose_mode: str
     pose_enc: np.ndarray | None
     timings: StageTimings | None = None
+    #: (S, C) unit-length place descriptors, when the backend exposes its encoder.
+    descriptors: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.views)
@@ -194,4 +196,5 @@ def build_reconstruction(
         pose_mode=pose_mode,
         pose_enc=None if raw.pose_enc is None else raw.pose_enc[0].numpy(),
         timings=raw.timings,
+        descriptors=None if raw.descriptors is None else raw.descriptors[0].numpy(),
     )

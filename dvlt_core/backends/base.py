@@ -40,7 +40,9 @@ class BackendOutput:
 
     ``rays`` (1,S,H,W,6), ``depth`` (1,S,H,W,1), ``depth_conf`` (1,S,H,W),
     ``world_points`` (1,S,H,W,3) (rays unprojected with depth), ``pose_enc`` (1,S,9) (None
-    for a model without a camera head).
+    for a model without a camera head). ``descriptors`` (1,S,C): unit-length place
+    descriptors of the encoder's patch tokens (:func:`dvlt_core.model.descriptor.place_descriptors`)
+    from backends that have an encoder and expose it (``torch``), else None.
     """
 
     rays: torch.Tensor
@@ -49,10 +51,12 @@ class BackendOutput:
     world_points: torch.Tensor
     pose_enc: torch.Tensor | None
     timings: StageTimings
+    descriptors: torch.Tensor | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, torch.Tensor], timings: StageTimings) -> BackendOutput:
-        """From the network's named outputs (``pose_enc`` optional) already on the CPU."""
+        """From the network's named outputs (``pose_enc``, ``descriptors`` optional) already
+        on the CPU."""
         return cls(
             rays=outputs["rays"],
             depth=outputs["depth"],
@@ -60,6 +64,7 @@ class BackendOutput:
             world_points=outputs["world_points"],
             pose_enc=outputs.get("pose_enc"),
             timings=timings,
+            descriptors=outputs.get("descriptors"),
         )
 
 

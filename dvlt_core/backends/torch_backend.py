@@ -11,6 +11,7 @@ import torch
 from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
 from dvlt_core.device import resolve_device
 from dvlt_core.model import PRECISIONS, DVLTModel, autocast_for
+from dvlt_core.model.descriptor import place_descriptors
 
 
 class TorchBackend(InferenceBackend):
@@ -70,6 +71,7 @@ class TorchBackend(InferenceBackend):
         t_in = self._sync()
         with autocast_for(self.precision, self._device.type):
             tokens = self.model.encode(x)
+            descriptors = place_descriptors(tokens, self.model.num_special_tokens)
             t_enc = self._sync()
             step_ms = []
             t_prev = t_enc
@@ -82,7 +84,7 @@ class TorchBackend(InferenceBackend):
                 t_prev = t_now
             out = self.model.decode(tokens, image_hw)
             t_dec = self._sync()
-        host = {k: v.float().cpu() for k, v in out.items()}
+        host = {k: v.float().cpu() for k, v in {**out, "descriptors": descriptors}.items()}
         end = self._sync()
         timings = StageTimings(
             encode_ms=(t_enc - t_in) * 1e3,

@@ -51,6 +51,21 @@ class Sim3:
         matrix = np.asarray(matrix, dtype=np.float64)
         return cls(matrix[:3, :3].copy(), matrix[:3, 3].copy(), float(scale))
 
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> Sim3:
+        """From a 4x4 ``[c·R | t]`` with ``c > 0`` (float64 numpy)."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        scale = float(np.cbrt(np.linalg.det(matrix[:3, :3])))
+        if not scale > 0:
+            raise ValueError(f"not a similarity with positive scale (det {scale ** 3:g})")
+        return cls(matrix[:3, :3] / scale, matrix[:3, 3].copy(), scale)
+
+    def compose(self, other: Sim3) -> Sim3:
+        """``self ∘ other`` (apply ``other`` first), numpy."""
+        rotation = np.asarray(self.rotation) @ np.asarray(other.rotation)
+        translation = self.apply_points(np.asarray(other.translation))
+        return Sim3(rotation, translation, float(self.scale * other.scale))
+
     @property
     def matrix_3x4(self) -> Array:
         """``[R | t]``, the rigid part (the scale is kept separately, as evaluators report it)."""

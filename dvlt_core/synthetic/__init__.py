@@ -15,6 +15,7 @@ from dvlt_core.synthetic.rig import (
     default_rig,
     default_scene,
     mount,
+    repeated_texture_scene,
 )
 from dvlt_core.synthetic.scene import Box, Plane, Scene, Texture, camera_rays
 
@@ -32,4 +33,5 @@ __all__ = [
     "default_rig",
     "default_scene",
     "mount",
+    "repeated_texture_scene",
 ]

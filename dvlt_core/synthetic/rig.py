@@ -72,6 +72,11 @@ class CircularTrajectory:
     phase: float = 0.0
     bob: float = 0.05
 
+    @property
+    def lap_time(self) -> float:
+        """Seconds of one lap: the rig is back at its start (a closed loop)."""
+        return 2.0 * math.pi * self.radius / self.speed
+
     def world_from_base(self, t: float) -> np.ndarray:
         """4x4 pose of the base in the world at time ``t`` seconds."""
         angle = self.phase + self.speed * t / self.radius
@@ -174,10 +179,26 @@ def default_scene(seed: int = 0) -> Scene:
     )
 
 
+def repeated_texture_scene(seed: int = 0) -> Scene:
+    """A look-alike room: the 10 x 10 x 3.5 m room of :func:`default_scene` whose walls,
+    floor and ceiling repeat one 2 m texture tile, with four identical boxes placed with
+    four-fold symmetry about the centre: places a quarter turn apart on a circle about the
+    centre look alike without overlapping."""
+    tile = Texture(seed, 0.5, period=4)
+    box = Texture(seed + 1, 0.25)
+    boxes = tuple(
+        Box((x - 0.5, y - 0.5, 0.0), (x + 0.5, y + 0.5, 1.2), box)
+        for x, y in ((3.2, 0.0), (0.0, 3.2), (-3.2, 0.0), (0.0, -3.2))
+    )
+    return Scene((Box((-5.0, -5.0, 0.0), (5.0, 5.0, 3.5), tile, inside=True), *boxes))
+
+
 def default_rig(
-    width: int = 640, height: int = 480, num_cameras: int = 4, seed: int = 0
+    width: int = 640, height: int = 480, num_cameras: int = 4, seed: int = 0,
+    scene: Scene | None = None,
 ) -> SyntheticRig:
-    """Up to 4 cameras on a base driving a circle in :func:`default_scene`.
+    """Up to 4 cameras on a base driving a circle (a closed loop: ``lap_time``) in
+    ``scene`` (default :func:`default_scene`).
 
     The cameras look forward and to the sides (yaw 0, 0, +35, -35 degrees, pitched 8
     degrees down), 0.25 m apart, with slightly different focal lengths and off-centre
@@ -204,4 +225,4 @@ def default_rig(
         cameras.append(
             PinholeCamera(name, k, width, height, mount(x, y, 0.0, yaw, math.radians(8.0)))
         )
-    return SyntheticRig(default_scene(seed), cameras, CircularTrajectory())
+    return SyntheticRig(scene or default_scene(seed), cameras, CircularTrajectory())

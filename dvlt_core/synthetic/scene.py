@@ -40,16 +40,21 @@ _LIGHT = np.array([0.3, 0.5, 0.81]) / np.linalg.norm([0.3, 0.5, 0.81])
 @dataclass(frozen=True)
 class Texture:
     """Cells of ``cell`` metres with a pseudo-random palette colour each, overlaid with a
-    checker of ``cell / subdivisions`` that darkens every other sub-cell."""
+    checker of ``cell / subdivisions`` that darkens every other sub-cell. ``period`` > 0
+    repeats the cell colours every ``period`` cells along both surface coordinates (a
+    repeated texture: distinct places that look alike)."""
 
     seed: int = 0
     cell: float = 0.5
     subdivisions: int = 4
+    period: int = 0
 
     def colour(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(N, 3) float RGB in [0, 255] at surface coordinates (a, b) in metres."""
         i = np.floor(a / self.cell).astype(np.int64)
         j = np.floor(b / self.cell).astype(np.int64)
+        if self.period > 0:
+            i, j = i % self.period, j % self.period
         h = (i * 73856093 + j * 19349663 + self.seed * 83492791) & 0xFFFFFF
         h = (h * 2654435761) >> 20
         base = _PALETTE[np.abs(h) % len(_PALETTE)]
