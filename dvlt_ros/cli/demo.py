@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ OVERRIDE_HINT = (
 )
 #: Backends answering with the synthetic scene's geometry (no weights).
 GROUND_TRUTH_BACKENDS = ("ground_truth", "ground_truth_unscaled")
+SpinUntil = Callable[[Callable[[], bool], float], bool]
 EXIT_FAILURE = 1
 EXIT_NO_MODEL = 3
 
@@ -188,7 +190,7 @@ def _run_node(args, rig, times, backend, checkpoint: str) -> int:
             return EXIT_FAILURE
         print(_TABLE_HEADER, flush=True)
         for t in times:
-            stamp = source.publish(t)
+            stamp = source.publish(t, node, lambda c, s: _spin_until(executor, c, s))
             done = _spin_until(executor, lambda s=stamp: recorder.has(s), 3600)
             if not done:
                 print(f"dvlt-ros demo: no cycle for the snapshot at t={t:.2f} s; see the node's "
@@ -237,6 +239,7 @@ class SyntheticRigPublisher:
         self.depths = {name: (pub(Image, f"{name}/{DEPTH_IMAGE}", qos),
                               pub(CameraInfo, f"{name}/{DEPTH_INFO}", qos))
                        for name in rig.names} if depth else {}
+        self.depth_published = 0
         self.tf = pub(TFMessage, "/tf", TF_QOS)
         self.tf_static = pub(TFMessage, "/tf_static", TF_STATIC_QOS)
         self.tf_static.publish(tf_message([
@@ -250,8 +253,9 @@ class SyntheticRigPublisher:
                 *([d for d, _ in self.depths.values()] if depth else [])]
         return all(p.get_subscription_count() > 0 for p in pubs)
 
-    def publish(self, t: float) -> int:
-        """Publish TF, then every camera at rig time ``t``; return the stamp (ns)."""
+    def publish_robot(self, t: float) -> int:
+        """Publish ``odom -> base_link`` and (with depth) every camera's depth at rig time
+        ``t``; return the stamp (ns)."""
         from std_msgs.msg import Header
 
         from dvlt_ros.bags.sample import BASE_FRAME, ODOM_FRAME, depth_millimetres
@@ -262,17 +266,57 @@ class SyntheticRigPublisher:
         stamp = BASE_STAMP_NS + round(t * 1e9)
         self.tf.publish(tf_message([transform_stamped(
             self.rig.world_from_base(t), ODOM_FRAME, BASE_FRAME, stamp_from_ns(stamp))]))
+        for name, (image, info) in self.depths.items():
+            cam = self.rig.camera(name)
+            header = Header(stamp=stamp_from_ns(stamp), frame_id=cam.optical_frame)
+            info.publish(camera_info_from_intrinsics(cam.k, cam.width, cam.height, header))
+            depth = depth_millimetres(self.rig.render(name, t).depth)
+            image.publish(array_to_image(depth, "16UC1", header))
+            self.depth_published += 1
+        return stamp
+
+    def publish_images(self, t: float) -> int:
+        """Publish every camera's CameraInfo and image at rig time ``t``; return the stamp."""
+        from std_msgs.msg import Header
+
+        from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
+        from dvlt_ros.conversions.image import array_to_image
+        from dvlt_ros.conversions.tf import stamp_from_ns
+
+        stamp = BASE_STAMP_NS + round(t * 1e9)
         for view in self.rig.snapshot(t):
             cam = self.rig.camera(view.camera)
             header = Header(stamp=stamp_from_ns(stamp), frame_id=cam.optical_frame)
-            info = camera_info_from_intrinsics(cam.k, cam.width, cam.height, header)
-            self.infos[view.camera].publish(info)
+            self.infos[view.camera].publish(
+                camera_info_from_intrinsics(cam.k, cam.width, cam.height, header))
             self.images[view.camera].publish(array_to_image(view.image, "rgb8", header))
-            if view.camera in self.depths:
-                image, depth_info = self.depths[view.camera]
-                depth_info.publish(info)
-                image.publish(array_to_image(depth_millimetres(view.depth), "16UC1", header))
         return stamp
+
+    def publish(self, t: float, node, spin_until: SpinUntil, timeout: float = 5.0) -> int:
+        """Publish the snapshot at rig time ``t`` to ``node``: TF and depth first, the images
+        once the node holds them (or after ``timeout`` s), so that no cycle starts before
+        the robot's data of its snapshot arrived (as a robot's data is usually older than
+        the next cycle). Returns the stamp."""
+        stamp = self.publish_robot(t)
+        frame = self.rig.camera(self.rig.names[0]).optical_frame
+        spin_until(lambda: _node_holds(node, stamp, frame, self.depth_published), timeout)
+        return self.publish_images(t)
+
+
+def _node_holds(node, stamp_ns: int, frame: str, depth_images: int) -> bool:
+    """Whether ``node`` has ``odom -> frame`` (through /tf_static and /tf) at ``stamp_ns``
+    (when it listens to TF) and ``depth_images`` depth images (when it listens to depth)."""
+    from dvlt_core.geometry import TransformError
+
+    if node.depth_inputs is not None and node.depth_inputs.received < depth_images:
+        return False
+    if node.tf is None:
+        return True
+    try:
+        node.tf.lookup(node.params["odom_frame"], frame, stamp_ns)
+    except TransformError:
+        return False
+    return True
 
 
 def true_reference_poses(rig, params: dict, stamps_ns) -> np.ndarray:

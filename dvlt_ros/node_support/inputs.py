@@ -18,6 +18,7 @@ to ``max_pixels`` here (its CameraInfo scaled to match).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -200,6 +201,10 @@ class CameraInputs:
             return self._colour.get(camera)
 
 
+#: Depth images of a camera kept until its first colour image arrives.
+EARLY_DEPTH_QUEUE = 4
+
+
 def depth_info_topic(depth_topic: str) -> str:
     """The CameraInfo beside a depth image topic: ``depth/image_raw`` -> ``depth/camera_info``."""
     return "/".join([*depth_topic.strip("/").split("/")[:-1], "camera_info"])
@@ -210,9 +215,11 @@ class DepthInputs:
     depth to ``on_depth(camera, stamp_ns, depth)``. ``colour_view(camera)`` gives the
     camera's colour optical frame and image size (:meth:`CameraInputs.colour_view`);
     ``transforms`` (TF) reprojects depth published in its own frame. Refused images go to
-    ``on_event`` as ``depth_rejected`` WARN events and are counted (:attr:`rejected`); depth
-    arriving before its camera's first colour image is dropped and counted
-    (:attr:`early`). Nothing here raises into the executor."""
+    ``on_event`` as ``depth_rejected`` WARN events and are counted (:attr:`rejected`). Depth
+    arriving before its camera's first colour image waits for it (at most
+    ``EARLY_DEPTH_QUEUE`` per camera; :meth:`flush` after each accepted colour frame),
+    older ones are dropped and counted (:attr:`early`). Nothing here raises into the
+    executor."""
 
     def __init__(
         self,
@@ -234,6 +241,7 @@ class DepthInputs:
         self._max_pixels = max_pixels
         self._lock = threading.Lock()
         self._infos: dict[str, CameraInfo] = {}
+        self._waiting: dict[str, deque[Image]] = {}
         self.received = 0
         self.rejected = 0
         self.early = 0
@@ -253,9 +261,19 @@ class DepthInputs:
             self._infos[camera] = msg
 
     def _on_image(self, msg: Image, camera: str) -> None:
-        stamp = ns_from_stamp(msg.header.stamp)
         with self._lock:
             self.received += 1
+        self._use(msg, camera)
+
+    def flush(self, camera: str) -> None:
+        """Use the depth images of ``camera`` that waited for its first colour image."""
+        with self._lock:
+            waiting = self._waiting.pop(camera, ())
+        for msg in waiting:
+            self._use(msg, camera)
+
+    def _use(self, msg: Image, camera: str) -> None:
+        stamp = ns_from_stamp(msg.header.stamp)
         try:
             self._handle(msg, camera, stamp)
         except (DepthConversionError, ImageDecodeError) as exc:
@@ -272,7 +290,9 @@ class DepthInputs:
         with self._lock:
             info = self._infos.get(camera)
             if colour is None:
-                self.early += 1
+                waiting = self._waiting.setdefault(camera, deque(maxlen=EARLY_DEPTH_QUEUE))
+                self.early += len(waiting) == waiting.maxlen
+                waiting.append(msg)
                 return
         check_decode_size(int(msg.width), int(msg.height), self._max_pixels,
                           f"{msg.encoding} depth image")
@@ -290,4 +310,4 @@ class DepthInputs:
         """Counters for diagnostics."""
         with self._lock:
             return {"depth_received": self.received, "depth_rejected": self.rejected,
-                    "depth_before_first_image": self.early}
+                    "depth_dropped_before_first_image": self.early}

@@ -136,6 +136,8 @@ class ReconstructNode(Node):
     def _on_frame(self, frame: CameraFrame) -> None:
         for event in self.session.add_frame(frame, self._now_ns()):
             self._report(event)
+        if self.depth_inputs is not None:
+            self.depth_inputs.flush(frame.camera)
 
     def _on_depth(self, camera: str, stamp_ns: int, depth: MeasuredDepth) -> None:
         for event in self.session.add_depth(camera, stamp_ns, depth):
