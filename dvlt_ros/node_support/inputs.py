@@ -286,6 +286,8 @@ class DepthInputs:
             raise DepthConversionError(
                 f"header stamp is {stamp * 1e-9:.3f} s (unset or negative); the depth driver "
                 "must stamp each image with its capture time")
+        check_decode_size(int(msg.width), int(msg.height), self._max_pixels,
+                          f"{msg.encoding} depth image")
         colour = self._colour_view(camera)
         with self._lock:
             info = self._infos.get(camera)
@@ -294,8 +296,6 @@ class DepthInputs:
                 self.early += len(waiting) == waiting.maxlen
                 waiting.append(msg)
                 return
-        check_decode_size(int(msg.width), int(msg.height), self._max_pixels,
-                          f"{msg.encoding} depth image")
         self._on_depth(camera, stamp, measured_depth(msg, info, *colour, self._transforms))
 
     def _reject(self, camera: str, stamp: int, reason: str) -> None:

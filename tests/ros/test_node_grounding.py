@@ -285,7 +285,11 @@ def test_depth_scale(graph):
     assert node.depth_inputs is not None
     collector = OutputCollector(graph, rig.names)
     robot = _robot(graph, node, rig, depth=True)
+    reports = []
+    node.add_cycle_listener(lambda report, result: reports.append(report))
     stamps = _drive(graph, node, robot, times[:3])
+    # The first snapshot's depth came before any colour image: it waited and was used.
+    assert reports[0].metric and reports[0].scale_source == "depth"
     report = node.last_report
     assert report.metric and report.scale_source == "depth"
     for name in rig.names:
@@ -300,6 +304,7 @@ def test_depth_scale(graph):
     status = collector.wait_status(
         ": pipeline", lambda s: status_values(s).get("depth_received") == received)
     assert status is not None and status_values(status)["depth_rejected"] == "0"
+    assert status_values(status)["depth_dropped_before_first_image"] == "0"
 
 
 def test_auto_reports_contradictory_sources(graph):
