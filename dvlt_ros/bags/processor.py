@@ -56,9 +56,9 @@ from dvlt_ros.bags.staged_output import StagedOutput
 from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS, TF_STATIC_TOPIC, TF_TOPIC, BagTransforms
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
-from dvlt_ros.conversions.depth import DepthConversionError, measured_depth
 from dvlt_ros.conversions.tf import ns_from_stamp, stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
+from dvlt_ros.node_support.depth import DepthConversionError, measured_depth
 from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
@@ -409,7 +409,7 @@ class BagProcessor:
 
     def _add_depth(self, topics: _DepthTopics, raw: bytes, log_ns: int) -> None:
         """One depth image to the session, converted by the node's rules
-        (:func:`dvlt_ros.conversions.depth.measured_depth`: registered, or reprojected with
+        (:func:`dvlt_ros.node_support.depth.measured_depth`: registered, or reprojected with
         its CameraInfo and TF)."""
         msg = deserialize_message(raw, Image)
         stamp_ns = ns_from_stamp(msg.header.stamp)

@@ -25,9 +25,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dvlt_core.io.image_decode import ImageDecodeError, check_decode_size, downscale_rgb
 from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
-from dvlt_ros.conversions.depth import DepthConversionError, Transforms, measured_depth
 from dvlt_ros.conversions.image import ImageConversionError, decode_compressed, image_to_rgb8
 from dvlt_ros.conversions.tf import ns_from_stamp
+from dvlt_ros.node_support.depth import DepthConversionError, Transforms, measured_depth
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, downscaled_event
 from dvlt_ros.pipeline.scale import MeasuredDepth

@@ -12,7 +12,6 @@ from std_msgs.msg import Header
 
 from dvlt_core.geometry import TfTree
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
-from dvlt_ros.conversions.depth import DepthConversionError, measured_depth
 from dvlt_ros.conversions.image import (
     ImageConversionError,
     array_to_image,
@@ -28,6 +27,7 @@ from dvlt_ros.conversions.tf import (
     tf_message,
     transform_stamped,
 )
+from dvlt_ros.node_support.depth import DepthConversionError, measured_depth
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
