@@ -1,13 +1,16 @@
-"""Forward-pass benchmark of ``DVLTModel`` (released config, fp32, deterministic weights).
+"""Forward-pass benchmark of ``DVLTModel`` against a baseline (released config, fixed weights).
 
-Prints, for every (views S, loop steps K), the median forward time of a few runs and the peak
-bytes of live tensors during one forward (parameters excluded). With ``--upstream PATH`` (the
-``src`` folder of a local nv-tlabs/dvlt checkout; never committed here) the upstream model is
-built with the same weights and timed in the same run, and the table shows ours/upstream ratios.
+For every configuration (views S, image size, loop steps K) it prints the median forward time of
+interleaved runs of ours and of a baseline, the speed-up (baseline time / ours) and the peak
+bytes of live tensors during one forward (parameters excluded). The baseline is upstream's
+``DVLTModel`` built from ``--upstream PATH`` (the ``src`` folder of a local nv-tlabs/dvlt
+checkout; nothing is fetched) with the same weights, or otherwise the previous implementation
+kept in ``benchmarks/reference_model.py``.
 
-    python benchmarks/bench_model.py                      # 126x168, K 1-16, S 2/4/8
-    python benchmarks/bench_model.py --large --views 2    # 378x504
-    python benchmarks/bench_model.py --upstream /tmp/dvlt_upstream/src
+    python benchmarks/bench_model.py --threads 2                     # the issue-15 configurations
+    python benchmarks/bench_model.py --upstream /tmp/dvlt_upstream/src --threads 2
+    python benchmarks/bench_model.py --configs 2x126x168:1/4/8/12/16 --clock cpu --threads 1
+    python benchmarks/bench_model.py --device cuda --precision bf16  # on a GPU machine
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from dvlt_core.model import DVLTModel
+from dvlt_core.model import DVLTModel, autocast_for
 from dvlt_core.testing import deterministic_state_dict
 from dvlt_core.testing.det_weights import model_shapes
 from dvlt_core.testing.memory import PeakTensorBytes
 
 RELEASED = {"img_size": 504, "depth_head_type": "conv"}
+# S x H x W : K (several K separated by "/"), the configurations of issue 15.
+DEFAULT_CONFIGS = "2x126x168:12,4x252x336:12,8x252x336:12,4x378x504:12"
 # Packages upstream imports at module level but that its model forward never uses.
 UPSTREAM_ONLY_DEPS = (
     "open3d", "accelerate", "omegaconf", "hydra", "cv2", "h5py", "scipy", "rich", "wandb",
@@ -81,6 +87,16 @@ def upstream_model(src: str, config: dict, state: dict) -> torch.nn.Module:
     return model
 
 
+def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
+    """``"SxHxW:K1/K2,..."`` → [(S, H, W, K), ...]."""
+    configs = []
+    for item in text.split(","):
+        shape, _, ks = item.partition(":")
+        S, H, W = (int(v) for v in shape.split("x"))
+        configs.extend((S, H, W, int(k)) for k in (ks or "12").split("/"))
+    return configs
+
+
 def interleaved_medians(
     fns: list[Callable[[], object]], repeats: int, clock: Callable[[], float]
 ) -> list[float]:
@@ -105,12 +121,11 @@ def peak_mb(model: torch.nn.Module, fn: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="126x168", help="HxW, multiples of 14")
-    parser.add_argument("--large", action="store_true", help="use 378x504 (a 4:3 photo)")
-    parser.add_argument("--ks", default="1,4,8,12,16", help="loop steps K")
-    parser.add_argument("--views", default="2,4,8", help="views S")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="SxHxW:K[/K...],...")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (autocast)")
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -124,50 +139,68 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    H, W = (378, 504) if args.large else (int(v) for v in args.size.split("x"))
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    ks = [int(k) for k in args.ks.split(",")]
-    views = [int(s) for s in args.views.split(",")]
+    device = torch.device(args.device)
+    if args.clock == "cpu":
+        clock = time.process_time
+    elif device.type == "cuda":
+        clock = _synchronized(time.perf_counter)
+    else:
+        clock = time.perf_counter
 
     ours = DVLTModel(**RELEASED).eval()
     state = deterministic_state_dict(model_shapes(ours), seed=1)
     ours.load_state_dict(state, strict=True)
-    upstream = upstream_model(args.upstream, RELEASED, state) if args.upstream else None
+    if args.upstream:
+        baseline_name, baseline = "upstream", upstream_model(args.upstream, RELEASED, state)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from reference_model import reference_model
+
+        baseline_name, baseline = "previous", reference_model(**RELEASED).eval()
+        baseline.load_state_dict(state, strict=True)
+    ours.to(device)
+    baseline.to(device)
 
     print(
-        f"DVLT forward, released config (ViT-B), fp32, {H}x{W}, B=1, "
+        f"DVLT forward, released config (ViT-B), {args.precision}, {device}, B=1, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of "
-        f"{args.repeats} interleaved runs, {args.clock} clock"
+        f"{args.repeats} interleaved runs, {args.clock} clock, baseline: {baseline_name}\n"
     )
-    header = f"{'S':>2} {'K':>3} {'ours ms':>9}"
-    if upstream is not None:
-        header += f" {'upstream ms':>12} {'ratio':>6}"
+    header = f"| S | HxW | K | ours ms | {baseline_name} ms | speed-up |"
+    rule = "|---|---|---|---|---|---|"
     if not args.no_memory:
-        header += f" {'ours MB':>8}" + (f" {'upstream MB':>12}" if upstream is not None else "")
+        header += f" ours peak MB | {baseline_name} peak MB |"
+        rule += "---|---|"
     print(header)
-    for S in views:
-        images = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(S))
-        for K in ks:
+    print(rule)
+    for S, H, W, K in parse_configs(args.configs):
+        images = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(S)).to(device)
 
-            def run_ours(K=K, images=images):
-                with torch.inference_mode():
-                    return ours(images, num_steps=K)
+        def run_ours(K=K, images=images):
+            with torch.inference_mode(), autocast_for(args.precision, device.type):
+                return ours(images, num_steps=K)
 
-            def run_upstream(K=K, images=images):
-                upstream.inference_steps = K
-                with torch.inference_mode():
-                    return upstream.forward_inference(images)
+        def run_baseline(K=K, images=images):
+            with torch.inference_mode(), autocast_for(args.precision, device.type):
+                if baseline_name == "upstream":
+                    baseline.inference_steps = K
+                    return baseline.forward_inference(images)
+                return baseline(images, num_steps=K)
 
-            fns = [run_ours] if upstream is None else [run_ours, run_upstream]
-            seconds = interleaved_medians(fns, args.repeats, clock)
-            row = f"{S:>2} {K:>3} {seconds[0] * 1e3:>9.0f}"
-            if upstream is not None:
-                row += f" {seconds[1] * 1e3:>12.0f} {seconds[0] / seconds[1]:>6.2f}"
-            if not args.no_memory:
-                row += f" {peak_mb(ours, run_ours):>8.1f}"
-                if upstream is not None:
-                    row += f" {peak_mb(upstream, run_upstream):>12.1f}"
-            print(row, flush=True)
+        mine, theirs = interleaved_medians([run_ours, run_baseline], args.repeats, clock)
+        row = f"| {S} | {H}x{W} | {K} | {mine * 1e3:.0f} | {theirs * 1e3:.0f} |"
+        row += f" {theirs / mine:.2f} |"
+        if not args.no_memory:
+            row += f" {peak_mb(ours, run_ours):.1f} | {peak_mb(baseline, run_baseline):.1f} |"
+        print(row, flush=True)
+
+
+def _synchronized(clock: Callable[[], float]) -> Callable[[], float]:
+    def read() -> float:
+        torch.cuda.synchronize()
+        return clock()
+
+    return read
 
 
 if __name__ == "__main__":

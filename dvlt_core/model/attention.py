@@ -48,8 +48,14 @@ class LayerScale(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
+    def add_to(self, x: Tensor, branch: Tensor, gate: Tensor | None = None) -> Tensor:
+        """``x + gate ⊙ γ ⊙ branch`` in one pass over the tokens (``gate``: (N, 1, C) or None).
+
+        The per-channel factors are multiplied first, on C (or N·C) values instead of every
+        token; the result differs from ``x + gate ⊙ (γ ⊙ branch)`` by rounding only.
+        """
+        scale = self.gamma if gate is None else gate * self.gamma
+        return torch.addcmul(x, branch, scale)
 
 
 class Mlp(nn.Module):
@@ -92,6 +98,6 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, rope: RopeTables | None = None) -> Tensor:
         branch = self.attn(self.norm1(x), rope)
-        x = x + (self.ls1(branch) if self.ls1 is not None else branch)
+        x = self.ls1.add_to(x, branch) if self.ls1 is not None else x + branch
         branch = self.mlp(self.norm2(x))
-        return x + (self.ls2(branch) if self.ls2 is not None else branch)
+        return self.ls2.add_to(x, branch) if self.ls2 is not None else x + branch

@@ -4,7 +4,9 @@
 Front-end: ``proj_in`` (C → D) on all P tokens, ``depth`` pre-norm blocks with qk-norm and the
 trunk's RoPE positions, kept as ``features`` (the camera head reads token 0 of the ray
 decoder's), then ``norm`` and the first ``num_special`` tokens dropped. The output stage maps
-the patch tokens to a channel-first (N, o, H, W) map in float32.
+the patch tokens to a channel-first (N, o, H, W) map in float32. The conv stage runs in
+channels-last layout (the token grid already is one, and oneDNN's convolutions are faster on it),
+so its output is an (N, o, H, W) view of (N, H, W, o) memory.
 """
 
 from __future__ import annotations
@@ -82,25 +84,29 @@ class Decoder(nn.Module):
         x = self.head(x).transpose(1, 2).reshape(x.shape[0], -1, H // p, W // p)
         return F.pixel_shuffle(x, p)
 
-    def _uv(self, height: int, width: int, image_hw: tuple[int, int], like: Tensor) -> Tensor:
-        H, W = image_hw
-        uv = self._uv_cache.get(
-            (height, width, H, W, like.device),
-            lambda: uv_grid(height, width, W / H).to(like.device),
-        )
-        return uv.unsqueeze(0).expand(like.shape[0], -1, -1, -1)
+    def _with_uv(self, x: Tensor, size: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+        """x (N, C, h, w) → (N, C + 2, h, w) with the UV channels, in channels-last memory.
 
-    def _with_uv(self, x: Tensor, image_hw: tuple[int, int]) -> Tensor:
-        return torch.cat([x, self._uv(x.shape[-2], x.shape[-1], image_hw, x)], dim=1)
+        ``size`` = (h, w) as Python ints from the image size, so a traced graph holds the UV
+        grid as a constant.
+        """
+        (H, W), (h, w) = image_hw, size
+        uv = self._uv_cache.get((h, w, H, W, x.device), lambda: uv_grid(h, w, W / H).to(x.device))
+        uv = uv.permute(1, 2, 0).unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+        # Concatenated as (N, h, w, C): the result is channels last.
+        return torch.cat([x.permute(0, 2, 3, 1), uv], dim=-1).permute(0, 3, 1, 2)
 
     def _conv_stage(self, x: Tensor, image_hw: tuple[int, int]) -> Tensor:
         H, W = image_hw
-        p = self.patch_size
-        x = x.transpose(1, 2).reshape(x.shape[0], -1, H // p, W // p)
+        h, w = H // self.patch_size, W // self.patch_size
+        # (N, h·w, D) → (N, D, h, w) as a channels-last view: no copy (N stays dynamic in a
+        # traced graph, which unflatten would fix to the traced value).
+        x = x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
         for stage in self.upsample_blocks:
-            x = self._with_uv(x, image_hw)
+            x = self._with_uv(x, (h, w), image_hw)
             for layer in stage:
                 x = layer(x)
+            h, w = 2 * h, 2 * w
         x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
-        x = self._with_uv(x, image_hw)
+        x = self._with_uv(x, (H, W), image_hw)
         return self.output_block(x)

@@ -65,7 +65,8 @@ class ResidualConvUnit(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.layers(x)
+        # In place on the fresh conv output (no new buffer); the conv backward does not need it.
+        return self.layers(x).add_(x)
 
 
 def conv_upsample_blocks(in_dim: int) -> nn.ModuleList:

@@ -70,14 +70,14 @@ class GatedBlock(nn.Module):
     def forward(
         self, x: Tensor, t_now: Tensor, t_next: Tensor, rope: RopeTables | None = None
     ) -> Tensor:
-        branch = self.ls1(self.attn(self.norm1(x), rope))
+        attn = self.drop1(self.attn(self.norm1(x), rope))
         if self.depth_scale is None:
-            x = x + self.drop1(branch)
-            return x + self.drop2(self.ls2(self.mlp(self.norm2(x))))
+            x = self.ls1.add_to(x, attn)
+            return self.ls2.add_to(x, self.drop2(self.mlp(self.norm2(x))))
         gates = self.depth_scale(t_now, t_next, x.shape[0]).unsqueeze(1)  # (N, 1, G·C)
         s = gates.chunk(self.num_gates, dim=-1)
-        x = x + self.drop1(s[0] * branch)
-        x = x + self.drop2(s[1] * self.ls2(self.mlp(self.norm2(x))))
+        x = self.ls1.add_to(x, attn, s[0])
+        x = self.ls2.add_to(x, self.drop2(self.mlp(self.norm2(x))), s[1])
         if self.num_gates == 3:
             x = s[2] * x
         return x

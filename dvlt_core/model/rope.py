@@ -46,7 +46,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate ``x`` (..., P, d) with tables (P, d) from :func:`rope_tables`."""
     d = x.shape[-1]
     swapped = x.unflatten(-1, (2, 2, d // 4)).flip(-2).flatten(-3)
-    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+    return torch.addcmul(x * cos.to(x.dtype), swapped, sin.to(x.dtype))
 
 
 class RopeCache:
