@@ -140,6 +140,8 @@ class ReconstructionSession:
         self.map_cloud = map_cloud or FusedCloud(float(p["map_voxel"]),
                                                  int(p["map_max_points"]))
         self.loop_map: LoopMap | None = None
+        #: The maps of earlier world epochs (kept with ``keep_all_poses``, for offline files).
+        self.past_maps: dict[int, LoopMap] = {}
         self._loop_state = "on" if p["loop_closure"] else "off"
         self.cycles = 0
         self.last_report: CycleReport | None = None
@@ -302,6 +304,8 @@ class ReconstructionSession:
         if self._loop_state != "on":
             return ()
         if self.loop_map is None or self.loop_map.epoch != result.epoch:
+            if self.loop_map is not None and self.trajectories.keep_all:
+                self.past_maps[self.loop_map.epoch] = self.loop_map
             try:
                 self.loop_map = LoopMap(
                     self.pipeline.reconstructor, result.epoch, self.map_cloud,
@@ -320,6 +324,11 @@ class ReconstructionSession:
         self.loop_map = None
         return events
 
+    def maps(self) -> list[LoopMap]:
+        """The maps of this run, oldest first (earlier epochs only with keep_all_poses)."""
+        current = [] if self.loop_map is None else [self.loop_map]
+        return [*self.past_maps.values(), *current]
+
     def close_loops(self, limit: int | None = None) -> list[LoopVerdict]:
         """Verify up to ``limit`` (default ``loop_verify_per_cycle``) loop candidates, in the
         spare time after a cycle; after an accepted loop the map cloud is re-placed."""
@@ -332,6 +341,7 @@ class ReconstructionSession:
         """Forget the keyframe graph, the loops and the map cloud (the next window starts a
         new map; the chained world goes on)."""
         self.loop_map = None
+        self.past_maps.clear()
         self.map_cloud.clear()
         if self._loop_state == "unavailable":
             self._loop_state = "on"
