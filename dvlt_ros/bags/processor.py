@@ -64,15 +64,13 @@ from dvlt_ros.bags.staged_output import StagedOutput
 from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS, TF_STATIC_TOPIC, TF_TOPIC, BagTransforms
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
-from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
-from dvlt_ros.conversions.image import ImageConversionError, image_to_array
+from dvlt_ros.conversions.depth import DepthConversionError, measured_depth
 from dvlt_ros.conversions.tf import ns_from_stamp, stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
 from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
 from dvlt_ros.pipeline.accumulate import FusedCloud, epoch_suffix
-from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.session import ReconstructedSnapshot, ReconstructionSession
 from dvlt_ros.pipeline.settings import NODE_NAME
 from dvlt_ros.pipeline.sync import RigSnapshot
@@ -173,7 +171,7 @@ class BagProcessor:
         self._tf_topics = self._check_tf(grounding.uses_transforms)
         self.depth_topics = self._check_depth() if grounding.uses_depth else []
         self._depth_newest: dict[str, int] = {}
-        self._depth_infos: dict[str, np.ndarray] = {}
+        self._depth_infos: dict[str, CameraInfo] = {}
         self._stale_depth: set[str] = set()
         self._pending: deque[tuple[RigSnapshot, int]] = deque()
         self.fused, self.trajectories = self.session.fused, self.session.trajectories
@@ -187,6 +185,8 @@ class BagProcessor:
         self._stop_requested = False
         self.stats = _Stats()
         self.frame_ids: dict[str, str] = {}
+        #: camera -> (optical frame, (width, height)) of its latest image, for depth.
+        self.colour_views: dict[str, tuple[str, tuple[int, int]]] = {}
 
     # ------------------------------------------------------------------ checks
     def _check_topics(self) -> list[CameraTopics]:
@@ -341,8 +341,7 @@ class BagProcessor:
                 self.tf.add(message.raw, False, message.topic, message.log_ns)
             elif message.topic in depth_infos:
                 info = deserialize_message(message.raw, CameraInfo)
-                self._depth_infos[depth_infos[message.topic].camera] = (
-                    intrinsics_from_camera_info(info))
+                self._depth_infos[depth_infos[message.topic].camera] = info
             elif message.topic in depth_images:
                 self._add_depth(depth_images[message.topic], message.raw, message.log_ns)
             if message.topic not in by_image:
@@ -361,6 +360,7 @@ class BagProcessor:
                 self.session.count_rejected(camera.camera)
             else:
                 self.frame_ids.setdefault(frame.camera, frame.frame_id)
+                self.colour_views[frame.camera] = (frame.frame_id, (frame.width, frame.height))
                 for ev in self.session.add_frame(frame, message.log_ns):
                     self._report(ev)
             for ev in self.session.after_image(message.log_ns):
@@ -420,37 +420,23 @@ class BagProcessor:
                              "no depth scale there", topics.image, log_ns)
 
     def _add_depth(self, topics: _DepthTopics, raw: bytes, log_ns: int) -> None:
-        """One depth image to the session (registered when its frame_id is the colour
-        camera's; otherwise reprojected with its CameraInfo and TF)."""
+        """One depth image to the session, converted by the node's rules
+        (:func:`dvlt_ros.conversions.depth.measured_depth`: registered, or reprojected with
+        its CameraInfo and TF)."""
         msg = deserialize_message(raw, Image)
         stamp_ns = ns_from_stamp(msg.header.stamp)
         self._depth_newest[topics.camera] = max(self._depth_newest.get(topics.camera, stamp_ns),
                                                 stamp_ns)
+        colour = self.colour_views.get(topics.camera)
         try:
-            if msg.encoding not in ("16UC1", "32FC1"):
-                raise ImageConversionError(f"encoding {msg.encoding!r} is not 16UC1 (mm) or "
-                                           "32FC1 (m)")
-            pixels = image_to_array(msg)
-        except ImageConversionError as exc:
+            if colour is None:
+                raise DepthConversionError(f"no image of {topics.camera} was read before it")
+            depth = measured_depth(msg, self._depth_infos.get(topics.camera), *colour,
+                                   self.tf.tree)
+        except DepthConversionError as exc:
             self.issues.warn("depth_rejected", f"depth image at {stamp_ns * 1e-9:.3f} s: {exc}",
                              topics.image, log_ns)
             return
-        colour = self.frame_ids.get(topics.camera)
-        depth_frame = msg.header.frame_id.lstrip("/")
-        if not depth_frame or colour is None or depth_frame == colour.lstrip("/"):
-            depth = MeasuredDepth.from_image(pixels)
-        else:
-            k = self._depth_infos.get(topics.camera)
-            try:
-                if k is None:
-                    raise LookupError(f"no {topics.info} was read before it")
-                colour_from_depth = self.tf.tree.lookup(colour, depth_frame, stamp_ns)
-            except LookupError as exc:  # TransformError is a LookupError
-                self.issues.warn("depth_rejected", f"depth in frame {depth_frame!r} (not the "
-                                 f"image's {colour!r}) cannot be reprojected: {exc}",
-                                 topics.image, log_ns)
-                return
-            depth = MeasuredDepth.from_image(pixels, k, colour_from_depth)
         for event in self.session.add_depth(topics.camera, stamp_ns, depth):
             self._report(event)
 

@@ -5,7 +5,9 @@ Each configured camera namespace ``<ns>`` gets ``<ns>/image_raw`` (``Image``) or
 input intrinsics are used. Names are relative, so they follow the node's namespace and
 ordinary ``--ros-args -r`` remapping. Conversion failures become ``image_rejected``
 events, unset or negative header stamps ``stamp_rejected`` events; nothing here raises
-into the executor.
+into the executor. :class:`DepthInputs` subscribes each camera's depth image
+(``<ns>/<depth_topic>``, 16UC1 mm or 32FC1 m) and its sibling ``camera_info`` when the
+depth scale is used; refused depth images become ``depth_rejected`` events and are counted.
 
 Memory stays bounded by ``max_pixels``: a raw image larger than the decode budget
 (:func:`dvlt_core.io.image_decode.check_decode_size`) is refused before it is converted, a
@@ -16,19 +18,23 @@ to ``max_pixels`` here (its CameraInfo scaled to match).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dvlt_core.io.image_decode import ImageDecodeError, check_decode_size, downscale_rgb
 from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
+from dvlt_ros.conversions.depth import DepthConversionError, Transforms, measured_depth
 from dvlt_ros.conversions.image import ImageConversionError, decode_compressed, image_to_rgb8
 from dvlt_ros.conversions.tf import ns_from_stamp
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, downscaled_event
+from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.settings import camera_label
 
 FrameSink = Callable[[CameraFrame], None]
+DepthSink = Callable[[str, int, MeasuredDepth], None]
 EventSink = Callable[[PipelineEvent], None]
 
 
@@ -123,6 +129,7 @@ class CameraInputs:
         self._lock = threading.Lock()
         self._infos: dict[str, CameraInfoData] = {}
         self._empty_frame_reported: set[str] = set()
+        self._colour: dict[str, tuple[str, tuple[int, int]]] = {}
         self.subscriptions = []
         for namespace in cameras:
             label = camera_label(namespace)
@@ -175,6 +182,9 @@ class CameraInputs:
         if frame is None:
             self._on_rejected(camera)
             return
+        size = (frame.width, frame.height) if compressed else (int(msg.width), int(msg.height))
+        with self._lock:
+            self._colour[camera] = (frame.frame_id, size)
         if not msg.header.frame_id and camera not in self._empty_frame_reported:
             self._empty_frame_reported.add(camera)
             self._logger.warning(
@@ -183,3 +193,121 @@ class CameraInputs:
                 "optical frame)"
             )
         self._on_frame(frame)
+
+    def colour_view(self, camera: str) -> tuple[str, tuple[int, int]] | None:
+        """The optical frame and size (width, height, as received) of ``camera``'s latest
+        accepted image, or None before the first."""
+        with self._lock:
+            return self._colour.get(camera)
+
+
+#: Depth images of a camera kept until its first colour image arrives.
+EARLY_DEPTH_QUEUE = 4
+
+
+def depth_info_topic(depth_topic: str) -> str:
+    """The CameraInfo beside a depth image topic: ``depth/image_raw`` -> ``depth/camera_info``."""
+    return "/".join([*depth_topic.strip("/").split("/")[:-1], "camera_info"])
+
+
+class DepthInputs:
+    """Subscribes to each camera's depth image and its CameraInfo and hands the converted
+    depth to ``on_depth(camera, stamp_ns, depth)``. ``colour_view(camera)`` gives the
+    camera's colour optical frame and image size (:meth:`CameraInputs.colour_view`);
+    ``transforms`` (TF) reprojects depth published in its own frame. Refused images go to
+    ``on_event`` as ``depth_rejected`` WARN events and are counted (:attr:`rejected`). Depth
+    arriving before its camera's first colour image waits for it (at most
+    ``EARLY_DEPTH_QUEUE`` per camera; :meth:`flush` after each accepted colour frame),
+    older ones are dropped and counted (:attr:`early`). Nothing here raises into the
+    executor."""
+
+    def __init__(
+        self,
+        node,
+        cameras: Sequence[str],
+        *,
+        depth_topic: str,
+        qos,
+        colour_view: Callable[[str], tuple[str, tuple[int, int]] | None],
+        on_depth: DepthSink,
+        on_event: EventSink,
+        transforms: Transforms | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        self._colour_view = colour_view
+        self._on_depth = on_depth
+        self._on_event = on_event
+        self._transforms = transforms
+        self._max_pixels = max_pixels
+        self._lock = threading.Lock()
+        self._infos: dict[str, CameraInfo] = {}
+        self._waiting: dict[str, deque[Image]] = {}
+        self.received = 0
+        self.rejected = 0
+        self.early = 0
+        self.subscriptions = []
+        relative = depth_topic.strip("/")
+        for namespace in cameras:
+            label = camera_label(namespace)
+            base = namespace.rstrip("/")
+            self.subscriptions.append(node.create_subscription(
+                Image, f"{base}/{relative}", lambda msg, c=label: self._on_image(msg, c), qos))
+            self.subscriptions.append(node.create_subscription(
+                CameraInfo, f"{base}/{depth_info_topic(relative)}",
+                lambda msg, c=label: self._on_info(msg, c), qos))
+
+    def _on_info(self, msg: CameraInfo, camera: str) -> None:
+        with self._lock:
+            self._infos[camera] = msg
+
+    def _on_image(self, msg: Image, camera: str) -> None:
+        with self._lock:
+            self.received += 1
+        self._use(msg, camera)
+
+    def flush(self, camera: str) -> None:
+        """Use the depth images of ``camera`` that waited for its first colour image."""
+        with self._lock:
+            waiting = self._waiting.pop(camera, ())
+        for msg in waiting:
+            self._use(msg, camera)
+
+    def _use(self, msg: Image, camera: str) -> None:
+        stamp = ns_from_stamp(msg.header.stamp)
+        try:
+            self._handle(msg, camera, stamp)
+        except (DepthConversionError, ImageDecodeError) as exc:
+            self._reject(camera, stamp, str(exc))
+        except Exception as exc:  # an exception here would end the executor's spin
+            self._reject(camera, stamp, f"{type(exc).__name__}: {exc}")
+
+    def _handle(self, msg: Image, camera: str, stamp: int) -> None:
+        if stamp <= 0:
+            raise DepthConversionError(
+                f"header stamp is {stamp * 1e-9:.3f} s (unset or negative); the depth driver "
+                "must stamp each image with its capture time")
+        check_decode_size(int(msg.width), int(msg.height), self._max_pixels,
+                          f"{msg.encoding} depth image")
+        colour = self._colour_view(camera)
+        with self._lock:
+            info = self._infos.get(camera)
+            if colour is None:
+                waiting = self._waiting.setdefault(camera, deque(maxlen=EARLY_DEPTH_QUEUE))
+                self.early += len(waiting) == waiting.maxlen
+                waiting.append(msg)
+                return
+        self._on_depth(camera, stamp, measured_depth(msg, info, *colour, self._transforms))
+
+    def _reject(self, camera: str, stamp: int, reason: str) -> None:
+        with self._lock:
+            self.rejected += 1
+        self._on_event(PipelineEvent(
+            "depth_rejected", Level.WARN,
+            f"depth image dropped: {reason}; this camera gives no depth scale until one is "
+            "usable", camera, stamp))
+
+    def values(self) -> dict[str, int]:
+        """Counters for diagnostics."""
+        with self._lock:
+            return {"depth_received": self.received, "depth_rejected": self.rejected,
+                    "depth_dropped_before_first_image": self.early}

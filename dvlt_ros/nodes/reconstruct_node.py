@@ -5,7 +5,10 @@
 The ROS edge of a :class:`~dvlt_ros.pipeline.session.ReconstructionSession`: camera
 subscriptions feed it frames; at ``rate`` Hz (lossless: after every image) a worker thread
 runs its cycle and the node publishes the cloud, per-camera depth/confidence/camera_info,
-TF, the trajectory, frusta and /diagnostics. Parameters: :mod:`dvlt_ros.pipeline.settings`;
+TF, the trajectory, frusta and /diagnostics. With a scale source or ``anchor: tf`` it listens
+to the robot's TF (:class:`~dvlt_ros.node_support.tf_listener.TfListener`) and, for the
+depth scale, to a depth topic per camera (:class:`~dvlt_ros.node_support.inputs.DepthInputs`).
+Parameters: :mod:`dvlt_ros.pipeline.settings`;
 topics and frames: docs/node.md. In-process use (tests, ``dvlt-ros demo``): ``backend=``
 replaces loading ``checkpoint``. As its own process (:func:`main`) it ends on SIGINT,
 SIGTERM or the end of its launcher (:mod:`dvlt_ros.node_support.lifecycle`).
@@ -23,17 +26,20 @@ from std_msgs.msg import UInt64
 from dvlt_core.backends import InferenceBackend
 from dvlt_ros.conversions.tf import stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
-from dvlt_ros.node_support.health import EventReporter, ProblemBoard
-from dvlt_ros.node_support.inputs import CameraInputs
+from dvlt_ros.node_support.health import WARN, EventReporter, ProblemBoard
+from dvlt_ros.node_support.inputs import CameraInputs, DepthInputs
 from dvlt_ros.node_support.lifecycle import GateClosedError, ShutdownGate
 from dvlt_ros.node_support.model import LoadedModel, ModelSettings, ModelSwitch
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.node_support.parameters import declare_parameters, verdict
 from dvlt_ros.node_support.qos import LATCHED_QOS, input_qos
+from dvlt_ros.node_support.tf_listener import TfListener
 from dvlt_ros.node_support.worker import CycleWorker
 from dvlt_ros.pipeline import CameraFrame, CycleResult, MetricScale, RigSnapshot
 from dvlt_ros.pipeline.accumulate import FusedCloud
+from dvlt_ros.pipeline.configs import grounding_config
 from dvlt_ros.pipeline.report import CycleReport
+from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.session import ReconstructionSession
 from dvlt_ros.pipeline.settings import NODE_NAME, ParameterError, check_values
 
@@ -58,10 +64,16 @@ class ReconstructNode(Node):
         super().__init__(node_name, **node_kwargs)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         p = declare_parameters(self)
-        self.session = ReconstructionSession(p, metric_scale=metric_scale, fused=fused,
-                                             checkpoint_required=backend is None)
-        self.cameras = list(self.session.cameras)
         self.problems = ProblemBoard()
+        grounding = grounding_config(p)
+        # The robot's TF: for the rig and odometry scales, the TF anchor and depth images
+        # published in a frame of their own.
+        self.tf = (TfListener(self, on_problem=self._on_tf_problem)
+                   if grounding.uses_transforms or grounding.uses_depth else None)
+        self.session = ReconstructionSession(p, metric_scale=metric_scale, fused=fused,
+                                             checkpoint_required=backend is None,
+                                             transforms=self.tf)
+        self.cameras = list(self.session.cameras)
         self._report = EventReporter(self.problems, self.cameras, self.get_logger())
         self._listeners: list[CycleListener] = []
         self._last_diagnostics = 0.0
@@ -81,6 +93,11 @@ class ReconstructNode(Node):
             on_rejected=self.session.count_rejected,
             max_pixels=p["max_pixels"], after_image=self._after_image,
         )
+        self.depth_inputs = DepthInputs(
+            self, p["cameras"], depth_topic=p["depth_topic"], qos=input_qos(p["input_qos"]),
+            colour_view=self.inputs.colour_view, on_depth=self._on_depth,
+            on_event=self._report, transforms=self.tf, max_pixels=p["max_pixels"],
+        ) if grounding.uses_depth else None
         self.worker = CycleWorker(self._cycle, on_error=self._on_cycle_error)
         self.models = ModelSwitch(self.problems, self.get_logger(), self.worker.wake, backend)
         if backend is not None:
@@ -92,8 +109,10 @@ class ReconstructNode(Node):
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._diagnostics_tick)
         self.get_logger().info(
             f"reconstructing {', '.join(self.cameras)} at {p['rate']:g} Hz in frame "
-            f"'{p['world_frame']}' (K {p['num_steps_mode']}, num_steps={p['num_steps']}); "
-            f"model: {'injected ' + backend.name if backend else p['checkpoint']}"
+            f"'{p['world_frame']}' (K {p['num_steps_mode']}, num_steps={p['num_steps']}; "
+            f"scale_source {p['scale_source']}, anchor {p['anchor']}"
+            + (f", TF via {self.tf.backend}" if self.tf else "")
+            + f"); model: {'injected ' + backend.name if backend else p['checkpoint']}"
         )
 
     # The session's parts, for callers and tests.
@@ -117,6 +136,17 @@ class ReconstructNode(Node):
     def _on_frame(self, frame: CameraFrame) -> None:
         for event in self.session.add_frame(frame, self._now_ns()):
             self._report(event)
+        if self.depth_inputs is not None:
+            self.depth_inputs.flush(frame.camera)
+
+    def _on_depth(self, camera: str, stamp_ns: int, depth: MeasuredDepth) -> None:
+        for event in self.session.add_depth(camera, stamp_ns, depth):
+            self._report(event)
+
+    def _on_tf_problem(self, message: str) -> None:
+        """A transform TF could not take (a second parent, a non-finite pose): dropped."""
+        if self.problems.report("pipeline", "tf_dropped", WARN, message, self._report.ttl_s):
+            self.get_logger().warning(message)
 
     def _after_image(self) -> None:
         if self.lossless:
@@ -206,7 +236,8 @@ class ReconstructNode(Node):
         self._last_diagnostics = time.monotonic()
         name = self.get_fully_qualified_name()
         values = {**diag.pipeline_values(self.session, self.worker.overruns),
-                  **self.models.values()}
+                  **self.models.values(),
+                  **(self.depth_inputs.values() if self.depth_inputs else {})}
         statuses = diag.session_statuses(name, self.session, values, lambda source: (
             self.problems.active(source)
             + (self.problems.active("model") if source == "pipeline" else [])))

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 from dvlt_core.geometry import TfTree
+from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
+from dvlt_ros.conversions.depth import DepthConversionError, measured_depth
 from dvlt_ros.conversions.image import (
     ImageConversionError,
     array_to_image,
@@ -182,3 +185,89 @@ def test_stamps():
     assert ns_from_stamp(stamp_from_ns(1_234_567_890_123_456_789)) == 1_234_567_890_123_456_789
     stamp = stamp_from_ns(1_500_000_000)
     assert (stamp.sec, stamp.nanosec) == (1, 500_000_000)
+
+
+# ---------------------------------------------------------------- depth images
+DEPTH_K = np.array([[50.0, 0.0, 3.5], [0.0, 51.0, 2.0], [0.0, 0.0, 1.0]])
+
+
+def _depth_msg(pixels, encoding, frame_id="cam_optical", stamp_ns=10**9):
+    return array_to_image(pixels, encoding, Header(stamp=stamp_from_ns(stamp_ns),
+                                                   frame_id=frame_id))
+
+
+def _depth_info(width=7, height=5, frame_id="cam_optical"):
+    return camera_info_from_intrinsics(DEPTH_K, width, height, Header(frame_id=frame_id))
+
+
+def test_registered_depth_in_millimetres_and_metres_invalid_pixels_kept_invalid():
+    mm = np.full((5, 7), 1500, np.uint16)
+    mm[0, 0] = 0  # no return
+    depth = measured_depth(_depth_msg(mm, "16UC1"), None, "cam_optical", (7, 5))
+    assert depth.k is None and depth.colour_from_depth is None
+    assert depth.depth.dtype == np.float32 and depth.depth[0, 0] == 0
+    np.testing.assert_allclose(depth.depth[1:, 1:], 1.5, rtol=1e-6)
+
+    metres = np.full((5, 7), 2.25, np.float32)
+    metres[0, :3] = (np.nan, np.inf, 0.0)
+    # The same frame (a leading slash aside) at the colour image's size, with its own
+    # CameraInfo: still registered (the colour image's pixels).
+    depth = measured_depth(_depth_msg(metres, "32FC1", "/cam_optical"), _depth_info(),
+                           "cam_optical", (7, 5))
+    assert depth.k is None
+    assert np.isnan(depth.depth[0, 0]) and np.isinf(depth.depth[0, 1])
+    np.testing.assert_allclose(depth.depth[1:], 2.25)
+
+
+def test_depth_of_another_size_or_frame_is_reprojected_with_its_k_and_tf():
+    metres = np.ones((5, 7), np.float32)
+    # Same frame, another size than the colour image: its own K.
+    depth = measured_depth(_depth_msg(metres, "32FC1"), _depth_info(), "cam_optical", (14, 10))
+    np.testing.assert_allclose(depth.k, DEPTH_K)
+    assert depth.colour_from_depth is None
+    # No CameraInfo of its own: registered (resampled by the session).
+    assert measured_depth(_depth_msg(metres, "32FC1"), None, "cam_optical", (14, 10)).k is None
+
+    # Another frame: the depth optical frame in the colour optical frame, from TF.
+    mount = np.eye(4)
+    mount[:3, 3] = (0.05, 0.0, 0.0)
+    tree = TfTree()
+    tree.add_tf_messages([tf_message([
+        transform_stamped(np.eye(4), "base_link", "cam_optical", stamp_from_ns(0)),
+        transform_stamped(mount, "base_link", "depth_optical", stamp_from_ns(0)),
+    ])], static=True)
+    depth = measured_depth(_depth_msg(metres, "32FC1", "depth_optical"), _depth_info(),
+                           "cam_optical", (7, 5), tree)
+    np.testing.assert_allclose(depth.k, DEPTH_K)
+    np.testing.assert_allclose(depth.colour_from_depth, mount, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("msg", "info", "transforms", "expected"),
+    [
+        (_depth_msg(np.ones((5, 7), np.uint16), "mono16"), None, None, "not 16UC1"),
+        (_depth_msg(np.ones((5, 7, 3), np.uint8), "rgb8"), None, None, "not 16UC1"),
+        (_depth_msg(np.ones((5, 7), np.float32), "32FC1", "depth_optical"), None, TfTree(),
+         "needs its CameraInfo"),
+        (_depth_msg(np.ones((5, 7), np.float32), "32FC1", "depth_optical"), _depth_info(),
+         None, "needs TF"),
+        (_depth_msg(np.ones((5, 7), np.float32), "32FC1", "depth_optical"), _depth_info(),
+         TfTree(), "cannot be reprojected"),
+        (_depth_msg(np.ones((5, 7), np.float32), "32FC1", "depth_optical"),
+         _depth_info(width=8), TfTree(), "CameraInfo is for 8x5"),
+        (_depth_msg(np.ones((5, 7), np.float32), "32FC1"),
+         camera_info_from_intrinsics(DEPTH_K * [[0], [1], [1]], 7, 5), None,
+         "non-positive focal lengths"),
+    ],
+    ids=["mono16", "colour", "no-info", "no-tf", "tf-missing", "info-size", "bad-k"],
+)
+def test_unusable_depth_is_refused_with_the_reason(msg, info, transforms, expected):
+    with pytest.raises(DepthConversionError, match=expected):
+        measured_depth(msg, info, "cam_optical", (14, 10), transforms)
+
+
+def test_truncated_depth_data_is_refused():
+    msg = _depth_msg(np.ones((5, 7), np.uint16), "16UC1")
+    msg.data = msg.data[:10]
+    with pytest.raises(DepthConversionError, match="expected step"):
+        measured_depth(msg, None, "cam_optical")

@@ -23,14 +23,18 @@ from node_harness import (
 from PIL import Image as PILImage
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
 
 from dvlt_core.backends.ground_truth import GroundTruthBackend
+from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
+from dvlt_core.geometry import TransformError
 from dvlt_core.io.image_decode import decode_image
 from dvlt_core.synthetic import default_rig
 from dvlt_core.testing.images import constant_png
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
 from dvlt_ros.conversions.image import array_to_image
-from dvlt_ros.conversions.tf import stamp_from_ns
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
+from dvlt_ros.node_support.tf_listener import TF_QOS, TF_STATIC_QOS
 from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, prepare_frame
 
 TIMES = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -363,3 +367,159 @@ def test_invalid_parameter_at_start_ends_the_node_with_one_line(override, reason
     assert len(lines) == 1, lines
     assert "[FATAL]" in lines[0] and reason in lines[0], lines[0]
     assert "Fix it in the parameters file or the -p override" in lines[0]
+
+
+def test_bad_depth_images(rig, backend, capfd):
+    """Depth the node cannot use (scale_source depth): each gives a WARN naming the reason
+    on its camera and is counted; good depth and images go on being used."""
+    graph, node, publisher, collector = _graph(rig, backend, scale_source="depth")
+    try:
+        cam1 = rig.names[1]
+        depth_node = graph.create_node("depth_camera")
+        depth = depth_node.create_publisher(Image, f"{cam1}/depth/image_raw", RELIABLE)
+        assert graph.spin_until(lambda: depth.get_subscription_count() > 0, 10)
+        _still_works(graph, node, publisher, TIMES[0])
+        frame = rig.camera(cam1).optical_frame
+        metres = rig.render(cam1, TIMES[1]).depth.astype(np.float32)
+        good_stamp = stamp_of(TIMES[1])
+
+        def send(pixels, encoding, stamp=good_stamp, frame_id=frame, cut=False):
+            msg = array_to_image(pixels, encoding, Header(stamp=stamp_from_ns(stamp),
+                                                          frame_id=frame_id))
+            if cut:
+                msg.data = msg.data[: len(msg.data) // 2]
+            depth.publish(msg)
+
+        refusals = [
+            (lambda: send(metres.astype(np.uint16), "mono16"), "is not 16UC1"),
+            (lambda: send(metres, "32FC1", stamp=0), "unset or negative"),
+            (lambda: send(np.ones((300, 300), np.float32), "32FC1"),
+             f"only 4 x max_pixels = {4 * MAX_PIXELS} pixels can be decoded"),
+            (lambda: send(metres, "32FC1", cut=True), "expected step*height"),
+            # Its own frame, without the depth camera_info it needs to be reprojected.
+            (lambda: send(metres, "32FC1", frame_id="depth_optical"), "needs its CameraInfo"),
+        ]
+        for count, (publish, reason) in enumerate(refusals, start=1):
+            publish()
+            _problem(collector, f"camera {cam1}", "depth_rejected", reason)
+            status = collector.wait_status(": pipeline", lambda s, c=str(count): status_values(
+                s).get("depth_rejected") == c)
+            assert status is not None, f"depth refusal {count} ({reason}) was not counted"
+        # Registered 32FC1 metres with NaN holes is fine; the node still reconstructs.
+        metres[:5] = np.nan
+        send(metres, "32FC1")
+        report = _still_works(graph, node, publisher, TIMES[1])
+        assert report.num_cameras == 2
+        status = collector.wait_status(": pipeline", lambda s: status_values(s).get(
+            "depth_received") == str(len(refusals) + 1))
+        assert status is not None and status_values(status)["depth_rejected"] == str(
+            len(refusals))
+        logs = capfd.readouterr().err
+        assert logs.count(f"depth_rejected: [{cam1}] depth image dropped") == len(refusals)
+    finally:
+        graph.close()
+
+
+def _has(node, target: str, source: str, stamp_ns: int) -> bool:
+    try:
+        node.tf.lookup(target, source, stamp_ns)
+    except TransformError:
+        return False
+    return True
+
+
+def test_missing_partial_and_stale_tf():
+    """scale_source rig + anchor tf while TF is (1) absent: up to scale, unanchored; (2)
+    there for one camera only: no rig scale; (3) static for both but odometry stopped: the
+    rig scale is back, the newest views are not placed by TF; and a transform with a second
+    parent. Each time a WARN status says what is wrong, products are still published and the
+    node carries on."""
+    rig = default_rig(width=112, height=84, num_cameras=2)
+    times = [0.5 * i for i in range(6)]
+    graph = RosGraph()
+    try:
+        _missing_partial_and_stale_tf(graph, rig, times)
+    finally:
+        graph.close()
+
+
+def _missing_partial_and_stale_tf(graph, rig, times):
+    node = graph.reconstruct_node(
+        GroundTruthUnscaledBackend.for_rig(rig, times, img_size=112), cameras=rig.names,
+        rate=20.0, input_qos="reliable", img_size=112, camera_timeout=1e4, window_timesteps=2,
+        scale_source="rig", anchor="tf", world_frame="odom")
+    collector = OutputCollector(graph, rig.names)
+    images = RigPublisher(graph, rig)
+    robot = graph.create_node("robot_tf")
+    tf = robot.create_publisher(TFMessage, "/tf", TF_QOS)
+    tf_static = robot.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
+    images.wait_connected()
+
+    def mounts(names):
+        return tf_message([transform_stamped(rig.camera(n).base_from_camera, "base_link",
+                                             rig.camera(n).optical_frame, stamp_from_ns(0))
+                           for n in names])
+
+    def odometry(t):
+        return tf_message([transform_stamped(rig.world_from_base(t), "odom", "base_link",
+                                             stamp_from_ns(stamp_of(t)))])
+
+    def cycle(t):
+        stamp = images.publish(t)
+        report = wait_cycle(graph, node, stamp)
+        collector.wait_products(stamp, rig.names)
+        assert collector.stamped("points", stamp).header.frame_id == "odom"
+        return report
+
+    # (1) No TF at all.
+    for t in times[:2]:
+        report = cycle(t)
+        assert not report.metric and report.anchor == "unanchored"
+    status = collector.wait_status(": pipeline", lambda s: level(s) == WARN
+                                   and "problem: scale_unavailable" in status_values(s))
+    assert status is not None and "no metric scale available" in status.message
+    assert "arbitrary" in status_values(status)["units"]
+
+    # (2) The second camera has no TF frame.
+    tf_static.publish(mounts(rig.names[:1]))
+    for t in times[2:4]:
+        tf.publish(odometry(t))
+        assert graph.spin_until(lambda t=t: _has(node, "odom", rig.camera(rig.names[0])
+                                                 .optical_frame, stamp_of(t)), 10)
+        report = cycle(t)
+        # No rig scale from one mount (a Sim(3) TF anchor over the one camera's motion may
+        # still give a scale: source "tf").
+        assert report.scale_source != "rig"
+    missing = rig.camera(rig.names[1]).optical_frame
+    status = collector.wait_status(f"camera {rig.names[1]}", lambda s: level(s) == WARN
+                                   and missing in status_values(s).get(
+                                       "problem: tf_unavailable", ""))
+    assert status is not None
+    # A second parent for base_link (another node publishing map -> base_link): dropped,
+    # reported; the tree keeps odom -> base_link.
+    tf.publish(tf_message([transform_stamped(np.eye(4), "map", "base_link",
+                                             stamp_from_ns(stamp_of(times[3])))]))
+    _problem(collector, ": pipeline", "tf_dropped", "two parents")
+    assert _has(node, "odom", "base_link", stamp_of(times[3]))
+
+    # (3) Both mounts, but odometry stopped at the last snapshot: the rig scale is back;
+    # the newest views cannot be placed by TF (stale: it would extrapolate), the window is
+    # placed through the views that can, or held.
+    tf_static.publish(mounts(rig.names))
+    assert graph.spin_until(lambda: _has(node, "base_link", missing, stamp_of(times[3])), 10)
+    for t in times[4:]:
+        report = cycle(t)
+    assert report.metric and report.scale_source == "rig"
+    status = collector.wait_status(f"camera {rig.names[0]}", lambda s: level(s) == WARN
+                                   and "extrapolate into the future" in status_values(s).get(
+                                       "problem: tf_unavailable", ""))
+    assert status is not None
+    assert node.last_report.cycle == len(times)
+
+
+def _has(node, target: str, source: str, stamp_ns: int) -> bool:
+    try:
+        node.tf.lookup(target, source, stamp_ns)
+    except TransformError:
+        return False
+    return True
