@@ -97,9 +97,8 @@ class ReconstructionSession:
     ``on_accept`` sees every frame the synchroniser queues. ``transforms``: the robot's TF
     (needed by ``scale_source`` rig, odometry, auto and ``anchor: tf``; without it those
     report ``tf_unavailable`` and the output stays up to scale). ``describer``: place
-    descriptors of keyframe images for a backend that gives none (else the backend's own
-    model encoder, if it has one); ``map_cloud``: the loop-corrected map cloud (default
-    from ``map_voxel`` and ``map_max_points``).
+    descriptors of keyframe images for a backend that gives none; ``map_cloud``: the
+    loop-corrected map cloud (default from ``map_voxel`` and ``map_max_points``).
     """
 
     def __init__(
@@ -309,8 +308,7 @@ class ReconstructionSession:
             try:
                 self.loop_map = LoopMap(
                     self.pipeline.reconstructor, result.epoch, self.map_cloud,
-                    self.pipeline.config.cloud, self.describer or _model_describer(
-                        self.pipeline.backend, self.pipeline.reconstructor.img_size))
+                    self.pipeline.config.cloud, self.describer)
             except ImportError as exc:  # GTSAM missing
                 return self._loop_unavailable(PipelineEvent(
                     UNAVAILABLE, Level.WARN, f"loop closure is off: {exc}"))
@@ -407,12 +405,3 @@ class ReconstructionSession:
             "scale_constraints": g.constraints, "anchor": g.anchor, "grounding": g.summary,
             "tf_ms": g.tf_ms,
         }
-
-
-def _model_describer(backend: InferenceBackend, img_size: int) -> Describer | None:
-    """The place descriptors of the backend's own DVLT model (when it holds one)."""
-    from dvlt_core.mapping import EncoderDescriber
-    from dvlt_core.model import DVLTModel
-
-    model = getattr(backend, "model", None)
-    return EncoderDescriber(model, img_size) if isinstance(model, DVLTModel) else None
