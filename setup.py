@@ -36,6 +36,7 @@ ROS = [
     "ros-kilted-diagnostic-msgs",
     "ros-kilted-rosgraph-msgs",
     "ros-kilted-rcl-interfaces",
+    "ros-kilted-std-srvs",
     "ros-kilted-action-msgs",
     "ros-kilted-unique-identifier-msgs",
     "ros-kilted-ament-index-python",

@@ -1,15 +1,18 @@
 """Loop closure on synthetic loops: ATE/RPE before and after, closures, optimisation time.
 
-    python benchmarks/bench_loop_closure.py [--snapshots 120] [--cameras 2] [--noise 1 2 4]
+    python benchmarks/bench_loop_closure.py [--snapshots 120] [--laps 2] [--cameras 2]
+        [--noise 1 2 4]
 
-A synthetic rig drives its circle through the textured room for 1.1 laps (it is back at its
-start after one); ``ground_truth_unscaled`` reconstructs windows of two snapshots made by the
-real synchroniser and window selector, at ``noise`` times its default pose noise (0.05° /
-2 mm per view per axis; depth 1 %, rays 0.001, a random scale per window), so the shared-view
-chain of :class:`WorldAligner` drifts. Every window becomes a keyframe of
-:class:`LoopCloser`: descriptors from the small deterministic-weight DVLT encoder (the
-ground-truth backend has none), retrieval, verification of up to two candidates per window,
-the GTSAM graph. ATE is the RMS error of the reference camera's keyframe positions after a
+A synthetic rig drives its circle through the textured room for ``laps`` laps (it is back at
+its start after each; ``dvlt-ros sample-bag --path loop --laps``), ``snapshots`` snapshots in
+all; ``ground_truth_unscaled`` reconstructs windows of two snapshots at ``noise`` times its
+default pose noise (0.05° / 2 mm per view per axis; depth 1 %, rays 0.001, a random scale per
+window), so the shared-view chain drifts. The frames go through the real
+:class:`ReconstructionSession` with ``loop_closure`` on (as ``dvlt-ros process`` and the node
+run it): every window a keyframe, descriptors from the small deterministic-weight DVLT encoder
+(the ground-truth backend has none), retrieval, ``close_loops`` after each cycle verifying up
+to ``loop_verify_per_cycle`` (2) candidates, the GTSAM graph. ATE is the RMS error of the
+reference camera's keyframe positions (chained, and loop-corrected: ``map_path``) after a
 Sim(3) (Umeyama) alignment to the truth, RPE the RMS of consecutive relative translation
 errors after that alignment; a loop is false when its measured relative rotation is more
 than 1° off the truth or the two keyframes are more than 1 m apart. The same on the
@@ -31,14 +34,13 @@ import torch
 from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
 from dvlt_core.eval.alignment import umeyama_alignment
 from dvlt_core.geometry import Sim3, rotation_angle, rotation_from_vector
-from dvlt_core.inference import Reconstructor
 from dvlt_core.mapping import EdgeSigmas, EncoderDescriber, PoseGraph
-from dvlt_core.mapping.loop_closer import LoopCloser
 from dvlt_core.model import DVLTModel
 from dvlt_core.synthetic import default_rig, repeated_texture_scene
 from dvlt_core.testing import load_deterministic_weights
-from dvlt_ros.pipeline import WorldAligner
-from dvlt_ros.pipeline.synthetic_windows import rig_windows
+from dvlt_ros.pipeline import CameraFrame
+from dvlt_ros.pipeline.session import ReconstructionSession
+from dvlt_ros.pipeline.settings import load_parameters
 
 IMG_SIZE = 112
 REFERENCE = Path("/work/shared/reference")
@@ -65,33 +67,34 @@ def ate_rpe(positions: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return ate, rpe
 
 
-def run_loop(model, snapshots, cameras, noise, scene=None):
+def run_loop(model, snapshots, laps, cameras, noise, scene=None):
     rig = default_rig(160, 120, num_cameras=cameras, scene=scene)
     lap = rig.trajectory.lap_time
-    times = [i * lap * 1.1 / snapshots for i in range(snapshots)]
+    times = [i * lap * laps / snapshots for i in range(snapshots)]
     backend = GroundTruthUnscaledBackend.for_rig(
         rig, times, img_size=IMG_SIZE, rotation_noise_deg=0.05 * noise,
         position_noise=0.002 * noise)
-    reconstructor = Reconstructor(backend, img_size=IMG_SIZE)
-    closer = LoopCloser(reconstructor, EncoderDescriber(model, IMG_SIZE))
-    world = WorldAligner()
+    params = load_parameters(None, {
+        "cameras": list(rig.names), "img_size": IMG_SIZE, "num_steps": 1,
+        "window_timesteps": 2, "keyframe_min_spacing": 0.0, "camera_timeout": 1e4,
+        "loop_closure": True, "loop_verify_per_cycle": 2})
+    session = ReconstructionSession(params, describer=EncoderDescriber(model, IMG_SIZE))
+    session.install_backend(backend)
     verify_ms = []
-    for window in rig_windows(rig, times):
-        recon = reconstructor.reconstruct([f.rgb for f in window.frames], 1)
-        placement = world.place(window, recon)
-        newest = [i for i, step in enumerate(window.timesteps) if step == 0]
-        closer.add_window(window.keys, [f.rgb for f in window.frames], recon, newest,
-                          placement.world_from_window)
+    for t in times:
+        stamp = round(t * 1e9)
+        for view in rig.snapshot(t):
+            session.add_frame(CameraFrame(view.camera, stamp,
+                                          rig.camera(view.camera).optical_frame, view.image),
+                              stamp)
+        snapshot, _ = session.poll(stamp)
+        session.finish(session.reconstruct(snapshot, stamp), 0.0, 0)
         start = time.perf_counter()
-        if closer.verify_pending(limit=2):
+        if session.close_loops():
             verify_ms.append((time.perf_counter() - start) * 1e3)
     ref = rig.names[0]
     truth = np.array([rig.camera_pose(ref, t)[:3, 3] for t in times])
-
-    def positions(poses):
-        return np.array([poses[n].apply_c2w(closer.keyframes[n].views[0].c2w)[:3, 3]
-                         for n in range(snapshots)])
-
+    closer = session.loop_map.closer
     false = 0
     for v in closer.verdicts:
         if not v.accepted:
@@ -100,9 +103,8 @@ def run_loop(model, snapshots, cameras, noise, scene=None):
         error = np.degrees(rotation_angle(v.current_from_candidate.rotation,
                                           a[:3, :3].T @ b[:3, :3]))
         false += error > 1.0 or np.linalg.norm(a[:3, 3] - b[:3, 3]) > 1.0
-    before = ate_rpe(positions({n: closer.graph.initial_pose(n) for n in range(snapshots)}),
-                     truth)
-    after = ate_rpe(positions(closer.trajectory()), truth)
+    before = ate_rpe(np.array([p[:3, 3] for _, p in session.trajectories.path]), truth)
+    after = ate_rpe(np.array([p[:3, 3] for _, p in session.map_path()]), truth)
     return before, after, closer.counts, false, verify_ms
 
 
@@ -141,6 +143,7 @@ def graph_timing(sizes, seed=0):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--snapshots", type=int, default=120)
+    parser.add_argument("--laps", type=float, default=2.0)
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--noise", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--reference", type=Path, default=REFERENCE)
@@ -148,15 +151,16 @@ def main() -> None:
     torch.set_num_threads(1)
     model = small_model(args.reference)
     print(f"{args.cameras}-camera rig 160x120 -> img_size {IMG_SIZE}, {args.snapshots} "
-          "snapshots over 1.1 laps (radius 1.5 m), windows of 2 snapshots, ground_truth_unscaled\n")
+          f"snapshots over {args.laps:g} laps (radius 1.5 m), windows of 2 snapshots, "
+          "ground_truth_unscaled, through ReconstructionSession\n")
     print("| scene | pose noise | ATE before (m) | ATE after (m) | after / before | RPE before / "
           "after (m) | candidates | verified | accepted | false | verify ms (median) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     runs = [("room", n, None) for n in args.noise] + [("repeated texture", 1.0,
                                                        repeated_texture_scene())]
     for name, noise, scene in runs:
-        before, after, counts, false, verify_ms = run_loop(model, args.snapshots, args.cameras,
-                                                           noise, scene)
+        before, after, counts, false, verify_ms = run_loop(model, args.snapshots, args.laps,
+                                                           args.cameras, noise, scene)
         print(f"| {name} | {noise:g}x | {before[0]:.4f} | {after[0]:.4f} | "
               f"{after[0] / before[0]:.2f} | {before[1]:.4f} / {after[1]:.4f} | "
               f"{counts.candidates} | {counts.verified} | {counts.accepted} | {false} | "

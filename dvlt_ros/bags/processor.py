@@ -9,6 +9,13 @@ diagnostics builder into an mcap bag (through :class:`~dvlt_ros.bags.writer.Reco
 at the source stamps. At the end: the session's fused cloud as ``.ply``, its trajectories
 as one TUM file per camera, an optional evaluation, and ``summary.json``.
 
+With ``loop_closure`` (on by default for ``dvlt-ros process``), loop candidates are
+verified after each snapshot's outputs are written (``loop_verify_per_cycle`` per
+snapshot, as the node does in its spare time), and the end adds the loop-corrected
+trajectories (``trajectory_<camera>_optimised.tum``), the re-placed map cloud
+(``cloud_optimised.ply``) and, with ground truth, the ATE of both the chained and the
+optimised trajectories (``evaluation`` and ``ground_truth``).
+
 Grounding (docs/world_frame.md): the bag's ``/tf_static`` (read first, whole) and ``/tf``
 are the robot's TF (:class:`~dvlt_ros.bags.tf_feed.BagTransforms`), given to the session
 as ``transforms``; with ``scale_source`` depth or auto, each camera's ``<ns>/<depth_topic>``
@@ -41,6 +48,7 @@ from tf2_msgs.msg import TFMessage
 from dvlt_core.backends import InferenceBackend
 from dvlt_core.geometry import TfTree, TransformError
 from dvlt_core.io.writers import write_tum
+from dvlt_core.mapping.loop_closer import Describer
 from dvlt_ros.bags.decode import CameraTopics, FrameDecoder, camera_topics
 from dvlt_ros.bags.evaluation import Evaluation, evaluate, read_tum, tum_lookup
 from dvlt_ros.bags.issues import BagError, IssueLog
@@ -127,7 +135,8 @@ class _DepthTopics:
 
 class BagProcessor:
     """Process one bag (see the module docstring). ``log(level, text)`` receives messages
-    for the user; ``progress(done, total, windows)`` is called after each image."""
+    for the user; ``progress(done, total, windows)`` is called after each image;
+    ``describer``: place descriptors for a backend that gives none (loop closure)."""
 
     def __init__(
         self,
@@ -141,6 +150,7 @@ class BagProcessor:
         metric_scale: MetricScale | None = None,
         log: Callable[[str, str], None] | None = None,
         progress: Callable[[int, int, int], None] | None = None,
+        describer: Describer | None = None,
     ) -> None:
         self.bag = bag
         self.params = dict(params)
@@ -154,7 +164,9 @@ class BagProcessor:
         self.session = ReconstructionSession(
             self.params, metric_scale=metric_scale, keep_all_poses=True,
             fused=FusedCloud(self.options.fuse_voxel, self.options.fuse_max_points),
-            on_accept=self._on_accept, transforms=self.tf.tree)
+            on_accept=self._on_accept, transforms=self.tf.tree, describer=describer,
+            map_cloud=FusedCloud(self.options.fuse_voxel or float(self.params["map_voxel"]),
+                                 self.options.fuse_max_points))
         grounding = self.session.grounding_config
         self._tf_topics = self._check_tf(grounding.uses_transforms)
         self.depth_topics = self._check_depth() if grounding.uses_depth else []
@@ -433,7 +445,7 @@ class BagProcessor:
         result = cycle.result
         if cycle.decision.event is not None:
             self._report(cycle.decision.event)
-        for event in result.events:
+        for event in (*result.events, *cycle.loop_events):
             self._report(event)
         write_start = time.perf_counter()
         recorder.set_stamp(result.stamp_ns)
@@ -442,6 +454,7 @@ class BagProcessor:
         write_ms = (time.perf_counter() - write_start) * 1e3
         self.session.finish(cycle, write_ms, points)
         recorder.writer.write("/diagnostics", self._diagnostics(cycle), result.stamp_ns)
+        self.session.close_loops()
         stats = self.stats
         stats.windows += 1
         if stats.first_output_s is None:
@@ -511,9 +524,10 @@ class BagProcessor:
                 trajectories[name] = self.trajectories.write_tum(
                     self.output.path(name), epoch, camera)
         files["trajectories"] = trajectories
-        truth = self._sample_ground_truth(epochs)
+        optimised = self._write_optimised(files)
+        truth = self._sample_ground_truth(epochs, optimised)
         files["ground_truth"] = {name: item["poses"] for name, item in truth.items()}
-        evaluation = self._evaluate(epochs)
+        evaluation = self._evaluate(epochs, optimised)
         interrupted = self._stop_requested
         complete = (error is None and not interrupted and self.bag.complete
                     and stats.failed_windows == 0)
@@ -549,11 +563,53 @@ class BagProcessor:
             "output_messages": dict(writer.counts),
             "evaluation": evaluation,
             "grounding": self._grounding_summary(truth),
+            "loop_closure": self._loop_summary(),
             "parameters": {k: v for k, v in self.params.items()},
         }
         self.output.path(SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         self.output.commit()
         return summary
+
+    def _write_optimised(self, files: dict[str, object]) -> dict[int, dict[str, tuple]]:
+        """The loop-corrected trajectories and map cloud of each map (world epoch); returns
+        per epoch ``{camera: (stamps ns, poses)}``."""
+        optimised: dict[int, dict[str, tuple]] = {}
+        clouds, trajectories = {}, {}
+        for loop_map in self.session.maps():
+            epoch = loop_map.epoch
+            name = f"cloud_optimised{epoch_suffix(epoch)}.ply"
+            clouds[name] = self.session.map_cloud.write(self.output.path(name), epoch)
+            optimised[epoch] = {}
+            for camera, items in loop_map.corrected_poses().items():
+                stamps = np.array([s for s, _ in items], np.int64)
+                poses = np.stack([p for _, p in items])
+                optimised[epoch][camera] = (stamps, poses)
+                name = f"trajectory_{camera.replace('/', '_')}_optimised{epoch_suffix(epoch)}.tum"
+                write_tum(self.output.path(name), [int(s) / 1e9 for s in stamps], poses)
+                trajectories[name] = len(stamps)
+        if optimised:
+            files["clouds_optimised"] = clouds
+            files["trajectories_optimised"] = trajectories
+        return optimised
+
+    def _loop_summary(self) -> dict[str, object]:
+        """State, counts and timings of the loop closure."""
+        stats = self.session.loop_stats
+        out: dict[str, object] = {"state": stats.state, "map_frame": self.params["map_frame"]}
+        if stats.state == "off":
+            return out
+        maps = self.session.maps()
+        verdicts = [v for m in maps for v in m.closer.verdicts]
+        out.update({
+            "keyframes": sum(m.closer.counts.keyframes for m in maps),
+            "candidates": sum(m.closer.counts.candidates for m in maps),
+            "verified": len(verdicts),
+            "accepted": sum(v.accepted for v in verdicts),
+            "rejected": dict(Counter(v.reason for v in verdicts if not v.accepted)),
+            "loops": [[v.current, v.candidate] for v in verdicts if v.accepted],
+            "last_optimisation_ms": stats.optimise_ms,
+        })
+        return out
 
     def _grounding_summary(self, truth: dict[str, dict]) -> dict[str, object]:
         """Scale and anchor of the windows, the bag's TF, and the sample's ground truth."""
@@ -577,10 +633,12 @@ class BagProcessor:
             "ground_truth": truth,
         }
 
-    def _sample_ground_truth(self, epochs: list[int]) -> dict[str, dict]:
+    def _sample_ground_truth(self, epochs: list[int],
+                             optimised: Mapping[int, Mapping[str, tuple]]) -> dict[str, dict]:
         """For a sample bag: ``ground_truth<epoch>.tum`` per epoch (the reference camera's
         true poses in the output world frame at its reconstructed stamps) and the reference
-        camera's ATE after an SE(3) alignment, and without any (the placement)."""
+        camera's ATE after an SE(3) alignment, and without any (the placement); with loop
+        closure also the optimised trajectory's ATE after SE(3) and Sim(3) alignments."""
         if SCENE_TOPIC not in self.bag.topics:
             return {}
         try:
@@ -610,17 +668,23 @@ class BagProcessor:
                 "path_length_m": float(steps.sum()),
                 "unaligned_rmse": float(np.sqrt(np.mean(errors**2))),
             }
-            try:
-                score = evaluate({camera: (stamps, poses)},
-                                 {camera: tum_lookup(stamps, truth, 0)}, "se3")
-                item["ate_se3_rmse"] = score.ate_rmse
-            except BagError as exc:
-                item["ate_se3_rmse"] = None
-                item["ate_se3_reason"] = str(exc)
+            lookup = {camera: tum_lookup(stamps, truth, 0)}
+            trajectories = {"": (stamps, poses)}
+            if camera in optimised.get(epoch, {}):
+                trajectories["_optimised"] = optimised[epoch][camera]
+            for suffix, trajectory in trajectories.items():
+                for align in ("se3", "sim3"):
+                    key = f"ate_{align}_rmse{suffix}"
+                    try:
+                        item[key] = evaluate({camera: trajectory}, lookup, align).ate_rmse
+                    except BagError as exc:
+                        item[key] = None
+                        item[f"{key}_reason"] = str(exc)
             out[name] = item
         return out
 
-    def _evaluate(self, epochs: list[int]) -> list[dict[str, object]] | None:
+    def _evaluate(self, epochs: list[int], optimised: Mapping[int, Mapping[str, tuple]]
+                  ) -> list[dict[str, object]] | None:
         gt = self.options.ground_truth
         if gt is None:
             return None
@@ -638,7 +702,18 @@ class BagProcessor:
                 self.issues.warn("evaluation_failed", f"world epoch {epoch}: {exc}")
                 continue
             self._log("info", f"evaluation (world epoch {epoch}):\n{evaluation.table()}")
-            results.append({"epoch": epoch, **evaluation.as_dict()})
+            item = {"epoch": epoch, **evaluation.as_dict()}
+            if optimised.get(epoch):
+                try:
+                    corrected = evaluate(optimised[epoch], lookups, gt.align)
+                except Exception as exc:
+                    self.issues.warn("evaluation_failed", f"world epoch {epoch}, optimised "
+                                     f"trajectories: {exc}")
+                else:
+                    self._log("info", f"evaluation of the loop-corrected trajectories (world "
+                              f"epoch {epoch}):\n{corrected.table()}")
+                    item["optimised"] = corrected.as_dict()
+            results.append(item)
         return results
 
     def _ground_truth_lookups(self, gt: GroundTruth) -> dict[str, Callable]:

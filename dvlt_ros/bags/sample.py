@@ -25,8 +25,9 @@ And for evaluation:
 
 Every camera of a snapshot has the same stamp (a hardware-synchronised rig); the log time
 of each image equals its stamp. ``path``: ``arc`` drives the default rig's circle at its
-own speed (a part of it); ``loop`` drives the whole circle over the bag, the last snapshot
-one step short of the first (a loop closure).
+own speed (a part of it); ``loop`` drives the whole circle ``laps`` times over the bag,
+the last snapshot of each lap one step short of its first (a loop closure; with more laps,
+every place of the first lap is revisited).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ MAX_DEPTH_MM = 65_535
 class SampleBagConfig:
     """What to render: ``frames`` rig snapshots at ``rate_hz`` of ``num_cameras`` cameras of
     ``width`` x ``height`` (:func:`dvlt_core.synthetic.default_rig`, scene ``seed``) along
-    ``path``; ``odometry``: ``/tf``, ``depth``: the depth topics (see the module docstring)."""
+    ``path``; ``odometry``: ``/tf``, ``depth``: the depth topics (see the module docstring);
+    ``laps``: how many times the ``loop`` path drives the circle over the bag."""
 
     frames: int = 20
     rate_hz: float = 5.0
@@ -83,8 +85,11 @@ class SampleBagConfig:
     odometry: bool = True
     depth: bool = False
     path: str = "arc"
+    laps: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.laps > 0:
+            raise ValueError(f"laps must be > 0, got {self.laps}")
         if self.path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {self.path!r}")
         if self.frames < 1 or self.rate_hz <= 0:
@@ -105,7 +110,7 @@ class SampleBagConfig:
         if self.path == "arc":
             return rig
         circle = rig.trajectory
-        speed = 2 * np.pi * circle.radius * self.rate_hz / self.frames
+        speed = 2 * np.pi * circle.radius * self.rate_hz * self.laps / self.frames
         return SyntheticRig(rig.scene, list(rig.cameras.values()),
                             CircularTrajectory(circle.centre, circle.radius, circle.height,
                                                speed, circle.phase, circle.bob))

@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("base-frame", "TF frame of the robot base")):
         grounding.add_argument(f"--{flag}", metavar="FRAME",
                                help=f"parameter '{flag.replace('-', '_')}' ({what})")
+    loops = parser.add_argument_group(
+        "loop closure (on unless -p loop_closure:=false; docs/world_frame.md#loop-closure)")
+    loops.add_argument("--describe-checkpoint", metavar="CHECKPOINT",
+                       help="a DVLT checkpoint whose encoder describes the keyframes for place "
+                            "recognition when the backend gives no descriptors (ground-truth "
+                            "backends, ONNX/TensorRT exports)")
     gt = parser.add_argument_group("evaluation against ground truth")
     gt.add_argument("--gt-tf-topic", metavar="TOPIC",
                     help="TF topic of the bag with ground-truth poses (chained with "
@@ -98,7 +104,20 @@ def _parameters(args: argparse.Namespace, bag) -> dict[str, object]:
             overrides["cameras"] = cameras
     if overrides.get("backend") in GROUND_TRUTH_BACKENDS and "img_size" not in overrides:
         overrides["img_size"] = 224
+    overrides.setdefault("loop_closure", True)  # the node's default is off
     return load_parameters(args.params_file, overrides)
+
+
+def _describer(args: argparse.Namespace, params: dict[str, object]):
+    """The encoder of ``--describe-checkpoint`` as a keyframe describer, or None."""
+    if args.describe_checkpoint is None or not params["loop_closure"]:
+        return None
+    from dvlt_core.mapping import EncoderDescriber
+    from dvlt_ros.node_support.model import ModelSettings, load_backend
+
+    backend = load_backend(ModelSettings("torch", args.describe_checkpoint,
+                                         str(params["device"]), "fp32")).backend
+    return EncoderDescriber(backend.model, backend.img_size)
 
 
 def _backend(params: dict[str, object], bag):
@@ -156,9 +175,10 @@ def run(args: argparse.Namespace) -> int:
                                  fuse_max_points=args.fuse_max_points, overwrite=args.overwrite,
                                  ground_truth=_ground_truth(args, list(params["cameras"])))
         backend = _backend(params, bag)
+        describer = _describer(args, params)
         bar = None if args.quiet else _ProgressBar()
         processor = BagProcessor(bag, backend, params, args.out, options, issues=issues,
-                                 log=say, progress=bar)
+                                 log=say, progress=bar, describer=describer)
     except (BagError, ParameterError, *BACKEND_SETUP_ERRORS) as exc:
         say("error", str(exc))
         return EXIT_BAD_INPUT
@@ -256,16 +276,31 @@ def _print_summary(summary: dict, say) -> None:
             "windows metric" + (f" (median {scale['median']:.4g} m/unit)" if scale else "")
             + (f"; not metric: {grounding['unscaled_reason']}"
                if grounding["unscaled_reason"] else ""))
+    loops = summary["loop_closure"]
+    if loops["state"] != "off":
+        lines.append(f"loop closure {loops['state']}" + (
+            f": {loops['keyframes']} keyframes, {loops['candidates']} candidates, "
+            f"{loops['accepted']} loops accepted, {sum(loops['rejected'].values())} rejected"
+            if loops["state"] == "on" else ""))
+
+    def ate(value) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
     for name, truth in grounding["ground_truth"].items():
-        ate = truth["ate_se3_rmse"]
         lines.append(f"{name} ({truth['frame']}): reference camera ATE "
-                     + ("n/a" if ate is None else f"{ate:.4g}") + " after SE(3) alignment, "
+                     f"{ate(truth['ate_se3_rmse'])} after SE(3) alignment, "
                      f"{truth['unaligned_rmse']:.4g} unaligned, path "
-                     f"{truth['path_length_m']:.3g} m")
+                     f"{truth['path_length_m']:.3g} m" + (
+                         f"; after Sim(3) alignment {ate(truth['ate_sim3_rmse'])} chained, "
+                         f"{ate(truth['ate_sim3_rmse_optimised'])} loop-corrected"
+                         if "ate_sim3_rmse_optimised" in truth else ""))
     for evaluation in summary["evaluation"] or []:
+        optimised = evaluation.get("optimised")
         lines.append(f"ATE rmse {evaluation['ate_rmse']:.4g} over {evaluation['matched']} poses "
                      f"(world epoch {evaluation['epoch']}, {evaluation['align']}, scale "
-                     f"{evaluation['scale']:.4g})")
+                     f"{evaluation['scale']:.4g})" + (
+                         f"; loop-corrected {optimised['ate_rmse']:.4g} over "
+                         f"{optimised['matched']} poses" if optimised else ""))
     for line in lines:
         say("info", line)
 

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", choices=("arc", "loop"), default="arc",
                         help="arc: part of the rig's circle (default); loop: the whole circle "
                              "over the bag, ending one step short of the start")
+    parser.add_argument("--laps", type=float, default=1.0,
+                        help="--path loop: drive the circle this many times over the bag "
+                             "(default 1; more laps give loops all along the path)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                                  height=args.height, seed=args.seed,
                                  camera_info=not args.no_camera_info,
                                  odometry=not args.no_odometry, depth=args.depth,
-                                 path=args.path)
+                                 path=args.path, laps=args.laps)
     except ValueError as exc:
         print(f"[error] {exc}", file=sys.stderr)
         return 1

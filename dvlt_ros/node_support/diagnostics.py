@@ -2,7 +2,8 @@
 
 One status for the pipeline (latency per stage, K, views, drops, model identity and
 licence, units, the scale in use with its source, spread and constraints, the anchor,
-GPU memory) and one per camera (input rate, frames, drops, problems).
+loop closure counts and timings, GPU memory) and one per camera (input rate, frames,
+drops, problems).
 Each status carries the worst level of its active problems and their messages. The live
 node and ``dvlt-ros process`` both build them with :func:`session_statuses` from
 :func:`pipeline_values` (plus their own values, e.g. the model's).
@@ -82,10 +83,20 @@ def pipeline_values(session: ReconstructionSession, overruns: int = 0) -> dict[s
             else "n/a",
         })
         values.update({f"latency_{k}": v for k, v in report.as_dict().items()
-                       if k.endswith("_ms") and k != "predicted_ms"})
+                       if k.endswith("_ms") and k != "predicted_ms" and not k.startswith("loop_")})
         values["drops"] = report.drops
         values.update(grounding_values(report))
+        values.update(loop_values(report))
     return values
+
+
+def loop_values(report: CycleReport) -> dict[str, object]:
+    """Loop closure: its state, the keyframe, candidate, accepted and rejected counts and
+    the milliseconds of the last graph update, verification and optimisation."""
+    if report.loop_closure == "off":
+        return {"loop_closure": "off"}
+    return {"loop_closure": report.loop_closure,
+            **{k: v for k, v in report.as_dict().items() if k.startswith("loop_")}}
 
 
 def grounding_values(report: CycleReport) -> dict[str, object]:

@@ -8,6 +8,8 @@ runs its cycle and the node publishes the cloud, per-camera depth/confidence/cam
 TF, the trajectory, frusta and /diagnostics. With a scale source or ``anchor: tf`` it listens
 to the robot's TF (:class:`~dvlt_ros.node_support.tf_listener.TfListener`) and, for the
 depth scale, to a depth topic per camera (:class:`~dvlt_ros.node_support.inputs.DepthInputs`).
+With ``loop_closure`` it verifies loop candidates after publishing each cycle and publishes
+the map (:mod:`~dvlt_ros.node_support.map_outputs`); ``~/reset`` (std_srvs/Trigger) clears it.
 Parameters: :mod:`dvlt_ros.pipeline.settings`;
 topics and frames: docs/node.md. In-process use (tests, ``dvlt-ros demo``): ``backend=``
 replaces loading ``checkpoint``. As its own process (:func:`main`) it ends on SIGINT,
@@ -16,19 +18,23 @@ SIGTERM or the end of its launcher (:mod:`dvlt_ros.node_support.lifecycle`).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 
 from rclpy.node import Node
 from std_msgs.msg import UInt64
+from std_srvs.srv import Trigger
 
 from dvlt_core.backends import InferenceBackend
+from dvlt_core.mapping.loop_closer import Describer
 from dvlt_ros.conversions.tf import stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
 from dvlt_ros.node_support.health import WARN, EventReporter, ProblemBoard
 from dvlt_ros.node_support.inputs import CameraInputs, DepthInputs
 from dvlt_ros.node_support.lifecycle import GateClosedError, ShutdownGate
+from dvlt_ros.node_support.map_outputs import MapPublishers
 from dvlt_ros.node_support.model import LoadedModel, ModelSettings, ModelSwitch
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.node_support.parameters import declare_parameters, verdict
@@ -51,11 +57,13 @@ CycleListener = Callable[[CycleReport, CycleResult], None]
 
 class ReconstructNode(Node):
     """The live reconstruction node (see the module docstring). ``fused``: also fuse every
-    cycle's newest views into this cloud (the demo writes it)."""
+    cycle's newest views into this cloud (the demo writes it); ``describer``: keyframe place
+    descriptors for a backend that gives none (in-process use, like ``backend``)."""
 
     def __init__(self, *, backend: InferenceBackend | None = None,
                  metric_scale: MetricScale | None = None, fused: FusedCloud | None = None,
-                 node_name: str = NODE_NAME, **node_kwargs) -> None:
+                 node_name: str = NODE_NAME, describer: Describer | None = None,
+                 **node_kwargs) -> None:
         # Set before anything can fail: rclpy destroys a half-built node on shutdown.
         self.worker: CycleWorker | None = None
         self.session: ReconstructionSession | None = None
@@ -72,12 +80,17 @@ class ReconstructNode(Node):
                    if grounding.uses_transforms or grounding.uses_depth else None)
         self.session = ReconstructionSession(p, metric_scale=metric_scale, fused=fused,
                                              checkpoint_required=backend is None,
-                                             transforms=self.tf)
+                                             transforms=self.tf, describer=describer)
         self.cameras = list(self.session.cameras)
         self._report = EventReporter(self.problems, self.cameras, self.get_logger())
         self._listeners: list[CycleListener] = []
         self._last_diagnostics = 0.0
         self.outputs = OutputPublishers(self, self.cameras, p["world_frame"])
+        # The map is changed by cycles (worker thread) and cleared by ~/reset (executor).
+        self._map_lock = threading.Lock()
+        self.map_outputs = (MapPublishers(self, p["map_frame"], p["world_frame"],
+                                          self.outputs.tf) if p["loop_closure"] else None)
+        self._reset_service = self.create_service(Trigger, "~/reset", self._on_reset)
         self.lossless = p["lossless"]
         # Only a lossless node offers the acknowledgement topic: the replay tool takes its
         # presence as the sign that it may wait for acknowledgements.
@@ -205,8 +218,34 @@ class ReconstructNode(Node):
                 with self._gate.entered():
                     self._consumed.publish(UInt64(data=count))
 
+    def _on_reset(self, request, response):
+        """``~/reset``: forget the keyframe graph, the loops and the map cloud."""
+        with self._map_lock:
+            keyframes = self.session.loop_stats.keyframes
+            self.session.reset_map()
+        if self.map_outputs is not None:
+            self.map_outputs.publish_reset(self._now_ns())
+        response.success = True
+        response.message = (f"map cleared ({keyframes} keyframes)" if self.map_outputs
+                            else "map cleared (loop_closure is off: there was no map)")
+        self.get_logger().info(f"~/reset: {response.message}")
+        return response
+
     def _reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> None:
-        cycle = self.session.reconstruct(snapshot, now_ns)
+        with self._map_lock:
+            cycle = self.session.reconstruct(snapshot, now_ns)
+        self._publish_cycle(cycle)
+        if self.map_outputs is None:
+            return
+        with self._map_lock:  # spare time: after this cycle's outputs
+            verdicts = self.session.close_loops()
+            with self._gate.entered():
+                for event in cycle.loop_events:
+                    self._report(event)
+                self.map_outputs.publish(self.session, cycle.result.stamp_ns,
+                                         closed=any(v.accepted for v in verdicts))
+
+    def _publish_cycle(self, cycle) -> None:
         with self._gate.entered():
             result = cycle.result
             if cycle.decision.event is not None:

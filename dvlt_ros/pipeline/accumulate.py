@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from dvlt_core.geometry import Sim3
 from dvlt_core.io.writers import write_ply, write_tum
 from dvlt_ros.pipeline.engine import CycleResult
 
@@ -31,6 +33,10 @@ class FusedCloud:
     Memory stays bounded however long the bag: when all epochs together hold more than
     ``max_points`` voxels, the voxel size doubles and the cloud is merged again onto the
     coarser grid (``coarsenings`` counts it). ``voxel_size`` 0 keeps every point, unbounded.
+
+    Each point keeps the ``label`` it was added with (e.g. the keyframe that saw it), so
+    :meth:`move` can re-place the points of some labels (a loop closure moved their
+    keyframes) and merge the cloud again.
     """
 
     def __init__(self, voxel_size: float, max_points: int = 4_000_000) -> None:
@@ -41,9 +47,9 @@ class FusedCloud:
         self.voxel_size = voxel_size
         self.max_points = max_points
         self.coarsenings = 0
-        # epoch -> (sorted keys, points, colours, confidence) or the raw chunks
-        self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._chunks: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        # epoch -> (sorted keys, points, colours, confidence, labels) or the raw chunks
+        self._epochs: dict[int, tuple[np.ndarray, ...]] = {}
+        self._chunks: dict[int, list[tuple[np.ndarray, ...]]] = {}
 
     def _keys(self, points: np.ndarray) -> np.ndarray:
         cells = np.floor(points / self.voxel_size).astype(np.int64) + _CELL_OFFSET
@@ -51,24 +57,28 @@ class FusedCloud:
         return (cells[:, 0] << (2 * _CELL_BITS)) | (cells[:, 1] << _CELL_BITS) | cells[:, 2]
 
     def add(self, epoch: int, points: np.ndarray, colors: np.ndarray,
-            confidence: np.ndarray) -> None:
+            confidence: np.ndarray, label: int = -1) -> None:
         points = np.asarray(points, np.float32)
         colors = np.asarray(colors, np.uint8)
         confidence = np.asarray(confidence, np.float32)
+        labels = np.full(len(points), label, np.int64)
         if self.voxel_size == 0:
-            self._chunks.setdefault(epoch, []).append((points, colors, confidence))
+            self._chunks.setdefault(epoch, []).append((points, colors, confidence, labels))
             return
         if not len(points):
             return
-        self._merge(epoch, *self._reduce(points, colors, confidence))
+        self._merge(epoch, *self._reduce(points, colors, confidence, labels))
+        self._bound()
+
+    def _bound(self) -> None:
         while sum(len(v[0]) for v in self._epochs.values()) > self.max_points:
             self.voxel_size *= 2
             self.coarsenings += 1
-            for key, (_, pts, cols, conf) in self._epochs.items():
-                self._epochs[key] = self._reduce(pts, cols, conf)
+            for key, (_, *arrays) in self._epochs.items():
+                self._epochs[key] = self._reduce(*arrays)
 
-    def _reduce(self, points: np.ndarray, colors: np.ndarray, confidence: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _reduce(self, points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+                labels: np.ndarray) -> tuple[np.ndarray, ...]:
         """The most confident point of each voxel (earlier ones win ties), sorted by key."""
         keys = self._keys(points)
         order = np.lexsort((-confidence, keys))
@@ -76,40 +86,76 @@ class FusedCloud:
         first = np.ones(len(keys), bool)
         first[1:] = keys[1:] != keys[:-1]
         pick = order[first]
-        return keys[first], points[pick], colors[pick], confidence[pick]
+        return keys[first], points[pick], colors[pick], confidence[pick], labels[pick]
 
-    def _merge(self, epoch: int, keys: np.ndarray, points: np.ndarray, colors: np.ndarray,
-               confidence: np.ndarray) -> None:
+    def _merge(self, epoch: int, keys: np.ndarray, *arrays: np.ndarray) -> None:
         old = self._epochs.get(epoch)
         if old is None:
-            self._epochs[epoch] = (keys, points, colors, confidence)
+            self._epochs[epoch] = (keys, *arrays)
             return
-        old_keys, old_points, old_colors, old_conf = old
+        old_keys, *old_arrays = old
+        confidence, old_conf = arrays[2], old_arrays[2]
         at = np.searchsorted(old_keys, keys)
         found = at < len(old_keys)
         found[found] = old_keys[at[found]] == keys[found]
         better = found.copy()
         better[found] = confidence[found] > old_conf[at[found]]
-        old_points[at[better]] = points[better]
-        old_colors[at[better]] = colors[better]
-        old_conf[at[better]] = confidence[better]
+        for old_array, array in zip(old_arrays, arrays, strict=True):
+            old_array[at[better]] = array[better]
         new = ~found
         self._epochs[epoch] = (
             np.insert(old_keys, at[new], keys[new]),
-            np.insert(old_points, at[new], points[new], axis=0),
-            np.insert(old_colors, at[new], colors[new], axis=0),
-            np.insert(old_conf, at[new], confidence[new]),
+            *(np.insert(old_array, at[new], array[new], axis=0)
+              for old_array, array in zip(old_arrays, arrays, strict=True)),
         )
+
+    def move(self, epoch: int, moves: Mapping[int, Sim3]) -> int:
+        """Re-place the points of each label in ``moves`` by its similarity and merge the
+        epoch again on the voxel grid; returns the number of points moved."""
+        if epoch in self._epochs:
+            _, *arrays = self._epochs[epoch]
+            parts = [arrays]
+        else:
+            parts = [list(chunk) for chunk in self._chunks.get(epoch, [])]
+        moved = 0
+        for part in parts:
+            points, labels = part[0], part[3]
+            for label, sim in moves.items():
+                picked = labels == label
+                if picked.any():
+                    points[picked] = sim.apply_points(points[picked].astype(np.float64))
+                    moved += int(picked.sum())
+        if epoch in self._epochs:
+            self._epochs[epoch] = self._reduce(*parts[0])
+            self._bound()
+        elif parts:
+            self._chunks[epoch] = [tuple(part) for part in parts]
+        return moved
+
+    def clear(self, epoch: int | None = None) -> None:
+        """Forget one epoch's points (every epoch's when None)."""
+        for store in (self._epochs, self._chunks):
+            if epoch is None:
+                store.clear()
+            else:
+                store.pop(epoch, None)
 
     def arrays(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(points (N, 3) float32, colours (N, 3) uint8) of one epoch."""
         if epoch in self._epochs:
-            _, points, colors, _ = self._epochs[epoch]
+            points, colors = self._epochs[epoch][1:3]
             return points, colors
         chunks = self._chunks.get(epoch)
         if not chunks:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
         return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+    def confidence(self, epoch: int) -> np.ndarray:
+        """(N,) float32 confidence of one epoch's points (the order of :meth:`arrays`)."""
+        if epoch in self._epochs:
+            return self._epochs[epoch][3]
+        chunks = self._chunks.get(epoch)
+        return np.concatenate([c[2] for c in chunks]) if chunks else np.zeros(0, np.float32)
 
     @property
     def epochs(self) -> list[int]:

@@ -46,6 +46,7 @@ EVENT_CODES = frozenset(
         "anchor_refused",  # anchor tf: the window could not be aligned to TF (reason given)
         "world_rescaled",  # the first metric scale: the chained world converted to metres
         "depth_rejected",  # a depth image for an unknown camera, or of the wrong kind
+        "loop_closure_unavailable",  # no place descriptors or no GTSAM: loop closure off
     }
 )
 

@@ -26,7 +26,13 @@ class CycleReport:
     ``scale_source``, ``scale_spread`` (relative, NaN when unknown), ``scale_constraints``,
     ``anchor`` (chain, tf, tf_held, unanchored), ``grounding`` (one line: the scale in use,
     or ``no metric scale available: <reasons>``) and ``tf_ms`` (TF lookups of the cycle,
-    part of ``world_ms``)."""
+    part of ``world_ms``).
+
+    Loop closure (:class:`~dvlt_ros.pipeline.loop_map.LoopStats`, totals so far):
+    ``loop_closure`` (off, on, unavailable), keyframes, candidates, verified, accepted and
+    rejected loops, and the milliseconds of the last keyframe's graph update (part of
+    ``total_ms``), of the last verification batch (after the cycle) and of the last
+    optimisation."""
 
     cycle: int
     stamp_ns: int
@@ -60,6 +66,15 @@ class CycleReport:
     anchor: str = "chain"
     grounding: str = ""
     tf_ms: float = 0.0
+    loop_closure: str = "off"
+    loop_keyframes: int = 0
+    loop_candidates: int = 0
+    loop_verified: int = 0
+    loop_accepted: int = 0
+    loop_rejected: int = 0
+    loop_add_ms: float = 0.0
+    loop_verify_ms: float = 0.0
+    loop_optimise_ms: float = 0.0
 
     @property
     def node_overhead_ms(self) -> float:

@@ -15,9 +15,16 @@ through ``transforms`` (a :class:`~dvlt_ros.pipeline.grounding.TransformLookup`:
 node's TF listener, or a ``TfTree`` filled from a bag); depth images for ``scale_source``
 depth or auto come in through :meth:`add_depth`.
 
+Loop closure (``loop_closure: true``, :mod:`~dvlt_ros.pipeline.loop_map`): every
+reconstructed window becomes a keyframe of the map; after publishing a cycle the caller
+runs :meth:`close_loops` (at most ``loop_verify_per_cycle`` model runs) and publishes the
+map's products (:meth:`map_from_world`, :meth:`map_path`, :attr:`map_cloud`) when they
+changed; :meth:`reset_map` clears the map.
+
 Per image message: :meth:`add_frame` (or :meth:`count_rejected`), then, lossless,
 :meth:`after_image` and :meth:`next_queued` until it returns None; else :meth:`poll` at
-the cycle rate. Each snapshot: :meth:`reconstruct`, publish the result, :meth:`finish`.
+the cycle rate. Each snapshot: :meth:`reconstruct`, publish the result, :meth:`finish`
+(then :meth:`close_loops`).
 The input methods and :meth:`propose` may be called from another thread than the cycle.
 """
 
@@ -29,7 +36,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from dvlt_core.backends import InferenceBackend
+from dvlt_core.mapping.loop_closer import Describer
+from dvlt_core.mapping.verification import LoopVerdict
 from dvlt_ros.pipeline import configs
 from dvlt_ros.pipeline.accumulate import FusedCloud, Trajectories
 from dvlt_ros.pipeline.engine import CycleResult, ReconstructionPipeline
@@ -37,6 +48,7 @@ from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import CameraFrame
 from dvlt_ros.pipeline.grounding import TransformLookup
 from dvlt_ros.pipeline.k_policy import KDecision, KPolicy
+from dvlt_ros.pipeline.loop_map import UNAVAILABLE, LoopMap, LoopStats
 from dvlt_ros.pipeline.products import build_cloud
 from dvlt_ros.pipeline.report import CycleReport
 from dvlt_ros.pipeline.scale import MeasuredDepth
@@ -62,7 +74,8 @@ DEPTH_QUEUE = 16
 class ReconstructedSnapshot:
     """One reconstructed snapshot: its window, the K decision and the result.
     ``sync_wait_ms``: age of its newest frame when the cycle took it; ``path_updated``:
-    whether the reference camera's path got a pose (then it is published)."""
+    whether the reference camera's path got a pose (then it is published); ``loop_events``:
+    what the loop closure reported when adding the keyframe."""
 
     window: ViewWindow
     decision: KDecision
@@ -70,6 +83,7 @@ class ReconstructedSnapshot:
     started_s: float = 0.0
     sync_wait_ms: float = 0.0
     path_updated: bool = False
+    loop_events: tuple[PipelineEvent, ...] = ()
 
 
 class ReconstructionSession:
@@ -82,7 +96,9 @@ class ReconstructionSession:
     backend is given by the caller and the checkpoint only labels it (may be empty).
     ``on_accept`` sees every frame the synchroniser queues. ``transforms``: the robot's TF
     (needed by ``scale_source`` rig, odometry, auto and ``anchor: tf``; without it those
-    report ``tf_unavailable`` and the output stays up to scale).
+    report ``tf_unavailable`` and the output stays up to scale). ``describer``: place
+    descriptors of keyframe images for a backend that gives none; ``map_cloud``: the
+    loop-corrected map cloud (default from ``map_voxel`` and ``map_max_points``).
     """
 
     def __init__(
@@ -95,6 +111,8 @@ class ReconstructionSession:
         checkpoint_required: bool = True,
         on_accept: Callable[[CameraFrame], None] | None = None,
         transforms: TransformLookup | None = None,
+        describer: Describer | None = None,
+        map_cloud: FusedCloud | None = None,
     ) -> None:
         self.params: dict[str, ParamValue] = dict(params)
         p = self.params
@@ -117,6 +135,13 @@ class ReconstructionSession:
         self.images_received = 0
         self.trajectories = Trajectories(int(p["trajectory_length"]), keep_all=keep_all_poses)
         self.fused = fused
+        self.describer = describer
+        self.map_cloud = map_cloud or FusedCloud(float(p["map_voxel"]),
+                                                 int(p["map_max_points"]))
+        self.loop_map: LoopMap | None = None
+        #: The maps of earlier world epochs (kept with ``keep_all_poses``, for offline files).
+        self.past_maps: dict[int, LoopMap] = {}
+        self._loop_state = "on" if p["loop_closure"] else "off"
         self.cycles = 0
         self.last_report: CycleReport | None = None
 
@@ -151,6 +176,7 @@ class ReconstructionSession:
         """Make ``backend`` the one cycles run on; a replaced one starts a new world."""
         if self.pipeline is not None:
             self.trajectories.reset_path()
+        self.loop_map = None
         self.pipeline = ReconstructionPipeline(
             backend, configs.pipeline_config(self.params),
             world=configs.world_config(self.params), metric_scale=self._metric_scale,
@@ -267,7 +293,76 @@ class ReconstructionSession:
             cloud = build_cloud(result.reconstruction, result.placement.world_from_window,
                                 self.pipeline.config.cloud, newest)
             self.fused.add(result.epoch, cloud.points, cloud.colors, cloud.confidence)
-        return ReconstructedSnapshot(window, decision, result, started, sync_wait_ms, path_updated)
+        loop_events = self._add_keyframe(window, result)
+        return ReconstructedSnapshot(window, decision, result, started, sync_wait_ms,
+                                     path_updated, loop_events)
+
+    # ----------------------------------------------------------------- loop closure
+    def _add_keyframe(self, window: ViewWindow, result: CycleResult) -> tuple[PipelineEvent, ...]:
+        """The window's newest snapshot into the map (a new map for a new world epoch)."""
+        if self._loop_state != "on":
+            return ()
+        if self.loop_map is None or self.loop_map.epoch != result.epoch:
+            if self.loop_map is not None and self.trajectories.keep_all:
+                self.past_maps[self.loop_map.epoch] = self.loop_map
+            try:
+                self.loop_map = LoopMap(
+                    self.pipeline.reconstructor, result.epoch, self.map_cloud,
+                    self.pipeline.config.cloud, self.describer)
+            except ImportError as exc:  # GTSAM missing
+                return self._loop_unavailable(PipelineEvent(
+                    UNAVAILABLE, Level.WARN, f"loop closure is off: {exc}"))
+        events = self.loop_map.add(window, result)
+        if any(e.code == UNAVAILABLE for e in events):
+            return self._loop_unavailable(*events)
+        return tuple(events)
+
+    def _loop_unavailable(self, *events: PipelineEvent) -> tuple[PipelineEvent, ...]:
+        self._loop_state = "unavailable"
+        self.loop_map = None
+        return events
+
+    def maps(self) -> list[LoopMap]:
+        """The maps of this run, oldest first (earlier epochs only with keep_all_poses)."""
+        current = [] if self.loop_map is None else [self.loop_map]
+        return [*self.past_maps.values(), *current]
+
+    def close_loops(self, limit: int | None = None) -> list[LoopVerdict]:
+        """Verify up to ``limit`` (default ``loop_verify_per_cycle``) loop candidates, in the
+        spare time after a cycle; after an accepted loop the map cloud is re-placed."""
+        if self.loop_map is None:
+            return []
+        limit = int(self.params["loop_verify_per_cycle"]) if limit is None else limit
+        return self.loop_map.close_loops(limit)
+
+    def reset_map(self) -> None:
+        """Forget the keyframe graph, the loops and the map cloud (the next window starts a
+        new map; the chained world goes on)."""
+        self.loop_map = None
+        self.past_maps.clear()
+        self.map_cloud.clear()
+        if self._loop_state == "unavailable":
+            self._loop_state = "on"
+
+    @property
+    def loop_stats(self) -> LoopStats:
+        """The map's counts and timings (state off or unavailable without a map)."""
+        if self.loop_map is None:
+            return LoopStats(self._loop_state)
+        return self.loop_map.stats()
+
+    def map_from_world(self) -> np.ndarray | None:
+        """The rigid ``map_frame -> world_frame`` transform (4x4) for TF, or None without a
+        map."""
+        return None if self.loop_map is None else self.loop_map.map_from_world_tf()
+
+    def map_path(self) -> list[tuple[int, np.ndarray]]:
+        """The reference camera's corrected keyframe poses (stamp ns, map_from_camera),
+        the last ``trajectory_length``."""
+        if self.loop_map is None:
+            return []
+        poses = self.loop_map.corrected_poses().get(self.cameras[0], [])
+        return poses[-int(self.params["trajectory_length"]):]
 
     def finish(self, cycle: ReconstructedSnapshot, publish_ms: float, points: int,
                overruns: int = 0) -> CycleReport:
@@ -289,10 +384,15 @@ class ReconstructionSession:
             encode_ms=b.encode_ms, decode_ms=b.decode_ms,
             step_ms=sum(b.step_ms) / len(b.step_ms) if b.step_ms else 0.0,
             drops=sum(s.dropped for s in self.camera_stats().values()), overruns=overruns,
-            **self._grounding_fields(result),
+            **self._grounding_fields(result), **self._loop_fields(),
         )
         self.last_report = report
         return report
+
+    def _loop_fields(self) -> dict[str, object]:
+        stats = self.loop_stats
+        return {f"loop_{k}" if k != "state" else "loop_closure": v
+                for k, v in asdict(stats).items()}
 
     @staticmethod
     def _grounding_fields(result: CycleResult) -> dict[str, object]:

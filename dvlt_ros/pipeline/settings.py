@@ -206,6 +206,20 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("min_motion", 0.05,
               "metres: camera motions between snapshots shorter than this give no odometry "
               "scale constraint", minimum=0.001, maximum=1e3),
+    # Loop closure (docs/world_frame.md "Loop closure")
+    ParamSpec("loop_closure", False,
+              "keyframe graph with place recognition and loop closure: publishes map_frame -> "
+              "world_frame, the corrected trajectory and the re-placed map cloud (needs GTSAM "
+              "and place descriptors: the model's encoder)"),
+    ParamSpec("loop_verify_per_cycle", 1,
+              "loop candidates verified (one model run each) in the spare time after a cycle",
+              minimum=0, maximum=16, dynamic=True),
+    ParamSpec("map_frame", "map", "TF frame of the loop-corrected map (parent of world_frame)"),
+    ParamSpec("map_voxel", 0.05, "voxel of the map cloud in world units (one point per voxel)",
+              minimum=0.001, maximum=1e3),
+    ParamSpec("map_max_points", 1_000_000,
+              "map cloud: at most this many voxels (beyond, the voxel doubles)",
+              minimum=1, maximum=100_000_000),
 )
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
@@ -243,7 +257,8 @@ def check_value(name: str, value: ParamValue, *, checkpoint_required: bool = Tru
     if problem is None and name == "checkpoint" and checkpoint_required and not str(
             value).strip():
         problem = EMPTY_CHECKPOINT
-    if problem is None and name in ("world_frame", "frame_suffix", "odom_frame", "base_frame"):
+    if problem is None and name in ("world_frame", "frame_suffix", "odom_frame", "base_frame",
+                                    "map_frame"):
         problem = _check_frame_part(name, str(value))
     if problem is None and name == "depth_topic":
         problem = _check_depth_topic(str(value))
@@ -293,6 +308,9 @@ def check_combination(values: Mapping[str, ParamValue]) -> str | None:
         problems.append(
             f"budget_min_num_steps ({low}) must be <= budget_max_num_steps ({high})")
     problems += _grounding_problems(values)
+    if values["loop_closure"] and values["map_frame"] == values["world_frame"]:
+        problems.append(f"map_frame and world_frame must differ (map_frame -> world_frame is "
+                        f"the loop correction), both are {values['map_frame']!r}")
     return "; ".join(problems) or None
 
 

@@ -1,0 +1,190 @@
+"""The session's loop closure: every window a keyframe, loops closed in spare time, the
+graph's correction applied to what is published (docs/world_frame.md "Loop closure").
+
+:class:`LoopMap` wraps a :class:`~dvlt_core.mapping.loop_closer.LoopCloser` for one world
+epoch. :meth:`LoopMap.add` makes a cycle's newest snapshot a keyframe node and adds its
+points to the map cloud (a :class:`~dvlt_ros.pipeline.accumulate.FusedCloud` labelled by
+keyframe) at the keyframe's corrected place; :meth:`LoopMap.close_loops` verifies queued
+candidates and, after an accepted loop, moves every keyframe's points by the change of its
+correction. The correction of node ``n`` is ``C_n = map_from_node · world_from_node⁻¹``
+(optimised pose after chained pose): it takes the chained world frame to the map frame.
+
+Place descriptors come with the reconstruction (the torch backend's encoder) or from the
+``describer`` (a model's encoder run on the keyframe images); with neither, or without
+GTSAM, the map reports ``loop_closure_unavailable`` once and stays off.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dvlt_core.geometry import Sim3
+from dvlt_core.inference import Reconstructor
+from dvlt_core.mapping.loop_closer import Describer, LoopCloser, LoopOptions
+from dvlt_core.mapping.verification import LoopVerdict
+from dvlt_ros.pipeline.accumulate import FusedCloud
+from dvlt_ros.pipeline.engine import CycleResult
+from dvlt_ros.pipeline.events import Level, PipelineEvent
+from dvlt_ros.pipeline.products import CloudConfig, build_cloud
+from dvlt_ros.pipeline.window import ViewWindow
+
+UNAVAILABLE = "loop_closure_unavailable"
+#: A keyframe whose correction changed by less than this (rotation rad, translation in
+#: world units relative to 1, log scale) keeps its points where they are.
+MOVE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """Counts and timings of the map so far (for the cycle report and diagnostics):
+    ``state`` on, off or unavailable; ``add_ms`` the last keyframe's graph update,
+    ``verify_ms`` the last verification batch, ``optimise_ms`` the last optimisation."""
+
+    state: str = "off"
+    keyframes: int = 0
+    candidates: int = 0
+    verified: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    add_ms: float = 0.0
+    verify_ms: float = 0.0
+    optimise_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class KeyframePoses:
+    """A keyframe's cameras: (camera, stamp ns, world_from_camera 4x4) in the chained world."""
+
+    node: int
+    poses: tuple[tuple[str, int, np.ndarray], ...]
+
+
+def correction_tf(correction: Sim3, anchor_position: np.ndarray) -> np.ndarray:
+    """The rigid ``map_from_world`` (4x4) that TF can carry for a similarity correction:
+    its rotation, with the translation that maps ``anchor_position`` (the newest camera's
+    position in the world) exactly where the similarity does. Equal to the correction when
+    its scale is 1."""
+    rotation = np.asarray(correction.rotation, np.float64)
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = correction.apply_points(anchor_position) - rotation @ anchor_position
+    return out
+
+
+class LoopMap:
+    """Keyframe graph, map cloud and corrected trajectory of one world epoch (module
+    docstring). ``cloud_config``: which points of a window go into the map."""
+
+    def __init__(self, reconstructor: Reconstructor, epoch: int, cloud: FusedCloud,
+                 cloud_config: CloudConfig, describer: Describer | None = None,
+                 options: LoopOptions | None = None) -> None:
+        self.epoch = epoch
+        self.cloud = cloud
+        self.cloud_config = cloud_config
+        self.closer = LoopCloser(reconstructor, describer, options)
+        self.keyframes: list[KeyframePoses] = []
+        self._applied: dict[int, Sim3] = {}
+        self._add_ms = self._verify_ms = 0.0
+
+    def add(self, window: ViewWindow, result: CycleResult) -> list[PipelineEvent]:
+        """Make the window's newest snapshot a keyframe; its points join the map cloud at
+        the keyframe's corrected place. Events: ``loop_closure_unavailable`` when the
+        reconstruction has no descriptors and there is no describer (the caller stops)."""
+        recon = result.reconstruction
+        if recon.descriptors is None and self.closer.describer is None:
+            return [PipelineEvent(
+                UNAVAILABLE, Level.WARN,
+                f"loop closure is off: backend {self.closer.reconstructor.backend.name!r} gives "
+                "no place descriptors and no model encoder is loaded to describe the images "
+                "(use the torch backend, or give dvlt-ros process --describe-checkpoint)")]
+        start = time.perf_counter()
+        newest = [i for i, step in enumerate(window.timesteps) if step == 0]
+        world_from_window = result.placement.world_from_window
+        node = self.closer.add_window(window.keys, [f.rgb for f in window.frames], recon,
+                                      newest, world_from_window)
+        correction = self.correction(node)
+        self._applied[node] = correction
+        cloud = build_cloud(recon, world_from_window, self.cloud_config, newest)
+        if len(cloud.points):
+            self.cloud.add(self.epoch, correction.apply_points(
+                cloud.points.astype(np.float64)), cloud.colors, cloud.confidence, node)
+        self.keyframes.append(KeyframePoses(node, tuple(
+            (p.camera, p.stamp_ns, p.world_from_camera) for p in result.poses)))
+        self._add_ms = (time.perf_counter() - start) * 1e3
+        return []
+
+    def close_loops(self, limit: int) -> list[LoopVerdict]:
+        """Verify up to ``limit`` queued candidates; after an accepted loop, re-place the
+        map cloud. Returns the verdicts."""
+        if limit < 1 or not self.closer.pending:
+            return []
+        start = time.perf_counter()
+        verdicts = self.closer.verify_pending(limit)
+        if any(v.accepted for v in verdicts):
+            self._replace_cloud()
+        self._verify_ms = (time.perf_counter() - start) * 1e3
+        return verdicts
+
+    def correction(self, node: int | None = None) -> Sim3:
+        """``map_from_world`` at ``node`` (the newest keyframe when None)."""
+        if node is None:
+            return self.closer.correction()
+        graph = self.closer.graph
+        return graph.pose(node).compose(graph.initial_pose(node).inverse())
+
+    def _replace_cloud(self) -> None:
+        moves = {}
+        for node, applied in self._applied.items():
+            now = self.correction(node)
+            delta = now.compose(applied.inverse())
+            if not _is_identity(delta):
+                moves[node] = delta
+                self._applied[node] = now
+        if moves:
+            self.cloud.move(self.epoch, moves)
+
+    def corrected_poses(self) -> dict[str, list[tuple[int, np.ndarray]]]:
+        """Per camera, (stamp ns, map_from_camera 4x4) of every keyframe, in stamp order."""
+        out: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for keyframe in self.keyframes:
+            correction = self.correction(keyframe.node)
+            for camera, stamp, pose in keyframe.poses:
+                out.setdefault(camera, []).append((stamp, correction.apply_c2w(pose)))
+        for items in out.values():
+            items.sort(key=lambda item: item[0])
+        return out
+
+    def map_from_world_tf(self) -> np.ndarray:
+        """The rigid ``map_from_world`` for TF (:func:`correction_tf` at the newest
+        keyframe's reference camera); identity before the first keyframe."""
+        if not self.keyframes or not self.keyframes[-1].poses:
+            return np.eye(4)
+        position = self.keyframes[-1].poses[0][2][:3, 3]
+        return correction_tf(self.correction(self.keyframes[-1].node), position)
+
+    def loops(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The accepted loops as pairs of reference-camera positions in the map frame."""
+        positions = {}
+        for keyframe in self.keyframes:
+            if keyframe.poses:
+                pose = self.correction(keyframe.node).apply_c2w(keyframe.poses[0][2])
+                positions[keyframe.node] = pose[:3, 3]
+        return [(positions[v.current], positions[v.candidate]) for v in self.closer.verdicts
+                if v.accepted and v.current in positions and v.candidate in positions]
+
+    def stats(self) -> LoopStats:
+        counts = self.closer.counts
+        last = counts.last_optimisation
+        return LoopStats("on", counts.keyframes, counts.candidates, counts.verified,
+                         counts.accepted, sum(counts.refused.values()), self._add_ms,
+                         self._verify_ms, last.ms if last is not None else 0.0)
+
+
+def _is_identity(sim: Sim3) -> bool:
+    rotation = np.asarray(sim.rotation)
+    return bool(np.abs(rotation - np.eye(3)).max() < MOVE_TOLERANCE
+                and np.abs(np.asarray(sim.translation)).max() < MOVE_TOLERANCE
+                and abs(np.log(sim.scale)) < MOVE_TOLERANCE)
