@@ -57,8 +57,9 @@ EXTRAS = {
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "rectify": ["opencv-python-headless>=4.5"],  # distorted inputs (dvlt_core.io.rectify)
     # dvlt-reconstruct --glb / --rrd (tested with trimesh 5.2 and rerun-sdk 0.41, whose
-    # rerun.chunk.RrdReader the tests read recordings with)
-    "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41"],
+    # rerun.chunk.RrdReader the tests read recordings with) and --serve, the browser demo
+    # (viser 1.1: its client is prebuilt in the wheel; no gradio/fastapi stack)
+    "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41", "viser>=1.1"],
     "dev": [
         "pytest>=8.0",
         "ruff>=0.6",
