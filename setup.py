@@ -72,9 +72,11 @@ EXTRAS = {
 }
 
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
-# independent reader that checks the CRCs our mcap bags carry.
+# independent reader that checks the CRCs our mcap bags carry, and with `mcap-ros2-support`
+# (Foxglove's ROS 2 decoder) shows that Foxglove reads what `dvlt-ros process` writes.
 TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers")
-EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]} | {"mcap>=1.1"})
+EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]}
+                        | {"mcap>=1.1", "mcap-ros2-support>=0.5"})
 
 setup(
     name=PACKAGE,
@@ -88,6 +90,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config/foxglove", glob("config/foxglove/*.json")),
         (f"share/{PACKAGE}/training", glob("training/*.yaml")),
     ],
     install_requires=CORE,
