@@ -60,6 +60,8 @@ EXTRAS = {
     # rerun.chunk.RrdReader the tests read recordings with) and --serve, the browser demo
     # (viser 1.1: its client is prebuilt in the wheel; no gradio/fastapi stack)
     "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41", "viser>=1.1"],
+    # dvlt-eval --num-steps 2,4,8: accuracy against K as PNG (drawn off-screen, Agg)
+    "plots": ["matplotlib>=3.7"],
     "dev": [
         "pytest>=8.0",
         "ruff>=0.6",
@@ -74,7 +76,7 @@ EXTRAS = {
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
 # independent reader that checks the CRCs our mcap bags carry, and with `mcap-ros2-support`
 # (Foxglove's ROS 2 decoder) shows that Foxglove reads what `dvlt-ros process` writes.
-TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers")
+TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers", "plots")
 EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]}
                         | {"mcap>=1.1", "mcap-ros2-support>=0.5"})
 
