@@ -8,6 +8,7 @@ built with the same weights and timed in the same run, and the table shows ours/
     python benchmarks/bench_model.py                      # 126x168, K 1-16, S 2/4/8
     python benchmarks/bench_model.py --large --views 2    # 378x504
     python benchmarks/bench_model.py --upstream /tmp/dvlt_upstream/src
+    python benchmarks/bench_model.py --plot results/bench    # + latency_vs_k/s.png
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from dvlt_core.eval.plots import require_matplotlib, write_latency_plots
 from dvlt_core.model import DVLTModel
 from dvlt_core.testing import deterministic_state_dict
 from dvlt_core.testing.det_weights import model_shapes
@@ -120,7 +122,12 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--upstream", default=None, help="path to nv-tlabs/dvlt 'src'")
+    parser.add_argument("--plot", default=None, metavar="DIR", help="also write "
+                        "latency_vs_k.png and latency_vs_s.png of our times into DIR "
+                        "(needs the 'plots' extra)")
     args = parser.parse_args()
+    if args.plot:
+        require_matplotlib()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,6 +152,7 @@ def main() -> None:
     if not args.no_memory:
         header += f" {'ours MB':>8}" + (f" {'upstream MB':>12}" if upstream is not None else "")
     print(header)
+    timings: list[dict[str, float]] = []
     for S in views:
         images = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(S))
         for K in ks:
@@ -168,6 +176,10 @@ def main() -> None:
                 if upstream is not None:
                     row += f" {peak_mb(upstream, run_upstream):>12.1f}"
             print(row, flush=True)
+            timings.append({"S": S, "K": K, "ms": seconds[0] * 1e3})
+    if args.plot:
+        for path in write_latency_plots(args.plot, timings, title=f"DVLT forward, {H}x{W}"):
+            print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,23 @@ def write_metric_plot(
     if title:
         figure.suptitle(title)
     write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def write_latency_plots(
+    folder: str | Path, rows: list[dict[str, float]], value: str = "ms",
+    label: str = "latency (ms)", title: str = "",
+) -> list[Path]:
+    """Write ``latency_vs_k.png`` (one line per S) and ``latency_vs_s.png`` (one line per K)
+    into ``folder`` from benchmark ``rows``, each holding ``S``, ``K`` and ``value``;
+    returns the two paths."""
+    folder = Path(folder)
+    metric = ((value, label),)
+    by_s: dict[str, dict[float, dict[str, float]]] = {}
+    by_k: dict[str, dict[float, dict[str, float]]] = {}
+    for row in rows:
+        by_s.setdefault(f"S={int(row['S'])}", {})[row["K"]] = {value: row[value]}
+        by_k.setdefault(f"K={int(row['K'])}", {})[row["S"]] = {value: row[value]}
+    paths = [folder / "latency_vs_k.png", folder / "latency_vs_s.png"]
+    write_metric_plot(paths[0], "K (loop steps)", by_s, metric, title)
+    write_metric_plot(paths[1], "S (views)", by_k, metric, title)
+    return paths
