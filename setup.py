@@ -58,8 +58,11 @@ EXTRAS = {
     "eval": ["h5py>=3.8"],  # the NuScenes benchmark loader
     "rectify": ["opencv-python-headless>=4.5"],  # distorted inputs (dvlt_core.io.rectify)
     # dvlt-reconstruct --glb / --rrd (tested with trimesh 5.2 and rerun-sdk 0.41, whose
-    # rerun.chunk.RrdReader the tests read recordings with)
-    "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41"],
+    # rerun.chunk.RrdReader the tests read recordings with) and --serve, the browser demo
+    # (viser 1.1: its client is prebuilt in the wheel; no gradio/fastapi stack)
+    "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41", "viser>=1.1"],
+    # dvlt-eval --num-steps 2,4,8: accuracy against K as PNG (drawn off-screen, Agg)
+    "plots": ["matplotlib>=3.7"],
     # loop closure's pose graph (dvlt_core.mapping.pose_graph; tested with gtsam 4.3.0)
     "mapping": ["gtsam>=4.3"],
     "dev": [
@@ -74,9 +77,11 @@ EXTRAS = {
 }
 
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
-# independent reader that checks the CRCs our mcap bags carry.
-TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers", "mapping")
-EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]} | {"mcap>=1.1"})
+# independent reader that checks the CRCs our mcap bags carry, and with `mcap-ros2-support`
+# (Foxglove's ROS 2 decoder) shows that Foxglove reads what `dvlt-ros process` writes.
+TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers", "plots", "mapping")
+EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]}
+                        | {"mcap>=1.1", "mcap-ros2-support>=0.5"})
 
 setup(
     name=PACKAGE,
@@ -90,6 +95,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config/foxglove", glob("config/foxglove/*.json")),
         (f"share/{PACKAGE}/training", glob("training/*.yaml")),
     ],
     install_requires=CORE,

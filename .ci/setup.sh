@@ -18,6 +18,7 @@ TORCH=cpu
 TORCH_INDEX=${DVLT_TORCH_INDEX:-}
 EXTRAS=""
 CHECK_ONLY=false
+CHROMIUM=false
 
 usage() {
   cat <<EOF
@@ -30,6 +31,8 @@ usage: .ci/setup.sh [--extras LIST] [--torch cpu|cuda|keep] [--torch-index URL]
   --torch keep       keep the torch already in the venv or, with a system ROS, the system's
   --torch-index URL  the package index torch comes from (env DVLT_TORCH_INDEX)
   --check            only report whether the venv is up to date (exit 0) or not (exit 1)
+  --chromium         also install Debian's chromium (apt-get, as root) if it is missing: the
+                     browser demo's test drives it (CI passes this)
 Environment: PYTHON (interpreter, default python3), DVLT_VENV (default .venv),
 DVLT_TORCH_VERSION (default $TORCH_VERSION).
 EOF
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --torch) TORCH=$2; shift 2 ;;
     --torch-index) TORCH_INDEX=$2; shift 2 ;;
     --check) CHECK_ONLY=true; shift ;;
+    --chromium) CHROMIUM=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "setup: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -79,6 +83,16 @@ source /opt/ros/<distro>/setup.bash and run .ci/setup.sh again"
     *opt/ros/*) die "a ROS 2 install is partly sourced (PYTHONPATH or AMENT_PREFIX_PATH name \
 /opt/ros, but ROS_DISTRO is unset): open a clean shell, or source its setup.bash fully" ;;
   esac
+fi
+
+# --- Chromium (the browser demo's test) ------------------------------------------------------
+if [ "$CHROMIUM" = true ] && [ "$CHECK_ONLY" = false ] && ! command -v chromium >/dev/null; then
+  command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] || die "--chromium installs Debian's \
+chromium with apt-get as root: run as root on Debian/Ubuntu, or install chromium yourself and \
+leave out --chromium"
+  log "installing chromium (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+    >/dev/null || die "apt-get could not install chromium: see the messages above"
 fi
 
 # --- the virtual environment ---------------------------------------------------------------

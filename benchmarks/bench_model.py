@@ -11,6 +11,7 @@ kept in ``benchmarks/reference_model.py``.
     python benchmarks/bench_model.py --upstream /tmp/dvlt_upstream/src --threads 2
     python benchmarks/bench_model.py --configs 2x126x168:1/4/8/12/16 --clock cpu --threads 1
     python benchmarks/bench_model.py --device cuda --precision bf16  # on a GPU machine
+    python benchmarks/bench_model.py --plot results/bench  # + <HxW>/latency_vs_k.png, _vs_s.png
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from dvlt_core.eval.plots import require_matplotlib, write_latency_plots
 from dvlt_core.model import DVLTModel, autocast_for
 from dvlt_core.testing import deterministic_state_dict
 from dvlt_core.testing.det_weights import model_shapes
@@ -135,7 +137,12 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--upstream", default=None, help="path to nv-tlabs/dvlt 'src'")
+    parser.add_argument("--plot", default=None, metavar="DIR", help="also write latency "
+                        "against K and against S as PNG, per image size, into DIR/<H>x<W>/ "
+                        "(needs the 'plots' extra)")
     args = parser.parse_args()
+    if args.plot:
+        require_matplotlib()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,6 +180,7 @@ def main() -> None:
         rule += "---|---|"
     print(header)
     print(rule)
+    timings: dict[str, list[dict[str, float]]] = {}  # per image size
     for S, H, W, K in parse_configs(args.configs):
         images = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(S)).to(device)
 
@@ -193,6 +201,12 @@ def main() -> None:
         if not args.no_memory:
             row += f" {peak_mb(ours, run_ours):.1f} | {peak_mb(baseline, run_baseline):.1f} |"
         print(row, flush=True)
+        timings.setdefault(f"{H}x{W}", []).append({"S": S, "K": K, "ms": mine * 1e3})
+    if args.plot:
+        for size, rows in timings.items():
+            for path in write_latency_plots(Path(args.plot) / size, rows,
+                                            title=f"DVLT forward, {size}"):
+                print(f"plot: {path}")
 
 
 def _synchronized(clock: Callable[[], float]) -> Callable[[], float]:

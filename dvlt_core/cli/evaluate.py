@@ -13,9 +13,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dvlt_core.backends import available_backends, create_backend
 from dvlt_core.eval.datasets import BENCHMARKS, DATASETS, SyntheticEvalDataset, build_dataset
+from dvlt_core.eval.plots import PlotPackageMissingError, require_matplotlib, write_metric_plot
 from dvlt_core.eval.runner import results_table, run_benchmark, write_report
 from dvlt_core.io.checkpoint import CheckpointError
 from dvlt_core.model.precision import PRECISIONS
@@ -33,12 +35,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default="torch", help="inference backend (torch, ...)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    parser.add_argument("--num-steps", type=int, help="loop steps K (default: the model's)")
+    parser.add_argument("--num-steps", type=_k_list,
+                        help="loop steps K (default: the model's); several, comma-separated "
+                        "(e.g. 2,4,8,16), evaluate each into <out>/K<k>/ and plot the metrics "
+                        "against K in <out>/accuracy_vs_k.png (needs the 'plots' extra)")
     parser.add_argument("--img-size", type=int, default=504, help="benchmark image width")
     parser.add_argument("--pose-mode", default="upstream", choices=["upstream", "robust"])
     parser.add_argument("--max-sequences", type=int, help="evaluate at most N per dataset")
     parser.add_argument("--out", required=True, help="output folder for the results")
     return parser.parse_args(argv)
+
+
+def _k_list(text: str) -> list[int]:
+    """argparse type of --num-steps: one K or a comma-separated list, each >= 1."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K or a list like 2,4,8") from None
+    if any(k < 1 for k in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each K must be >= 1 and given once")
+    return values
 
 
 def _datasets(args: argparse.Namespace) -> dict:
@@ -54,6 +70,12 @@ def _datasets(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.num_steps and len(args.num_steps) > 1:
+        try:
+            require_matplotlib()
+        except PlotPackageMissingError as exc:
+            print(f"dvlt-eval: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.backend not in available_backends():
         print(f"dvlt-eval: unknown backend {args.backend!r}; available: "
@@ -70,10 +92,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:
         print(f"dvlt-eval: {exc}", file=sys.stderr)
         return 2
-    report = run_benchmark(backend, datasets, args.num_steps, args.pose_mode, args.max_sequences)
-    path = write_report(report, args.out)
-    print(results_table(report))
-    print(f"written to {path.parent}")
+    ks = args.num_steps or [None]
+    if len(ks) == 1:
+        report = run_benchmark(backend, datasets, ks[0], args.pose_mode, args.max_sequences)
+        path = write_report(report, args.out)
+        print(results_table(report))
+        print(f"written to {path.parent}")
+        return 0
+    by_dataset: dict[str, dict[float, dict[str, float]]] = {}
+    for k in ks:
+        report = run_benchmark(backend, datasets, k, args.pose_mode, args.max_sequences)
+        write_report(report, Path(args.out) / f"K{k}")
+        print(f"K={k}\n{results_table(report)}")
+        for name, result in report.datasets.items():
+            by_dataset.setdefault(name, {})[k] = result.aggregate
+    plot = Path(args.out) / "accuracy_vs_k.png"
+    write_metric_plot(plot, "K (loop steps)", by_dataset, title=f"{args.backend}: accuracy vs K")
+    print(f"written to {args.out} (one folder per K, {plot.name})")
     return 0
 
 

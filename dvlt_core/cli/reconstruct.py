@@ -3,7 +3,8 @@
 Writes into ``--out``: ``reconstruction.npz`` (all arrays), ``points.ply`` (coloured,
 confidence-filtered), ``depth/<view>.png`` and ``confidence/<view>.png`` previews,
 ``cameras.json`` and ``trajectory.tum``; with ``--glb`` ``scene.glb`` and with ``--rrd``
-``recording.rrd`` (the ``viewers`` extra).
+``recording.rrd`` (the ``viewers`` extra). ``--serve`` instead serves the browser demo
+(:mod:`dvlt_core.cli.browser_demo`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from dvlt_core.backends import available_backends, create_backend
+from dvlt_core.backends import InferenceBackend, available_backends, create_backend
 from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
 from dvlt_core.inference import POSE_MODES, POSE_WEIGHTS, Reconstructor
 from dvlt_core.io.checkpoint import default_checkpoint
@@ -48,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
-        help="a folder of images, a video, or one or more image files (view 0 is the reference)",
+        nargs="*",
+        help="a folder of images, a video, or one or more image files (view 0 is the "
+        "reference); none with --serve",
     )
     parser.add_argument("--out", type=Path, default=Path("dvlt_output"), help="output folder")
     parser.add_argument(
@@ -120,7 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write recording.rrd: images, depth, confidence, cameras, points and the "
         "trajectory over time; open it with `rerun recording.rrd` (needs the 'viewers' extra)",
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead of reconstructing INPUTS, serve the browser demo: upload images or a "
+        "video, choose K and the backend, see the result in 3D and download its .glb (needs "
+        "the 'viewers' extra); the other options are its defaults",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="--serve: the address to listen on (default 127.0.0.1, this machine only)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="--serve: the port (default 8080, or the next "
+        "free one)"
+    )
     return parser
+
+
+def _port(text: str) -> int:
+    """argparse type of --port."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    return value
 
 
 def _threshold(text: str) -> float | str:
@@ -223,8 +250,27 @@ def write_outputs(
     return paths
 
 
-def reconstruct(args: argparse.Namespace) -> Reconstruction:
-    """Load the inputs and the model and run the pipeline.
+def load_backend(args: argparse.Namespace) -> InferenceBackend:
+    """The backend ``args`` name (``--backend``, ``--checkpoint``, ``--device``, ...), loaded.
+
+    Raises the errors a user can fix (checkpoint or export folder, options, a missing
+    runtime) as one of :data:`USER_ERRORS`.
+    """
+    checkpoint, options = _backend_options(args)
+    return create_backend(
+        args.backend,
+        checkpoint,
+        device=_pick_device(args.device),
+        precision=args.precision,
+        **options,
+    )
+
+
+def reconstruct(
+    args: argparse.Namespace, backend: InferenceBackend | None = None
+) -> Reconstruction:
+    """Load the inputs and (unless ``backend`` is given, already loaded from the same
+    ``args``) the model, and run the pipeline.
 
     Raises the errors a user can fix (bad input, checkpoint or export folder, options, a
     missing runtime) as one of :data:`USER_ERRORS`.
@@ -240,14 +286,8 @@ def reconstruct(args: argparse.Namespace) -> Reconstruction:
             f"{image.shape[1]}x{image.shape[0]}); outputs are at the downscaled size",
             file=sys.stderr,
         )
-    checkpoint, options = _backend_options(args)
-    backend = create_backend(
-        args.backend,
-        checkpoint,
-        device=_pick_device(args.device),
-        precision=args.precision,
-        **options,
-    )
+    if backend is None:
+        backend = load_backend(args)
     args.metric = backend.metric  # the unit the exports state
     reconstructor = Reconstructor(
         backend,
@@ -312,10 +352,45 @@ def _require_export_packages(args: argparse.Namespace) -> None:
         require_rerun()
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Run the browser demo until Ctrl-C."""
+    from dvlt_core.cli.browser_demo.app import BrowserDemo, is_loopback, require_viser
+
+    require_viser()
+    if not is_loopback(args.host):
+        print(f"warning: --host {args.host} lets other machines use this demo (and its "
+              "checkpoint field): anyone who can reach the port can run the model",
+              file=sys.stderr)
+    try:
+        demo = BrowserDemo(args, host=args.host, port=args.port)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc}; choose another "
+                         "--host or --port") from None
+    print(f"browser demo at {demo.url} (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit code (2 on bad input or setup)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.serve and args.inputs:
+        parser.error("--serve takes its inputs from the browser: leave out INPUTS")
+    if not args.serve and not args.inputs:
+        parser.error("give INPUTS (a folder, a video or image files), or --serve")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.serve:
+        try:
+            return _serve(args)
+        except USER_ERRORS as exc:
+            print(f"dvlt-reconstruct: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         _require_export_packages(args)
         recon = reconstruct(args)

@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 
 #: The pip distribution of each importable package of the ``viewers`` extra.
-VIEWER_PACKAGES = {"trimesh": "trimesh", "rerun": "rerun-sdk"}
+VIEWER_PACKAGES = {"trimesh": "trimesh", "rerun": "rerun-sdk", "viser": "viser"}
 
 
 class ViewerPackageMissingError(ImportError):

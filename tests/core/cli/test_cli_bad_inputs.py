@@ -147,3 +147,32 @@ def test_an_export_without_its_package_exits_2_before_any_work(
     line = _error_line(capsys.readouterr().err)
     assert flag in line and package in line and "pip install 'dvlt_ros[viewers]'" in line
     assert not out.exists()  # refused before loading anything or writing
+
+
+def test_serve_without_viser_exits_2_with_the_install_command(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "viser", None)
+    assert main(["--serve"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "--serve" in line and "viser" in line and "pip install 'dvlt_ros[viewers]'" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--serve", "a.png"], "--serve takes its inputs from the browser"),
+        ([], "give INPUTS"),
+        (["--serve", "--port", "70000"], "not a TCP port"),
+    ],
+)
+def test_serve_and_inputs_are_one_or_the_other(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_serve_on_an_address_of_no_interface_here_exits_2(capsys):
+    pytest.importorskip("viser", reason="the 'viewers' extra (viser) is not installed")
+    assert main(["--serve", "--host", "203.0.113.1", "--port", "8080"]) == 2
+    err = capsys.readouterr().err
+    assert "other machines" in err  # the warning for a non-loopback address
+    assert "cannot listen on 203.0.113.1:8080" in _error_line(err)

@@ -69,3 +69,32 @@ def test_dvlt_eval_command(model, tmp_path, capsys):
     assert main(["--benchmark", "lite", "--out", str(tmp_path / "x")]) == 2
     assert "--data-root" in capsys.readouterr().err
     assert main(["--benchmark", "lite", "--backend", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_dvlt_eval_sweeps_k_and_plots_accuracy_against_it(model, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the 'plots' extra (matplotlib) is not installed")
+    import numpy as np
+    from PIL import Image
+
+    checkpoint = save_checkpoint(model, tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["--benchmark", "synthetic", "--checkpoint", str(checkpoint), "--num-steps",
+                 "1,2", "--out", str(out), "--max-sequences", "1"]) == 0
+    assert (out / "K1" / "results.md").is_file() and (out / "K2" / "results.csv").is_file()
+    with Image.open(out / "accuracy_vs_k.png") as image:
+        image.verify()  # a complete, valid PNG
+    with Image.open(out / "accuracy_vs_k.png") as image:
+        assert image.format == "PNG" and image.size == (1000, 720)
+        rgb = np.asarray(image.convert("RGB"))
+    # Content: mostly white paper, black axes and text, and coloured data lines.
+    colours = rgb.reshape(-1, 3).astype(int)
+    saturated = (colours.max(axis=1) - colours.min(axis=1)) > 80
+    assert (colours.min(axis=1) < 60).mean() > 0.005 and saturated.sum() > 100
+    assert "K=1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "2,2", "two"])
+def test_dvlt_eval_refuses_bad_k_lists(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--benchmark", "synthetic", "--num-steps", value, "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "--num-steps" in capsys.readouterr().err
