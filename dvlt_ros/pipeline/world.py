@@ -31,6 +31,7 @@ import numpy as np
 
 from dvlt_core.geometry import Sim3
 from dvlt_core.geometry.rotations import chordal_mean
+from dvlt_core.mapping.alignment import depth_samples
 from dvlt_core.result import Reconstruction, ViewReconstruction
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.scale import MetricScale, RigBaselineScale
@@ -219,7 +220,7 @@ class WorldAligner:
     ) -> tuple[float | None, str]:
         ratios = []
         for estimate, view in zip(known, views, strict=True):
-            current = self._depth_samples(view)
+            current = depth_samples(view, self.config.depth_grid)
             if current.shape != estimate.depth_world.shape:
                 continue
             ok = (current > 0) & (estimate.depth_world > 0)
@@ -236,16 +237,6 @@ class WorldAligner:
                 return float(spread_world / spread_local), "shared_centres"
         return None, "held"
 
-    def _depth_samples(self, view: ViewReconstruction) -> np.ndarray:
-        """Depth on a fixed grid of the view's map (0 where invalid or non-finite)."""
-        grid = self.config.depth_grid
-        height, width = view.depth.shape
-        rows = np.linspace(0, height - 1, min(grid, height)).round().astype(int)
-        cols = np.linspace(0, width - 1, min(grid, width)).round().astype(int)
-        depth = view.depth[np.ix_(rows, cols)].astype(np.float64)
-        ok = view.valid[np.ix_(rows, cols)] & np.isfinite(depth) & (depth > 0)
-        return np.where(ok, depth, 0.0)
-
     def _remember(
         self, window: ViewWindow, reconstruction: Reconstruction, world_from_window: Sim3
     ) -> None:
@@ -255,7 +246,7 @@ class WorldAligner:
             self._history.pop(key, None)
             self._history[key] = _ViewEstimate(
                 world_from_window.apply_c2w(view.extrinsics_c2w),
-                self._depth_samples(view) * world_from_window.scale,
+                depth_samples(view, self.config.depth_grid) * world_from_window.scale,
             )
         while len(self._history) > self.config.history_size:
             self._history.popitem(last=False)
