@@ -182,6 +182,9 @@ def aggregate_metrics(per_sequence: Sequence[Mapping[str, float]]) -> dict[str, 
         values = [float(m[key]) for m in per_sequence if not math.isnan(float(m[key]))]
         if not values:
             continue
+        if len(values) == 1:  # no spread to estimate (torch would warn and give NaN)
+            out[key], out[f"{key}_std"] = values[0], math.nan
+            continue
         std, mean = torch.std_mean(torch.tensor(values, dtype=torch.float64))
         out[key] = float(mean)
         out[f"{key}_std"] = float(std)
