@@ -178,13 +178,6 @@ class _Lookups:
         return pose
 
 
-def compose(a: Sim3, b: Sim3) -> Sim3:
-    """``a ∘ b`` (apply ``b`` first)."""
-    rotation = np.asarray(a.rotation) @ np.asarray(b.rotation)
-    translation = float(a.scale) * np.asarray(a.rotation) @ np.asarray(b.translation)
-    return Sim3(rotation, translation + np.asarray(a.translation), float(a.scale * b.scale))
-
-
 def registered_depth(view: ViewReconstruction, sensor: MeasuredDepth) -> MeasuredDepth:
     """A registered depth image (no ``k``) of another size than the view's maps gets the
     view's intrinsics scaled to its size, so that it is resampled instead of refused."""
@@ -368,7 +361,7 @@ class Grounding:
         outcome = anchor_reconstruction(recon, tf_poses, fixed_scale=scale)
         if isinstance(outcome, Anchor):
             sim = outcome.world_from_window
-            self._world_from_chain = compose(sim, chain.inverse())
+            self._world_from_chain = sim.compose(chain.inverse())
             if scale is None:  # Sim(3): the scale is TF's, fitted to the cameras' motion
                 status = _with(status, metric=True, metres_per_unit=float(sim.scale),
                                source="tf", constraints=len(outcome.views))
@@ -380,7 +373,7 @@ class Grounding:
             sim, anchor = chain, "unanchored"
         else:
             reason = f"{outcome.reason}; the last TF alignment carries the chain"
-            sim, anchor = compose(held, chain), "tf_held"
+            sim, anchor = held.compose(chain), "tf_held"
             if scale is not None:  # the measured scale, not the carried chain's
                 sim = Sim3(sim.rotation, sim.translation, scale)
         events.append(PipelineEvent("anchor_refused", Level.WARN,
