@@ -86,8 +86,9 @@ class ReconstructNode(Node):
         self._listeners: list[CycleListener] = []
         self._last_diagnostics = 0.0
         self.outputs = OutputPublishers(self, self.cameras, p["world_frame"])
-        # The map is changed by cycles (worker thread) and cleared by ~/reset (executor).
-        self._map_lock = threading.Lock()
+        # ~/reset (executor) only asks; the worker, which owns the map, clears it between
+        # cycles, so the service never waits for a running inference.
+        self._reset_requested = threading.Event()
         self.map_outputs = (MapPublishers(self, p["map_frame"], p["world_frame"],
                                           self.outputs.tf) if p["loop_closure"] else None)
         self._reset_service = self.create_service(Trigger, "~/reset", self._on_reset)
@@ -182,6 +183,7 @@ class ReconstructNode(Node):
         finished loading, then reconstruct the newest snapshot (or, lossless, every queued
         one). Every use of ROS objects holds the shutdown gate; inference does not."""
         try:
+            self._apply_reset()
             with self._gate.entered():
                 if changes := self.session.apply_pending():
                     self.get_logger().info("applied " + ", ".join(
@@ -219,31 +221,45 @@ class ReconstructNode(Node):
                     self._consumed.publish(UInt64(data=count))
 
     def _on_reset(self, request, response):
-        """``~/reset``: forget the keyframe graph, the loops and the map cloud."""
-        with self._map_lock:
-            keyframes = self.session.loop_stats.keyframes
-            self.session.reset_map()
-        if self.map_outputs is not None:
-            self.map_outputs.publish_reset(self._now_ns())
+        """``~/reset``: ask the worker to forget the keyframe graph, the loops and the map
+        cloud; answered at once, the map is cleared when the running cycle (if any) ends."""
+        self._reset_requested.set()
+        if self.worker is not None:
+            self.worker.wake()
         response.success = True
-        response.message = (f"map cleared ({keyframes} keyframes)" if self.map_outputs
-                            else "map cleared (loop_closure is off: there was no map)")
+        response.message = ("map reset: cleared after the running cycle, before the next"
+                            if self.map_outputs else
+                            "map reset (loop_closure is off: there was no map)")
         self.get_logger().info(f"~/reset: {response.message}")
         return response
 
+    def _apply_reset(self) -> bool:
+        """Worker thread, between cycles: clear the map if ``~/reset`` asked for it and
+        publish the empty map; True when it did."""
+        if not self._reset_requested.is_set():
+            return False
+        self._reset_requested.clear()
+        keyframes = self.session.loop_stats.keyframes
+        self.session.reset_map()
+        with self._gate.entered():
+            if self.map_outputs is not None:
+                self.map_outputs.publish_reset(self._now_ns())
+            self.get_logger().info(f"~/reset: map cleared ({keyframes} keyframes)")
+        return True
+
     def _reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> None:
-        with self._map_lock:
-            cycle = self.session.reconstruct(snapshot, now_ns)
+        cycle = self.session.reconstruct(snapshot, now_ns)
         self._publish_cycle(cycle)
-        if self.map_outputs is None:
+        with self._gate.entered():
+            for event in cycle.loop_events:
+                self._report(event)
+        # A reset asked for during this cycle clears the map before its loops are verified.
+        if self._apply_reset() or self.map_outputs is None:
             return
-        with self._map_lock:  # spare time: after this cycle's outputs
-            verdicts = self.session.close_loops()
-            with self._gate.entered():
-                for event in cycle.loop_events:
-                    self._report(event)
-                self.map_outputs.publish(self.session, cycle.result.stamp_ns,
-                                         closed=any(v.accepted for v in verdicts))
+        verdicts = self.session.close_loops()  # spare time: after this cycle's outputs
+        with self._gate.entered():
+            self.map_outputs.publish(self.session, cycle.result.stamp_ns,
+                                     closed=any(v.accepted for v in verdicts))
 
     def _publish_cycle(self, cycle) -> None:
         with self._gate.entered():
