@@ -454,7 +454,14 @@ class BagProcessor:
         write_ms = (time.perf_counter() - write_start) * 1e3
         self.session.finish(cycle, write_ms, points)
         recorder.writer.write("/diagnostics", self._diagnostics(cycle), result.stamp_ns)
-        self.session.close_loops()
+        try:
+            self.session.close_loops()
+        except Exception as exc:  # like a failed window: report, keep going
+            self._report(PipelineEvent(
+                "loop_closure_error", Level.ERROR,
+                f"verifying loop candidates after the window at {result.stamp_ns * 1e-9:.3f} s "
+                f"failed: {type(exc).__name__}: {exc}; those candidates are dropped (the map "
+                "keeps its other loops)", stamp_ns=result.stamp_ns))
         stats = self.stats
         stats.windows += 1
         if stats.first_output_s is None:

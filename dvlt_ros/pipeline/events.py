@@ -47,6 +47,7 @@ EVENT_CODES = frozenset(
         "world_rescaled",  # the first metric scale: the chained world converted to metres
         "depth_rejected",  # a depth image for an unknown camera, or of the wrong kind
         "loop_closure_unavailable",  # no place descriptors or no GTSAM: loop closure off
+        "loop_closure_error",  # verifying loop candidates raised; they are dropped, run goes on
     }
 )
 

@@ -80,6 +80,49 @@ def test_a_loop_bag_is_closed_and_both_ates_are_reported(tmp_path, small_model):
     assert json.loads((out / "summary.json").read_text())["loop_closure"] == loops
 
 
+class _VerificationFails:
+    """A backend that raises on a window made only of views it has seen before: loop
+    verification (the current keyframe with an old one); every live window brings a new
+    snapshot. Like a backend out of memory on those windows."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self._seen: set[bytes] = set()
+        self.failures = 0
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def infer(self, images, num_steps=None):
+        keys = {view.numpy().tobytes() for view in images[0]}
+        if keys <= self._seen:
+            self.failures += 1
+            raise RuntimeError("out of memory")
+        self._seen |= keys
+        return self._backend.infer(images, num_steps)
+
+
+def test_a_failing_loop_verification_is_reported_and_the_run_goes_on(tmp_path, small_model):
+    # 40 snapshots in 35.2 s: none at exactly a pose of the first lap (its images would be
+    # the same as that snapshot's).
+    bag_path = write_sample_bag(tmp_path / "loop", replace(
+        SAMPLE, frames=40, rate_hz=40 / 35.2, path="loop", laps=1.1))
+    issues = IssueLog()
+    with BagSource(bag_path, issues) as bag:
+        backend = _VerificationFails(ground_truth_backend(bag, IMG_SIZE, unscaled=True))
+        processor = BagProcessor(
+            bag, backend, parameters(bag, loop_closure=True, loop_verify_per_cycle=2),
+            tmp_path / "out", issues=issues, describer=EncoderDescriber(small_model, IMG_SIZE))
+        summary = processor.run()
+    assert backend.failures >= 1, summary
+    assert summary["complete"] and summary["windows"] == 40
+    assert summary["events"]["loop_closure_error"] == backend.failures
+    assert summary["loop_closure"]["keyframes"] == 40
+    assert summary["loop_closure"]["accepted"] == 0
+    stamps, _ = read_tum(tmp_path / "out" / f"trajectory_{CAMERA}.tum")
+    assert len(stamps) == 40
+
+
 def test_cli_turns_loop_closure_on_and_describes_with_a_checkpoint(tmp_path, small_model,
                                                                     capsys):
     bag = make_sample(tmp_path / "bag")
