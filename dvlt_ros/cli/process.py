@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         grounding.add_argument(f"--{flag}", metavar="FRAME",
                                help=f"parameter '{flag.replace('-', '_')}' ({what})")
     loops = parser.add_argument_group(
-        "loop closure (on unless -p loop_closure:=false; docs/world_frame.md#loop-closure)")
+        "loop closure (on unless the params file or -p sets loop_closure; "
+        "docs/world_frame.md#loop-closure)")
     loops.add_argument("--describe-checkpoint", metavar="CHECKPOINT",
                        help="a DVLT checkpoint whose encoder describes the keyframes for place "
                             "recognition when the backend gives no descriptors (ground-truth "
@@ -94,17 +95,18 @@ def _parameters(args: argparse.Namespace, bag) -> dict[str, object]:
             overrides[flag] = getattr(args, flag)
     if args.cameras:
         overrides["cameras"] = list(args.cameras)
-    file_sets_cameras = args.params_file is not None and "cameras" in file_parameters(
-        args.params_file)
-    if "cameras" not in overrides and not file_sets_cameras:
-        transport = overrides.get("image_transport", "raw")
+    # The CLI's own defaults apply only where neither a flag nor the params file sets a value.
+    given = {**(file_parameters(args.params_file) if args.params_file else {}), **overrides}
+    if "cameras" not in given:
+        transport = given.get("image_transport", "raw")
         cameras = (camera_names(read_sample_config(bag)) if SCENE_TOPIC in bag.topics
                    else detect_cameras(bag.topics, str(transport)))
         if cameras:
             overrides["cameras"] = cameras
     if overrides.get("backend") in GROUND_TRUTH_BACKENDS and "img_size" not in overrides:
         overrides["img_size"] = 224
-    overrides.setdefault("loop_closure", True)  # the node's default is off
+    if "loop_closure" not in given:
+        overrides["loop_closure"] = True  # the node's default is off
     return load_parameters(args.params_file, overrides)
 
 

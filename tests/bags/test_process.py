@@ -178,3 +178,18 @@ def test_fused_cloud_memory_is_bounded_by_coarsening():
     kept = cloud.arrays(0)[0]
     cells = np.floor(kept / cloud.voxel_size).astype(np.int64)
     assert len(np.unique(cells, axis=0)) == len(kept)  # one point per (coarse) voxel
+
+
+def test_cli_defaults_give_way_to_the_params_file(bags, tmp_path):
+    """The CLI's loop_closure default (on) applies only where neither the params file nor
+    a flag sets it."""
+    params = tmp_path / "params.yaml"
+    params.write_text("reconstruct_node:\n  ros__parameters:\n    loop_closure: false\n"
+                      "    backend: ground_truth\n    img_size: 112\n    num_steps: 2\n"
+                      "    window_timesteps: 2\n    keyframe_min_spacing: 0.0\n")
+    out = tmp_path / "result"
+    assert process_cli.main([str(bags["mcap"]), "--out", str(out), "--quiet",
+                             "--params-file", str(params)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parameters"]["loop_closure"] is False
+    assert summary["loop_closure"]["state"] == "off"
