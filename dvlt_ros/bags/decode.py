@@ -50,12 +50,15 @@ def camera_topics(namespace: str, transport: str) -> CameraTopics:
 
 class FrameDecoder:
     """Turns serialised image and CameraInfo messages into frames (one per image), each
-    within ``max_pixels`` (see :func:`~dvlt_ros.node_support.inputs.frame_from_image`)."""
+    within ``max_pixels`` (see :func:`~dvlt_ros.node_support.inputs.frame_from_image`),
+    and keeps each camera's colour view for its depth images, as the node's
+    :meth:`~dvlt_ros.node_support.inputs.CameraInputs.colour_view`."""
 
     def __init__(self, use_camera_info: bool, max_pixels: int | None = None) -> None:
         self.use_camera_info = use_camera_info
         self.max_pixels = max_pixels
         self._infos: dict[str, CameraInfoData] = {}
+        self._colour: dict[str, tuple[str, tuple[int, int]]] = {}
 
     def camera_info(self, camera: str, raw: bytes) -> None:
         """Remember the latest CameraInfo of ``camera``."""
@@ -67,7 +70,15 @@ class FrameDecoder:
         report (why it was rejected, or that it was downscaled)."""
         msg = deserialize_message(raw, CompressedImage if compressed else Image)
         info = self._infos.get(camera) if self.use_camera_info else None
-        return frame_from_image(msg, camera, compressed, info, self.max_pixels)
+        frame, events, size = frame_from_image(msg, camera, compressed, info, self.max_pixels)
+        if frame is not None:
+            self._colour[camera] = (frame.frame_id, size)
+        return frame, events
+
+    def colour_view(self, camera: str) -> tuple[str, tuple[int, int]] | None:
+        """The optical frame and size (width, height, as published) of ``camera``'s latest
+        accepted image, or None before the first."""
+        return self._colour.get(camera)
 
 
 def detect_cameras(topics: dict, transport: str) -> list[str]:

@@ -66,7 +66,12 @@ from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS, TF_STATIC_TOPIC, TF_TOPIC, BagTr
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
 from dvlt_ros.conversions.tf import ns_from_stamp, stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
-from dvlt_ros.node_support.depth import DepthConversionError, measured_depth
+from dvlt_ros.node_support.depth import (
+    DepthConversionError,
+    check_depth_image,
+    depth_info_topic,
+    measured_depth,
+)
 from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
@@ -186,7 +191,6 @@ class BagProcessor:
         self.stats = _Stats()
         self.frame_ids: dict[str, str] = {}
         #: camera -> (optical frame, (width, height)) of its latest image, for depth.
-        self.colour_views: dict[str, tuple[str, tuple[int, int]]] = {}
 
     # ------------------------------------------------------------------ checks
     def _check_topics(self) -> list[CameraTopics]:
@@ -265,7 +269,7 @@ class BagProcessor:
     def _check_depth(self) -> list[_DepthTopics]:
         """Each camera's depth topic (``<ns>/<depth_topic>``) and its CameraInfo."""
         relative = str(self.params["depth_topic"]).strip("/")
-        info_relative = "/".join([*relative.split("/")[:-1], "camera_info"])
+        info_relative = depth_info_topic(relative)
         found = []
         for namespace, camera in zip(self.params["cameras"], self.session.cameras,
                                      strict=True):
@@ -360,7 +364,6 @@ class BagProcessor:
                 self.session.count_rejected(camera.camera)
             else:
                 self.frame_ids.setdefault(frame.camera, frame.frame_id)
-                self.colour_views[frame.camera] = (frame.frame_id, (frame.width, frame.height))
                 for ev in self.session.add_frame(frame, message.log_ns):
                     self._report(ev)
             for ev in self.session.after_image(message.log_ns):
@@ -425,16 +428,21 @@ class BagProcessor:
         its CameraInfo and TF)."""
         msg = deserialize_message(raw, Image)
         stamp_ns = ns_from_stamp(msg.header.stamp)
-        self._depth_newest[topics.camera] = max(self._depth_newest.get(topics.camera, stamp_ns),
-                                                stamp_ns)
-        colour = self.colour_views.get(topics.camera)
+        if stamp_ns > 0:  # the snapshots up to here need not wait for depth any longer
+            self._depth_newest[topics.camera] = max(
+                self._depth_newest.get(topics.camera, stamp_ns), stamp_ns)
         try:
+            check_depth_image(msg, self.decoder.max_pixels)
+            colour = self.decoder.colour_view(topics.camera)
             if colour is None:
                 raise DepthConversionError(f"no image of {topics.camera} was read before it")
             depth = measured_depth(msg, self._depth_infos.get(topics.camera), *colour,
                                    self.tf.tree)
-        except DepthConversionError as exc:
-            self.issues.warn("depth_rejected", f"depth image at {stamp_ns * 1e-9:.3f} s: {exc}",
+        except Exception as exc:  # like the node: refuse this image, keep going
+            reason = str(exc) if isinstance(exc, DepthConversionError) else (
+                f"{type(exc).__name__}: {exc}")
+            self.issues.warn("depth_rejected", f"depth image at {stamp_ns * 1e-9:.3f} s: "
+                             f"{reason}; this camera gives no depth scale until one is usable",
                              topics.image, log_ns)
             return
         for event in self.session.add_depth(topics.camera, stamp_ns, depth):

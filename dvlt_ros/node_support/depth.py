@@ -22,6 +22,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
 from dvlt_core.geometry import TransformError
+from dvlt_core.io.image_decode import ImageDecodeError, check_decode_size
 from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
 from dvlt_ros.conversions.image import ImageConversionError, image_to_array
 from dvlt_ros.conversions.tf import ns_from_stamp
@@ -37,6 +38,26 @@ class DepthConversionError(ValueError):
 
 class Transforms(Protocol):
     def lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray: ...
+
+
+def depth_info_topic(depth_topic: str) -> str:
+    """The CameraInfo beside a depth image topic: ``depth/image_raw`` -> ``depth/camera_info``."""
+    return "/".join([*depth_topic.strip("/").split("/")[:-1], "camera_info"])
+
+
+def check_depth_image(msg: Image, max_pixels: int | None) -> None:
+    """Refuse a depth image before it is converted: an unset or negative stamp, or more
+    pixels than the decode budget of ``max_pixels`` allows."""
+    stamp = ns_from_stamp(msg.header.stamp)
+    if stamp <= 0:
+        raise DepthConversionError(
+            f"header stamp is {stamp * 1e-9:.3f} s (unset or negative); the depth driver "
+            "must stamp each image with its capture time")
+    try:
+        check_decode_size(int(msg.width), int(msg.height), max_pixels,
+                          f"{msg.encoding} depth image")
+    except ImageDecodeError as exc:
+        raise DepthConversionError(str(exc)) from None
 
 
 def depth_pixels(msg: Image) -> np.ndarray:

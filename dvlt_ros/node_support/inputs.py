@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -27,7 +28,13 @@ from dvlt_core.io.image_decode import ImageDecodeError, check_decode_size, downs
 from dvlt_ros.conversions.camera_info import intrinsics_from_camera_info
 from dvlt_ros.conversions.image import ImageConversionError, decode_compressed, image_to_rgb8
 from dvlt_ros.conversions.tf import ns_from_stamp
-from dvlt_ros.node_support.depth import DepthConversionError, Transforms, measured_depth
+from dvlt_ros.node_support.depth import (
+    DepthConversionError,
+    Transforms,
+    check_depth_image,
+    depth_info_topic,
+    measured_depth,
+)
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import CameraFrame, CameraInfoData, downscaled_event
 from dvlt_ros.pipeline.scale import MeasuredDepth
@@ -56,22 +63,32 @@ def camera_info_data(msg: CameraInfo) -> CameraInfoData:
     )
 
 
+class ConvertedImage(NamedTuple):
+    """:func:`frame_from_image`'s answer: the ``frame`` (None when refused), the ``events``
+    to report and ``received_size`` (width, height) of the image as published, before any
+    ``max_pixels`` reduction (None when refused): the size a registered depth image has."""
+
+    frame: CameraFrame | None
+    events: list[PipelineEvent]
+    received_size: tuple[int, int] | None = None
+
+
 def frame_from_image(
     msg, camera: str, compressed: bool, info: CameraInfoData | None,
     max_pixels: int | None = None,
-) -> tuple[CameraFrame | None, list[PipelineEvent]]:
+) -> ConvertedImage:
     """The pipeline frame of an Image/CompressedImage message within ``max_pixels``
     (None when it is refused), and what to report: ``image_rejected`` / ``stamp_rejected``
     saying why there is no frame, ``image_downscaled``. Shared by the subscriptions and
     offline bag processing (``dvlt_ros.bags``), so both turn messages into identical
-    frames."""
+    frames (and colour views for their depth images)."""
     stamp = ns_from_stamp(msg.header.stamp)
     if stamp <= 0:
         what = "0 (unset)" if stamp == 0 else f"negative ({stamp * 1e-9:.3f} s)"
-        return None, [PipelineEvent(
+        return ConvertedImage(None, [PipelineEvent(
             "stamp_rejected", Level.WARN,
             f"header stamp is {what}: frame dropped (the camera driver must stamp each image "
-            "with its capture time)", camera, stamp)]
+            "with its capture time)", camera, stamp)])
     try:
         if compressed:
             decoded = decode_compressed(msg, max_pixels)
@@ -82,21 +99,21 @@ def frame_from_image(
             source = (int(msg.width), int(msg.height))
             rgb = downscale_rgb(image_to_rgb8(msg), max_pixels)
     except (ImageConversionError, ImageDecodeError) as exc:
-        return None, [PipelineEvent("image_rejected", Level.ERROR, f"{exc}; frame dropped",
-                                    camera, stamp)]
+        return ConvertedImage(None, [PipelineEvent(
+            "image_rejected", Level.ERROR, f"{exc}; frame dropped", camera, stamp)])
     events = []
     size = (rgb.shape[1], rgb.shape[0])
     if size != source:
         events.append(downscaled_event(camera, stamp, source, size, max_pixels))
         if info is not None and (info.width, info.height) == source:
             info = info.scaled(*size)
-    return CameraFrame(
+    return ConvertedImage(CameraFrame(
         camera=camera,
         stamp_ns=stamp,
         frame_id=optical_frame_id(msg.header.frame_id, camera),
         rgb=rgb,
         info=info,
-    ), events
+    ), events, source)
 
 
 class CameraInputs:
@@ -176,13 +193,12 @@ class CameraInputs:
     def _handle_image(self, msg, camera: str, compressed: bool) -> None:
         with self._lock:
             info = self._infos.get(camera) if self._use_camera_info else None
-        frame, events = frame_from_image(msg, camera, compressed, info, self._max_pixels)
+        frame, events, size = frame_from_image(msg, camera, compressed, info, self._max_pixels)
         for event in events:
             self._on_event(event)
         if frame is None:
             self._on_rejected(camera)
             return
-        size = (frame.width, frame.height) if compressed else (int(msg.width), int(msg.height))
         with self._lock:
             self._colour[camera] = (frame.frame_id, size)
         if not msg.header.frame_id and camera not in self._empty_frame_reported:
@@ -195,19 +211,14 @@ class CameraInputs:
         self._on_frame(frame)
 
     def colour_view(self, camera: str) -> tuple[str, tuple[int, int]] | None:
-        """The optical frame and size (width, height, as received) of ``camera``'s latest
-        accepted image, or None before the first."""
+        """The optical frame and size (width, height, as published: ``received_size``) of
+        ``camera``'s latest accepted image, or None before the first."""
         with self._lock:
             return self._colour.get(camera)
 
 
 #: Depth images of a camera kept until its first colour image arrives.
 EARLY_DEPTH_QUEUE = 4
-
-
-def depth_info_topic(depth_topic: str) -> str:
-    """The CameraInfo beside a depth image topic: ``depth/image_raw`` -> ``depth/camera_info``."""
-    return "/".join([*depth_topic.strip("/").split("/")[:-1], "camera_info"])
 
 
 class DepthInputs:
@@ -276,18 +287,13 @@ class DepthInputs:
         stamp = ns_from_stamp(msg.header.stamp)
         try:
             self._handle(msg, camera, stamp)
-        except (DepthConversionError, ImageDecodeError) as exc:
+        except DepthConversionError as exc:
             self._reject(camera, stamp, str(exc))
         except Exception as exc:  # an exception here would end the executor's spin
             self._reject(camera, stamp, f"{type(exc).__name__}: {exc}")
 
     def _handle(self, msg: Image, camera: str, stamp: int) -> None:
-        if stamp <= 0:
-            raise DepthConversionError(
-                f"header stamp is {stamp * 1e-9:.3f} s (unset or negative); the depth driver "
-                "must stamp each image with its capture time")
-        check_decode_size(int(msg.width), int(msg.height), self._max_pixels,
-                          f"{msg.encoding} depth image")
+        check_depth_image(msg, self._max_pixels)
         colour = self._colour_view(camera)
         with self._lock:
             info = self._infos.get(camera)

@@ -1,5 +1,5 @@
 """Damaged and unusual bags: truncated files, a missing or garbage metadata.yaml, missing
-or mistyped topics, missing camera_info, gaps and time jumps, message types the bag names
+or mistyped topics, missing camera_info, unusable depth, gaps and time jumps, message types the bag names
 (never imported), payloads that do not deserialise, flipped bytes caught by MCAP CRCs.
 Each gives a clear error or warning, and whatever could be reconstructed is kept."""
 
@@ -19,10 +19,11 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 
 from dvlt_core.testing.images import constant_png
 from dvlt_ros.bags.bag_metadata import metadata_problem
+from dvlt_ros.bags.decode import FrameDecoder
 from dvlt_ros.bags.issues import BagError, IssueLog
 from dvlt_ros.bags.mcap_crc import summary_crc_problem
 from dvlt_ros.bags.mcap_salvage import (
@@ -46,7 +47,7 @@ from dvlt_ros.bags.sample import ground_truth_backend
 from dvlt_ros.bags.source import BagMessage, BagSource
 from dvlt_ros.cli import process as process_cli
 from dvlt_ros.cli import replay as replay_cli
-from dvlt_ros.conversions.image import array_to_image, image_to_rgb8
+from dvlt_ros.conversions.image import array_to_image, image_to_array, image_to_rgb8
 from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
 
 CAMERAS = ("cam_front_left", "cam_front_right")
@@ -700,3 +701,43 @@ def test_unusable_and_stale_depth_is_warned_and_the_rest_is_used(tmp_path):
     assert stale.topic == "/cam_front_right/depth/image_raw"
     sources = summary["grounding"]["sources"]
     assert sources["depth"] >= 2 and sum(sources.values()) == SAMPLE.frames
+
+
+def test_depth_with_unset_stamps_or_beyond_the_decode_budget_is_refused(tmp_path):
+    """The node's depth checks, in bags too: one camera's depth stamped 0, the other's 3x
+    as wide and high (9x the pixels of max_pixels = the colour image's): depth_rejected for
+    every one, processing goes on up to scale."""
+    bag = make_sample(tmp_path / "depth", depth=True)
+
+    def spoil(messages):
+        for m in messages:
+            if m.topic == "/cam_front_left/depth/image_raw":
+                msg = deserialize_message(m.raw, Image)
+                msg.header.stamp = stamp_from_ns(0)
+                m = replace(m, raw=serialize_message(msg))
+            elif m.topic == "/cam_front_right/depth/image_raw":
+                msg = deserialize_message(m.raw, Image)
+                big = np.kron(image_to_array(msg), np.ones((3, 3), np.uint16))
+                m = replace(m, raw=serialize_message(array_to_image(big, "16UC1", msg.header)))
+            yield m
+
+    spoiled = rewrite_bag(bag, tmp_path / "spoiled", spoil)
+    summary, issues = process(spoiled, tmp_path / "out", unscaled=True, scale_source="depth",
+                              max_pixels=SAMPLE.width * SAMPLE.height)
+    assert summary["error"] is None and summary["windows"] == SAMPLE.frames
+    assert issues.counts["depth_rejected"] == 2 * SAMPLE.frames
+    messages = [i.message for i in issues.issues if i.code == "depth_rejected"]
+    assert any("unset or negative" in m for m in messages)
+    assert any("max_pixels" in m and "480x360" in m for m in messages)
+    assert summary["grounding"]["sources"] == {"none": SAMPLE.frames}
+
+
+def test_bag_depth_sees_the_colour_image_as_published_like_the_node(tmp_path):
+    """A colour image downscaled to max_pixels: its depth is compared with the image as
+    published (the node's rule), not with the reduced frame."""
+    header = Header(stamp=stamp_from_ns(SAMPLE.stamp_ns(0)), frame_id="cam_optical")
+    raw = serialize_message(array_to_image(np.zeros((120, 160, 3), np.uint8), "rgb8", header))
+    decoder = FrameDecoder(use_camera_info=False, max_pixels=160 * 120 // 4)
+    frame, _ = decoder.image("cam", raw, compressed=False)
+    assert (frame.width, frame.height) == (80, 60)
+    assert decoder.colour_view("cam") == ("cam_optical", (160, 120))
