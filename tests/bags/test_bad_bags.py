@@ -1,6 +1,6 @@
 """Damaged and unusual bags: truncated files, a missing or garbage metadata.yaml, missing
-or mistyped topics, missing camera_info, unusable depth, gaps and time jumps, message types the bag names
-(never imported), payloads that do not deserialise, flipped bytes caught by MCAP CRCs.
+or mistyped topics, missing camera_info, unusable depth, gaps and time jumps, message types
+the bag names (never imported), payloads that do not deserialise, flipped bytes caught by MCAP CRCs.
 Each gives a clear error or warning, and whatever could be reconstructed is kept."""
 
 from __future__ import annotations
