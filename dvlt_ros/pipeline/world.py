@@ -10,10 +10,11 @@ the earlier ones:
    reference camera's optical frame) with the window's metric scale if one is known, else 1.
 2. Later windows are anchored on *shared views*: views (same camera, same stamp) whose
    world pose an earlier window already estimated (the most recent estimate is kept).
-   R is the chordal mean of ``R_world_i @ R_window_i^T``; s is the median ratio of the
-   remembered world-unit depth of the shared views to this window's depth at the same
-   pixels (falling back to the spread of the shared camera centres, then to the previous
-   scale); t is the mean of ``c_world_i - s * R @ c_window_i`` over the shared centres.
+   The similarity is :func:`dvlt_core.mapping.alignment.align_views` of the remembered
+   world-unit poses and depth of the shared views onto this window's: R the chordal mean of
+   ``R_world_i @ R_window_i^T``, s the median depth ratio at the same pixels (falling back
+   to the spread of the shared camera centres, then to the previous scale), t the mean of
+   ``c_world_i - s * R @ c_window_i`` over the shared centres.
 3. Metric scale: when the backend is metric (``backend_metric``) s is fixed to 1 (world in
    metres); when a :class:`MetricScale` source is given (e.g. :class:`RigBaselineScale`
    from known rig extrinsics) and it yields a value, that value is used instead of the
@@ -31,8 +32,8 @@ import numpy as np
 
 from dvlt_core.geometry import Sim3
 from dvlt_core.geometry.rotations import chordal_mean
-from dvlt_core.mapping.alignment import depth_samples
-from dvlt_core.result import Reconstruction, ViewReconstruction
+from dvlt_core.mapping.alignment import Alignment, ViewGeometry, align_views, depth_samples
+from dvlt_core.result import Reconstruction
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.scale import MetricScale, RigBaselineScale
 from dvlt_ros.pipeline.window import ViewWindow
@@ -64,12 +65,6 @@ class Placement:
     events: tuple[PipelineEvent, ...] = ()
 
 
-@dataclass
-class _ViewEstimate:
-    world_from_camera: np.ndarray
-    depth_world: np.ndarray
-
-
 class WorldAligner:
     """Keeps the world: remembered view estimates and the last placement."""
 
@@ -82,7 +77,8 @@ class WorldAligner:
         self.config = config or WorldConfig()
         self.metric_scale = metric_scale
         self.backend_metric = backend_metric
-        self._history: OrderedDict[tuple[str, int], _ViewEstimate] = OrderedDict()
+        # Each remembered view's pose and depth samples in the world (its unit).
+        self._history: OrderedDict[tuple[str, int], ViewGeometry] = OrderedDict()
         self._last: Placement | None = None
         self._epoch: int | None = None
 
@@ -158,84 +154,56 @@ class WorldAligner:
                 stamp_ns=window.stamp_ns,
             )
             return Placement(previous.world_from_window, (), "held", metric, (event,))
-        views = [reconstruction.views[i] for i in shared]
+        views = [ViewGeometry.from_view(reconstruction.views[i], self.config.depth_grid)
+                 for i in shared]
         known = [self._history[window.keys[i]] for i in shared]
-        rotation = chordal_mean(
-            np.stack(
-                [
-                    k.world_from_camera[:3, :3] @ v.extrinsics_c2w[:3, :3].T
-                    for k, v in zip(known, views, strict=True)
-                ]
-            )
-        )
+        alignment = align_views(known, views)
         events: list[PipelineEvent] = []
         if metric_scale is not None and not previous.metric:
-            events += self._rescale_to_metres(window, known, views, rotation, metric_scale)
+            events += self._rescale_to_metres(window, alignment, metric_scale)
+        keys = tuple(window.keys[i] for i in shared)
+        if metric_scale is None and alignment is not None:
+            source = "shared_depth" if alignment.depth_scale else "shared_centres"
+            return Placement(alignment.target_from_source, keys, source, metric, tuple(events))
         if metric_scale is not None:
             scale, source = metric_scale, "metric"
         else:
-            scale, source = self._shared_scale(known, views, rotation)
-            if scale is None:
-                scale, source = previous.world_from_window.scale, "held"
-                events.append(
-                    PipelineEvent(
-                        "scale_unreliable",
-                        Level.WARN,
-                        "shared views gave no usable depth or baseline: previous scale kept",
-                        stamp_ns=window.stamp_ns,
-                    )
+            scale, source = previous.world_from_window.scale, "held"
+            events.append(
+                PipelineEvent(
+                    "scale_unreliable",
+                    Level.WARN,
+                    "shared views gave no usable depth or baseline: previous scale kept",
+                    stamp_ns=window.stamp_ns,
                 )
-        centres_world = np.stack([k.world_from_camera[:3, 3] for k in known])
-        centres = np.stack([v.extrinsics_c2w[:3, 3] for v in views])
+            )
+        # The scale is given: the rotation as align_views fits it, the translation for it.
+        rotation = (alignment.target_from_source.rotation if alignment is not None else
+                    chordal_mean(np.stack([k.c2w[:3, :3] @ v.c2w[:3, :3].T
+                                           for k, v in zip(known, views, strict=True)])))
+        centres_world = np.stack([k.c2w[:3, 3] for k in known])
+        centres = np.stack([v.c2w[:3, 3] for v in views])
         translation = (centres_world - scale * centres @ rotation.T).mean(axis=0)
-        keys = tuple(window.keys[i] for i in shared)
         return Placement(Sim3(rotation, translation, scale), keys, source, metric, tuple(events))
 
     def _rescale_to_metres(
-        self,
-        window: ViewWindow,
-        known: list[_ViewEstimate],
-        views: list[ViewReconstruction],
-        rotation: np.ndarray,
-        metres_per_unit: float,
+        self, window: ViewWindow, alignment: Alignment | None, metres_per_unit: float
     ) -> list[PipelineEvent]:
         """Convert the remembered world (arbitrary units) to metres about its origin: the
-        shared views give the world units per window unit, the metric scale the metres."""
-        chained, _ = self._shared_scale(known, views, rotation)
-        if chained is None:
+        shared views' ``alignment`` gives the world units per window unit, the metric scale
+        the metres."""
+        if alignment is None:
             return []
-        factor = metres_per_unit / chained
+        factor = metres_per_unit / alignment.target_from_source.scale
         for estimate in self._history.values():
-            estimate.world_from_camera[:3, 3] *= factor
-            estimate.depth_world *= factor
+            estimate.c2w[:3, 3] *= factor
+            estimate.depth[...] *= factor
         return [PipelineEvent(
             "world_rescaled", Level.INFO,
             f"metric scale available from this window: the world converted to metres "
             f"(x{factor:.4g}); earlier products were in arbitrary units",
             stamp_ns=window.stamp_ns,
         )]
-
-    def _shared_scale(
-        self, known: list[_ViewEstimate], views: list[ViewReconstruction], rotation: np.ndarray
-    ) -> tuple[float | None, str]:
-        ratios = []
-        for estimate, view in zip(known, views, strict=True):
-            current = depth_samples(view, self.config.depth_grid)
-            if current.shape != estimate.depth_world.shape:
-                continue
-            ok = (current > 0) & (estimate.depth_world > 0)
-            ratios.append(estimate.depth_world[ok] / current[ok])
-        ratios = np.concatenate(ratios) if ratios else np.empty(0)
-        if ratios.size >= 16:
-            return float(np.median(ratios)), "shared_depth"
-        if len(known) >= 2:
-            world = np.stack([k.world_from_camera[:3, 3] for k in known])
-            local = np.stack([v.extrinsics_c2w[:3, 3] for v in views]) @ rotation.T
-            spread_world = np.linalg.norm(world - world.mean(0), axis=1).sum()
-            spread_local = np.linalg.norm(local - local.mean(0), axis=1).sum()
-            if spread_local > 1e-9 and spread_world > 1e-9:
-                return float(spread_world / spread_local), "shared_centres"
-        return None, "held"
 
     def _remember(
         self, window: ViewWindow, reconstruction: Reconstruction, world_from_window: Sim3
@@ -244,7 +212,7 @@ class WorldAligner:
             if not view.pose_valid:
                 continue
             self._history.pop(key, None)
-            self._history[key] = _ViewEstimate(
+            self._history[key] = ViewGeometry(
                 world_from_window.apply_c2w(view.extrinsics_c2w),
                 depth_samples(view, self.config.depth_grid) * world_from_window.scale,
             )

@@ -9,6 +9,7 @@ import pytest
 
 from dvlt_core.geometry import Sim3
 from dvlt_core.inference import Reconstructor
+from dvlt_core.mapping.alignment import ViewGeometry, align_views, depth_samples
 from dvlt_core.synthetic.rig import rotation_z
 from dvlt_ros.pipeline import (
     RigBaselineScale,
@@ -94,6 +95,32 @@ def test_rig_baseline_gives_metric_scale(pipeline_rig, pipeline_windows, recons)
         assert placement.metric
         assert placement.world_from_window.scale == pytest.approx(1 / 0.37, rel=1e-5)
         assert _pose_errors(placement, moved, _truth(pipeline_rig, window, reference)) < 1e-4
+
+
+def test_placement_is_align_views_of_the_shared_views(pipeline_windows, recons):
+    """One implementation of view alignment: a chained window's placement is
+    dvlt_core.mapping's align_views of its shared views onto their remembered world
+    poses and depth, also when the depth ratios are noisy (an even number of them, whose
+    median the two must take alike)."""
+    grid = 4
+    world = WorldAligner(WorldConfig(depth_grid=grid))
+    first = world.place(pipeline_windows[0], recons[0])
+    rng = np.random.default_rng(3)
+    noisy = dataclasses.replace(recons[1], views=[
+        dataclasses.replace(v, depth=v.depth * np.exp(rng.normal(0.0, 0.3, v.depth.shape)))
+        for v in recons[1].views])
+    placement = world.place(pipeline_windows[1], noisy)
+    assert placement.scale_source == "shared_depth" and placement.shared
+    earlier = dict(zip(pipeline_windows[0].keys, recons[0].views, strict=True))
+    target = [ViewGeometry(first.world_from_window.apply_c2w(earlier[k].extrinsics_c2w),
+                           depth_samples(earlier[k], grid) * first.world_from_window.scale)
+              for k in placement.shared]
+    now = dict(zip(pipeline_windows[1].keys, noisy.views, strict=True))
+    source = [ViewGeometry.from_view(now[k], grid) for k in placement.shared]
+    expected = align_views(target, source).target_from_source
+    # The same arithmetic on the same numbers: equal to rounding.
+    np.testing.assert_allclose(placement.world_from_window.matrix(), expected.matrix(),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_initial_anchor_and_reset(pipeline_rig, pipeline_windows, recons):
