@@ -31,8 +31,9 @@ usage: .ci/setup.sh [--extras LIST] [--torch cpu|cuda|keep] [--torch-index URL]
   --torch keep       keep the torch already in the venv or, with a system ROS, the system's
   --torch-index URL  the package index torch comes from (env DVLT_TORCH_INDEX)
   --check            only report whether the venv is up to date (exit 0) or not (exit 1)
-  --chromium         also install Debian's chromium (apt-get, as root) if it is missing: the
-                     browser demo's test drives it (CI passes this)
+  --chromium         also install Debian's chromium (apt-get, as root) if neither chromium nor
+                     chromium-browser is on the PATH: the browser demo's test drives it (CI
+                     passes this)
 Environment: PYTHON (interpreter, default python3), DVLT_VENV (default .venv),
 DVLT_TORCH_VERSION (default $TORCH_VERSION).
 EOF
@@ -86,7 +87,9 @@ source /opt/ros/<distro>/setup.bash and run .ci/setup.sh again"
 fi
 
 # --- Chromium (the browser demo's test) ------------------------------------------------------
-if [ "$CHROMIUM" = true ] && [ "$CHECK_ONLY" = false ] && ! command -v chromium >/dev/null; then
+# Debian names it chromium, Ubuntu chromium-browser (the test looks for either).
+if [ "$CHROMIUM" = true ] && [ "$CHECK_ONLY" = false ] && ! command -v chromium >/dev/null \
+    && ! command -v chromium-browser >/dev/null; then
   command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] || die "--chromium installs Debian's \
 chromium with apt-get as root: run as root on Debian/Ubuntu, or install chromium yourself and \
 leave out --chromium"

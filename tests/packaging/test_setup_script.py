@@ -80,3 +80,30 @@ def test_rerun_with_nothing_to_do_is_fast():
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout  # the fast path: imports checked, nothing installed
+
+
+def test_chromium_browser_counts_as_installed(tmp_path):
+    """--chromium installs nothing when the browser is there as ``chromium-browser``
+    (Ubuntu's name): no apt-get. A half-installed venv stops the script right after."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "apt-get-called"
+    for name, body in (("chromium-browser", "exit 0"), ("apt-get", f"touch {called}; exit 1")):
+        exe = bin_dir / name
+        exe.write_text(f"#!/bin/sh\n{body}\n")
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    # Every other command of the PATH, without a real chromium or apt-get.
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for tool in Path(directory).glob("*") if Path(directory).is_dir() else ():
+            link = bin_dir / tool.name
+            if tool.name not in ("chromium", "apt-get") and not link.exists():
+                link.symlink_to(tool)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /nowhere\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ROS_DISTRO", "DVLT_"))}
+    clean.update(PYTHON=sys.executable, DVLT_VENV=str(venv), PATH=str(bin_dir))
+    result = subprocess.run(["bash", str(SETUP), "--chromium"], env=clean,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "half-installed" in result.stderr
+    assert "installing chromium" not in result.stderr and not called.exists()
