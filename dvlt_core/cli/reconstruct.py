@@ -358,9 +358,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     require_viser()
     if not is_loopback(args.host):
-        print(f"warning: --host {args.host} lets other machines use this demo (and its "
-              "checkpoint field): anyone who can reach the port can run the model",
-              file=sys.stderr)
+        print(f"warning: --host {args.host} lets other machines use this demo: anyone who "
+              "can reach the port can run the model (the page is locked to this backend and "
+              "checkpoint)", file=sys.stderr)
     try:
         demo = BrowserDemo(args, host=args.host, port=args.port)
     except OSError as exc:

@@ -7,6 +7,10 @@ run through :func:`dvlt_core.cli.reconstruct.reconstruct` and
 exactly as on the command line, and the ``.glb`` offered for download is the file
 ``--glb`` writes. One reconstruction runs at a time; the loaded backend is kept for the next
 request with the same backend and checkpoint. Every connected browser sees the same page.
+
+A page served on an address other people can reach (not loopback) is *locked*: it runs the
+server's own backend and checkpoint only (no file path or Hub id from the browser is ever
+loaded) and its messages name no file of the server (paths are cut to their last part).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import copy
 import ipaddress
 import logging
+import re
 import shutil
 import socket
 import tempfile
@@ -60,6 +65,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# An absolute POSIX path (not the "//host/..." of a URL): kept to its last part.
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"/:,;()]+/)*([^\s'\"/:,;()]+)")
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part (the file's own name)."""
+    return _SERVER_PATH.sub(r"\1", text)
+
+
 def check_bindable(host: str) -> None:
     """Raise :class:`OSError` unless this machine can listen on ``host`` (viser itself would
     retry the next port for ever on an address that belongs to no interface here)."""
@@ -70,13 +84,18 @@ def check_bindable(host: str) -> None:
 
 class BrowserDemo:
     """The demo page served at ``host:port`` (port: the next free one from it); ``args`` are
-    parsed ``dvlt-reconstruct`` arguments, the defaults of every request."""
+    parsed ``dvlt-reconstruct`` arguments, the defaults of every request. ``locked`` (default:
+    ``host`` is not loopback): the page can change neither the backend nor the checkpoint,
+    and shows no server path (module docstring)."""
 
     def __init__(self, args: argparse.Namespace, host: str = DEFAULT_HOST,
-                 port: int = DEFAULT_PORT) -> None:
+                 port: int = DEFAULT_PORT, locked: bool | None = None) -> None:
         self._viser = require_viser()
         check_bindable(host)
-        self._args = args
+        self.locked = not is_loopback(host) if locked is None else locked
+        self._args = copy.copy(args)
+        if self._args.checkpoint is None and self._args.backend == "torch":
+            self._args.checkpoint = default_checkpoint()
         self._uploads = UploadFolder()
         self._out_root = Path(tempfile.mkdtemp(prefix="dvlt-demo-results-"))
         self._backend: tuple[tuple[str, str | None], InferenceBackend] | None = None
@@ -110,15 +129,17 @@ class BrowserDemo:
         self._num_steps = gui.add_number(
             "K (loop steps)", self._args.num_steps or DEFAULT_NUM_STEPS, min=1, step=1
         )
+        backend, checkpoint = self._args.backend, self._args.checkpoint or ""
         self._backend_choice = gui.add_dropdown(
-            "Backend", available_backends(), initial_value=self._args.backend
+            "Backend", [backend] if self.locked else available_backends(),
+            initial_value=backend, disabled=self.locked,
         )
-        checkpoint = self._args.checkpoint
-        if checkpoint is None and self._args.backend == "torch":
-            checkpoint = default_checkpoint()
         self._checkpoint = gui.add_text(
-            "Checkpoint", checkpoint or "", hint="local folder, .safetensors file or Hub id; "
-            "for onnxruntime/tensorrt the folder dvlt-export wrote"
+            "Checkpoint", without_server_paths(checkpoint) if self.locked else checkpoint,
+            disabled=self.locked,
+            hint="the server's checkpoint (this page is reachable from other machines)"
+            if self.locked else "local folder, .safetensors file or Hub id; for "
+            "onnxruntime/tensorrt the folder dvlt-export wrote",
         )
         run = gui.add_button("Reconstruct")
         self._status = gui.add_markdown("")
@@ -132,6 +153,8 @@ class BrowserDemo:
         self._download.on_click(lambda event: self._send_glb(event.client))
 
     def _set_status(self, text: str) -> None:
+        if self.locked:
+            text = without_server_paths(text)
         self.status = text
         self._status.content = text
         LOG.info("demo: %s", text)
@@ -156,8 +179,9 @@ class BrowserDemo:
         args = copy.copy(self._args)
         args.inputs = [str(p) for p in self._uploads.files]
         args.num_steps = int(self._num_steps.value)
-        args.backend = self._backend_choice.value
-        args.checkpoint = self._checkpoint.value.strip() or None
+        if not self.locked:  # locked: the server's own, whatever a browser sent
+            args.backend = self._backend_choice.value
+            args.checkpoint = self._checkpoint.value.strip() or None
         return args
 
     def _loaded_backend(self, args: argparse.Namespace) -> InferenceBackend:

@@ -164,3 +164,25 @@ def test_uploads_keep_only_the_file_name_and_respect_the_cap(tmp_path):
 def test_only_loopback_addresses_count_as_local():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+def test_a_page_others_can_reach_runs_only_the_servers_checkpoint(checkpoint):
+    """Locked (the default off loopback; asked for here, so the test listens on loopback
+    only): what a browser sends for the backend or checkpoint is never used, and neither
+    the page nor its messages show a path of the server."""
+    app = BrowserDemo(_demo_args(checkpoint), port=_free_port(), locked=True)
+    try:
+        assert app._checkpoint.disabled and app._backend_choice.disabled
+        assert str(checkpoint) not in app._checkpoint.value
+        assert app._checkpoint.value == checkpoint.name
+        app._checkpoint.value = "/etc/passwd"  # what a crafted client could send
+        app._backend_choice.value = "onnxruntime"
+        args = app.request_args()
+        assert (args.backend, args.checkpoint) == ("torch", str(checkpoint))
+
+        app._on_upload(argparse.Namespace(name="broken.png", content=b"not a png"))
+        app.run_request()
+        assert app.status.startswith("error: cannot read image broken.png"), app.status
+        assert "/" not in app.status.split(":")[1]
+    finally:
+        app.close()
