@@ -170,7 +170,10 @@ def test_rviz_config_shows_the_node_outputs():
     rviz = yaml.safe_load(RVIZ.read_text())
     manager = rviz["Visualization Manager"]
     assert manager["Global Options"]["Fixed Frame"] == SPECS_BY_NAME["world_frame"].default
-    displays = {d["Class"].split("/")[-1]: d for d in manager["Displays"]}
+    # The first display of each kind: the live outputs (the loop-closure map follows).
+    displays = {}
+    for d in manager["Displays"]:
+        displays.setdefault(d["Class"].split("/")[-1], d)
     assert {"PointCloud2", "TF", "Path", "MarkerArray", "Image"} <= set(displays)
     first_camera = SPECS_BY_NAME["cameras"].default[0]
     topics = {
@@ -184,3 +187,19 @@ def test_rviz_config_shows_the_node_outputs():
     assert displays["PointCloud2"]["Color Transformer"] == "RGB8"
     for kind in ("Path", "MarkerArray"):  # latched topics
         assert displays[kind]["Topic"]["Durability Policy"] == "Transient Local"
+
+
+def test_rviz_config_shows_the_loop_closure_map():
+    """The map of ``loop_closure: true`` (docs/node.md): every latched map topic with its
+    message type, and an axes display of ``map_frame`` (off: no map without loop closure)."""
+    displays = {d["Name"]: d for d in
+                yaml.safe_load(RVIZ.read_text())["Visualization Manager"]["Displays"]}
+    shown = {d["Topic"]["Value"]: d for d in displays.values() if "Topic" in d}
+    for topic, kind in (("/reconstruct_node/map_points", "PointCloud2"),
+                        ("/reconstruct_node/map_trajectory", "Path"),
+                        ("/reconstruct_node/loop_closures", "MarkerArray")):
+        assert shown[topic]["Class"] == f"rviz_default_plugins/{kind}", topic
+        assert shown[topic]["Topic"]["Durability Policy"] == "Transient Local", topic
+    assert shown["/reconstruct_node/loop_closures"]["Namespaces"] == {"loop_closures": True}
+    (axes,) = [d for d in displays.values() if d["Class"] == "rviz_default_plugins/Axes"]
+    assert axes["Reference Frame"] == SPECS_BY_NAME["map_frame"].default
