@@ -24,7 +24,8 @@ recorded slightly after the images they belong to, so a snapshot is reconstructe
 time-stamped TF edge and every depth stream has reached its stamp, at most
 :data:`~dvlt_ros.bags.tf_feed.LOOKAHEAD_NS` of log time later (then the laggards are
 reported stale), or at the bag's end. A sample bag also gets ``ground_truth.tum``: the
-reference camera's true optical-frame poses in the output world frame. Output files
+reference camera's true optical-frame poses in the output world frame; any other bag with
+a ground-truth TF topic gets it from that TF (in its root frame). Output files
 appear atomically (:class:`~dvlt_ros.bags.staged_output.StagedOutput`); an interruption
 (``stop()``, e.g. on SIGINT) or a damaged bag ends the run early, and what was
 reconstructed until then is finalised and kept.
@@ -540,9 +541,12 @@ class BagProcessor:
                     self.output.path(name), epoch, camera)
         files["trajectories"] = trajectories
         optimised = self._write_optimised(files)
+        lookups = self._evaluation_lookups()
         truth = self._sample_ground_truth(epochs, optimised)
+        if not truth and lookups:
+            truth = self._tf_ground_truth(epochs, lookups)
         files["ground_truth"] = {name: item["poses"] for name, item in truth.items()}
-        evaluation = self._evaluate(epochs, optimised)
+        evaluation = self._evaluate(epochs, optimised, lookups)
         interrupted = self._stop_requested
         complete = (error is None and not interrupted and self.bag.complete
                     and stats.failed_windows == 0)
@@ -698,15 +702,45 @@ class BagProcessor:
             out[name] = item
         return out
 
-    def _evaluate(self, epochs: list[int], optimised: Mapping[int, Mapping[str, tuple]]
-                  ) -> list[dict[str, object]] | None:
+    def _evaluation_lookups(self) -> dict[str, Callable] | None:
+        """The ground truth's pose lookup per camera, or None (none given, or unusable:
+        warned)."""
         gt = self.options.ground_truth
         if gt is None:
             return None
         try:
-            lookups = self._ground_truth_lookups(gt)
+            return self._ground_truth_lookups(gt)
         except BagError as exc:
             self.issues.warn("evaluation_failed", str(exc))
+            return None
+
+    def _tf_ground_truth(self, epochs: list[int],
+                         lookups: Mapping[str, Callable]) -> dict[str, dict]:
+        """With ``--gt-tf-topic`` (any bag): ``ground_truth<epoch>.tum`` per epoch, the
+        reference camera's ground-truth poses at its reconstructed stamps (those the
+        ground truth covers), in the ground-truth TF's root frame."""
+        topic = self.options.ground_truth.tf_topic
+        camera = self.session.cameras[0]
+        if topic is None or camera not in lookups:
+            return {}
+        out = {}
+        for epoch in epochs:
+            stamps, _ = self.trajectories.arrays(epoch, camera)
+            found = [(int(s), pose) for s in stamps
+                     if (pose := lookups[camera](int(s))) is not None]
+            if not found:
+                continue
+            name = f"ground_truth{epoch_suffix(epoch)}.tum"
+            write_tum(self.output.path(name), [s / 1e9 for s, _ in found],
+                      np.stack([pose for _, pose in found]))
+            out[name] = {"poses": len(found), "camera": camera,
+                         "frame": f"the root frame of {topic} (+ /tf_static)"}
+        return out
+
+    def _evaluate(self, epochs: list[int], optimised: Mapping[int, Mapping[str, tuple]],
+                  lookups: Mapping[str, Callable] | None) -> list[dict[str, object]] | None:
+        gt = self.options.ground_truth
+        if gt is None or lookups is None:
             return None
         results = []
         for epoch in epochs:

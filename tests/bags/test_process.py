@@ -12,14 +12,16 @@ import sys
 
 import numpy as np
 import pytest
-from bag_helpers import SAMPLE, make_sample, process
+from bag_helpers import IMG_SIZE, PARAMS, SAMPLE, make_sample, process, rewrite_bag
 from rosbags.highlevel import AnyReader
 
 from dvlt_ros.bags.evaluation import read_tum
 from dvlt_ros.bags.msgtypes import typestore
-from dvlt_ros.bags.processor import GroundTruth, ProcessOptions
-from dvlt_ros.bags.sample import GT_TOPIC, ground_truth_poses
+from dvlt_ros.bags.processor import BagProcessor, GroundTruth, ProcessOptions
+from dvlt_ros.bags.sample import GT_TOPIC, SCENE_TOPIC, ground_truth_backend, ground_truth_poses
+from dvlt_ros.bags.source import BagSource
 from dvlt_ros.cli import process as process_cli
+from dvlt_ros.pipeline.settings import load_parameters
 
 CAMERAS = ("cam_front_left", "cam_front_right")
 STAMPS = [SAMPLE.stamp_ns(i) for i in range(SAMPLE.frames)]
@@ -193,3 +195,29 @@ def test_cli_defaults_give_way_to_the_params_file(bags, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parameters"]["loop_closure"] is False
     assert summary["loop_closure"]["state"] == "off"
+
+
+def test_gt_tf_topic_writes_ground_truth_beside_the_trajectories_for_any_bag(bags, tmp_path):
+    """Not only sample bags: a bag without the sample's scene topic, with a ground-truth
+    TF topic, gets ground_truth.tum (the reference camera's poses from that TF at its
+    reconstructed stamps) beside its evaluation."""
+    plain = rewrite_bag(bags["mcap"], tmp_path / "plain",
+                        lambda messages: (m for m in messages if m.topic != SCENE_TOPIC))
+    out = tmp_path / "out"
+    with BagSource(bags["mcap"]) as sample:
+        backend = ground_truth_backend(sample, IMG_SIZE)
+    with BagSource(plain) as bag:
+        params = load_parameters(None, {"cameras": list(CAMERAS), **PARAMS})
+        summary = BagProcessor(bag, backend, params, out, ProcessOptions(
+            ground_truth=GroundTruth(tf_topic=GT_TOPIC))).run()
+    assert summary["files"]["ground_truth"] == {"ground_truth.tum": SAMPLE.frames}
+    stamps, poses = read_tum(out / "ground_truth.tum")
+    chained, _ = read_tum(out / f"trajectory_{CAMERAS[0]}.tum")
+    np.testing.assert_array_equal(stamps, chained)
+    _, truth = ground_truth_poses(SAMPLE, CAMERAS[0])
+    # TUM text keeps 9 significant digits of the metre-sized poses.
+    np.testing.assert_allclose(poses, truth, atol=1e-6)
+    item = summary["grounding"]["ground_truth"]["ground_truth.tum"]
+    assert item["camera"] == CAMERAS[0] and GT_TOPIC in item["frame"]
+    (evaluation,) = summary["evaluation"]
+    assert evaluation["matched"] == 2 * SAMPLE.frames
