@@ -87,6 +87,19 @@ def test_map_tf_map_points_markers_and_reset(graph, reference_dir):
     assert newest.header.stamp.sec * 10**9 + newest.header.stamp.nanosec == last
     np.testing.assert_allclose(matrix_from_transform(newest),
                                node.session.map_from_world(), atol=1e-6)
+    # Not metric, so the correction is a similarity; TF gets a proper rigid transform
+    # (REP 105) that puts the newest reference camera where the map has it.
+    assert not node.last_report.metric
+    q = newest.transform.rotation
+    assert np.linalg.norm([q.x, q.y, q.z, q.w]) == pytest.approx(1.0, abs=1e-9)
+    map_from_world = matrix_from_transform(newest)
+    rotation = map_from_world[:3, :3]
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(rotation) == pytest.approx(1.0, abs=1e-9)
+    world_from_camera = node.session.loop_map.keyframes[-1].poses[0][2]
+    _, map_from_camera = node.session.map_path()[-1]
+    np.testing.assert_allclose((map_from_world @ world_from_camera)[:3, 3],
+                               map_from_camera[:3, 3], atol=1e-6)
 
     # Latched map outputs reach a subscriber that joins afterwards.
     points = _latched(graph, PointCloud2, "/reconstruct_node/map_points")
