@@ -17,7 +17,8 @@ Per window, :class:`Grounding` (owned by the session's pipeline)
    ``anchor: tf`` aligns the predicted camera poses to their TF poses
    (:func:`~dvlt_ros.pipeline.anchor.anchor_reconstruction`: SE(3) with the metric scale,
    Sim(3) otherwise) and, when that is refused, falls back to the chain carried into
-   ``world_frame`` by the last accepted alignment, with the reason reported.
+   ``world_frame`` by the last accepted alignment (at the measured scale about the chain
+   point it pinned, when there is one), with the reason reported.
 
 A metric backend (``backend.metric``) fixes the scale at 1 (source ``backend``). Without a
 source (``scale_source: none``) or an estimate, products stay up to scale and
@@ -215,6 +216,8 @@ class Grounding:
         self._chain = WorldAligner(WorldConfig(history_size=self.world.config.history_size))
         self._smoother = ScaleSmoother()
         self._world_from_chain: Sim3 | None = None
+        # Where the last TF alignment pinned the chain: that window's origin, chain units.
+        self._anchored_in_chain = np.zeros(3)
         self._epoch: int | None = None
         self.last_status: GroundingStatus | None = None
 
@@ -362,6 +365,7 @@ class Grounding:
         if isinstance(outcome, Anchor):
             sim = outcome.world_from_window
             self._world_from_chain = sim.compose(chain.inverse())
+            self._anchored_in_chain = np.asarray(chain.translation, np.float64)
             if scale is None:  # Sim(3): the scale is TF's, fitted to the cameras' motion
                 status = _with(status, metric=True, metres_per_unit=float(sim.scale),
                                source="tf", constraints=len(outcome.views))
@@ -373,9 +377,7 @@ class Grounding:
             sim, anchor = chain, "unanchored"
         else:
             reason = f"{outcome.reason}; the last TF alignment carries the chain"
-            sim, anchor = held.compose(chain), "tf_held"
-            if scale is not None:  # the measured scale, not the carried chain's
-                sim = Sim3(sim.rotation, sim.translation, scale)
+            sim, anchor = self._held(chain, scale).compose(chain), "tf_held"
         events.append(PipelineEvent("anchor_refused", Level.WARN,
                                     f"not aligned to {world}: {reason}",
                                     stamp_ns=window.stamp_ns))
@@ -384,6 +386,21 @@ class Grounding:
             status = _with(status, metric=True, metres_per_unit=float(sim.scale), source="tf")
         status = _with(status, anchor=anchor, reasons=(*status.reasons, f"anchor: {reason}"))
         return Placement(sim, (), anchor, metric), status
+
+
+    def _held(self, chain: Sim3, scale: float | None) -> Sim3:
+        """``world_from_chain`` of the last TF alignment for a window placed in the chain at
+        ``chain``. With a measured ``scale`` (metres per window unit) the chain is converted
+        at that scale (``scale / chain.scale`` metres per chain unit) about the chain point
+        TF last pinned, so the window's geometry and its position in the world come from one
+        similarity of the chain."""
+        held = self._world_from_chain
+        if scale is None:
+            return held
+        factor = scale / float(chain.scale)
+        pinned = self._anchored_in_chain
+        rotation = np.asarray(held.rotation, np.float64)
+        return Sim3(rotation, held.apply_points(pinned) - factor * rotation @ pinned, factor)
 
 
 def window_cameras(window: ViewWindow) -> set[str]:

@@ -30,6 +30,7 @@ from dvlt_ros.pipeline import CameraFrame
 from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.session import ReconstructionSession
 from dvlt_ros.pipeline.settings import ParameterError, load_parameters
+from dvlt_ros.pipeline.world import WorldAligner
 
 TIMES = tuple(0.4 * i for i in range(5))
 IMG_SIZE = 112
@@ -314,3 +315,47 @@ def test_diagnostics_say_why_there_is_no_metric_scale(pipeline_rig, unscaled):
     status, values = pipeline_status(session, done[-1][0])
     assert status.level == bytes([OK]) and values["scale_source"] == "none"
     assert values["grounding"] == "no metric scale available: scale_source is none"
+
+
+def test_a_held_tf_alignment_places_the_window_by_one_similarity_of_the_chain(pipeline_rig,
+                                                                              unscaled):
+    """TF of the world frame ends at 0.4 s; an external scale that grows 1 % a window (within
+    the smoother's gate) moves the smoothed metres per chain unit after the last alignment.
+    The held windows are placed by one similarity of the chain (world_from_window = H ∘
+    chain), H at the measured scale and pinned where the last TF alignment put the chain,
+    so the window's geometry and its position agree."""
+
+    class Growing:  # a MetricScale
+        def metres_per_unit(self, window, recon):
+            index = round(window.stamp_ns / 0.4e9)
+            return (1.0 + 0.01 * index) * unscaled.last_draw.metres_per_unit
+
+    session = ReconstructionSession(
+        params(pipeline_rig, anchor="tf", world_frame="odom", window_timesteps=2),
+        transforms=rig_tf(pipeline_rig, until=0.4), metric_scale=Growing())
+    assert session.install_backend(unscaled) == []
+    chain = WorldAligner()  # the grounding's own chain, fed the same windows
+    anchored, held = None, 0
+    for t in TIMES:
+        stamp = round(t * 1e9)
+        for view in pipeline_rig.snapshot(t):
+            session.add_frame(CameraFrame(view.camera, stamp,
+                                          pipeline_rig.camera(view.camera).optical_frame,
+                                          view.image), stamp)
+        snapshot, _ = session.poll(stamp)
+        cycle = session.reconstruct(snapshot, stamp)
+        in_chain = chain.place(cycle.window, cycle.result.reconstruction).world_from_window
+        world = cycle.result.placement.world_from_window
+        implied = world.compose(in_chain.inverse())  # this window's world_from_chain
+        if cycle.result.grounding.anchor == "tf":
+            anchored = (implied, np.asarray(in_chain.translation))
+            continue
+        assert cycle.result.grounding.anchor == "tf_held" and anchored is not None
+        held += 1
+        last, pinned = anchored
+        assert implied.scale / last.scale > 1.001  # the measured scale, not the carried one
+        # Composition arithmetic on metre-sized values: equal to rounding.
+        np.testing.assert_allclose(implied.apply_points(pinned), last.apply_points(pinned),
+                                   atol=1e-9)
+        np.testing.assert_allclose(implied.rotation, last.rotation, atol=1e-9)
+    assert held == 2
