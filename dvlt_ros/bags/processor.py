@@ -77,6 +77,7 @@ from dvlt_ros.node_support.health import LEVELS, Problem
 from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.pipeline import Level, MetricScale, PipelineEvent
 from dvlt_ros.pipeline.accumulate import FusedCloud, epoch_suffix
+from dvlt_ros.pipeline.events import loop_closure_error
 from dvlt_ros.pipeline.session import ReconstructedSnapshot, ReconstructionSession
 from dvlt_ros.pipeline.settings import NODE_NAME
 from dvlt_ros.pipeline.sync import RigSnapshot
@@ -466,11 +467,7 @@ class BagProcessor:
         try:
             self.session.close_loops()
         except Exception as exc:  # like a failed window: report, keep going
-            self._report(PipelineEvent(
-                "loop_closure_error", Level.ERROR,
-                f"verifying loop candidates after the window at {result.stamp_ns * 1e-9:.3f} s "
-                f"failed: {type(exc).__name__}: {exc}; those candidates are dropped (the map "
-                "keeps its other loops)", stamp_ns=result.stamp_ns))
+            self._report(loop_closure_error(exc, result.stamp_ns))
         stats = self.stats
         stats.windows += 1
         if stats.first_output_s is None:

@@ -44,6 +44,7 @@ from dvlt_ros.node_support.worker import CycleWorker
 from dvlt_ros.pipeline import CameraFrame, CycleResult, MetricScale, RigSnapshot
 from dvlt_ros.pipeline.accumulate import FusedCloud
 from dvlt_ros.pipeline.configs import grounding_config
+from dvlt_ros.pipeline.events import loop_closure_error
 from dvlt_ros.pipeline.report import CycleReport
 from dvlt_ros.pipeline.scale import MeasuredDepth
 from dvlt_ros.pipeline.session import ReconstructionSession
@@ -256,7 +257,12 @@ class ReconstructNode(Node):
         # A reset asked for during this cycle clears the map before its loops are verified.
         if self._apply_reset() or self.map_outputs is None:
             return
-        verdicts = self.session.close_loops()  # spare time: after this cycle's outputs
+        try:
+            verdicts = self.session.close_loops()  # spare time: after this cycle's outputs
+        except Exception as exc:  # the map without those candidates is still published
+            verdicts = []
+            with self._gate.entered():
+                self._report(loop_closure_error(exc, cycle.result.stamp_ns))
         with self._gate.entered():
             self.map_outputs.publish(self.session, cycle.result.stamp_ns,
                                      closed=any(v.accepted for v in verdicts))

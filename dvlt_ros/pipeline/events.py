@@ -69,3 +69,13 @@ class PipelineEvent:
     def __str__(self) -> str:
         where = f"[{self.camera}] " if self.camera else ""
         return f"{self.level.name} {self.code}: {where}{self.message}"
+
+
+def loop_closure_error(exc: Exception, stamp_ns: int) -> PipelineEvent:
+    """``loop_closure_error``: verifying loop candidates after the window at ``stamp_ns``
+    raised ``exc`` (the live node and ``dvlt-ros process`` report it and go on)."""
+    return PipelineEvent(
+        "loop_closure_error", Level.ERROR,
+        f"verifying loop candidates after the window at {stamp_ns * 1e-9:.3f} s failed: "
+        f"{type(exc).__name__}: {exc}; those candidates are dropped (the map keeps its other "
+        "loops)", stamp_ns=stamp_ns)

@@ -180,3 +180,46 @@ def test_reset_answers_while_a_cycle_runs_and_clears_the_map_after_it(graph, ref
     assert node.session.loop_stats.keyframes == 0 and not backend.timed_out
     wait_cycle(graph, node, publisher.publish(times[4]), timeout=60.0)
     assert node.session.loop_stats.keyframes == 1
+
+
+class _VerificationFails(GroundTruthUnscaledBackend):
+    """Raises on a window made only of views it has seen before: loop verification (every
+    live window brings a new snapshot). Like a backend out of memory on those windows."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen: set[bytes] = set()
+        self.failures = 0
+
+    def infer(self, images, num_steps=None):
+        keys = {view.numpy().tobytes() for view in images[0]}
+        if keys <= self._seen:
+            self.failures += 1
+            raise RuntimeError("out of memory")
+        self._seen |= keys
+        return super().infer(images, num_steps)
+
+
+def test_a_failing_loop_verification_is_reported_and_the_map_still_published(graph,
+                                                                            reference_dir):
+    rig = default_rig(160, 120, num_cameras=1)
+    # 1.1 laps in 40 snapshots: none at exactly a pose of the first lap (same images).
+    snapshots = 40
+    times = [i * rig.trajectory.lap_time * 1.1 / snapshots for i in range(snapshots)]
+    backend = _VerificationFails.for_rig(rig, times, img_size=IMG_SIZE)
+    params = {"cameras": rig.names, "rate": 20.0, "input_qos": "reliable",
+              "img_size": IMG_SIZE, "num_steps": 1, "window_timesteps": 2,
+              "keyframe_min_spacing": 0.0, "camera_timeout": 1e4, "loop_closure": True}
+    node = graph.add(ReconstructNode(
+        backend=backend, describer=_describer(reference_dir), context=graph.context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    publisher = RigPublisher(graph, rig)
+    publisher.wait_connected()
+    for t in times:
+        wait_cycle(graph, node, publisher.publish(t), timeout=60.0)
+    assert backend.failures >= 1
+    kinds = {p.kind for p in node.problems.active("pipeline")}
+    assert "loop_closure_error" in kinds and "cycle_error" not in kinds
+    trajectory = _latched(graph, Path, "/reconstruct_node/map_trajectory")
+    assert graph.spin_until(lambda: trajectory and len(trajectory[-1].poses) == snapshots, 10.0)
+    assert node.session.loop_stats.keyframes == snapshots
