@@ -112,7 +112,7 @@ def node_stages(num_cameras: int, args) -> dict[str, float]:
         _spin_until(executor, source.connected, 30)
         for t in times:
             count = len(reports)
-            source.publish(t)
+            source.publish(t, node, lambda cond, wait: _spin_until(executor, cond, wait))
             if not _spin_until(executor, lambda c=count: len(reports) > c, 300):
                 raise RuntimeError(f"no cycle for {num_cameras} cameras at t={t}")
     finally:
