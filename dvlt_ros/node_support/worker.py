@@ -129,7 +129,8 @@ class OrderedPublisher:
                 self._cond.notify_all()
                 return
             self._cond.wait_for(lambda: not (self._jobs or self._busy))
-        self._call(job)
+            self._busy = True
+        self._run_one(job)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every submitted job has run; False on timeout."""
@@ -162,9 +163,13 @@ class OrderedPublisher:
                 job = self._jobs.popleft()
                 self._busy = True
                 self._cond.notify_all()
-            try:
-                self._call(job)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            self._run_one(job)
+
+    def _run_one(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (marked busy by the caller), then let the next one start."""
+        try:
+            self._call(job)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()

@@ -201,8 +201,9 @@ def _even_subsample(count: int, limit: int) -> np.ndarray:
 
 def _to_world(points: np.ndarray, world_from_window: Sim3) -> np.ndarray:
     """``world_from_window`` applied to (n, 3) points in float64, column by column: the
-    same products and sums, in the same order, as ``Sim3.apply_points`` on homogeneous
-    points, without its (n, 4) einsum (several times slower for a cloud)."""
+    products and sums of ``Sim3.apply_points`` on homogeneous points in index order (bit
+    for bit what its einsum gives where einsum sums in that order, as on x86-64 here),
+    without the (n, 4) einsum, several times slower for a cloud."""
     rotation = np.asarray(world_from_window.rotation, dtype=np.float64)
     translation = np.asarray(world_from_window.translation, dtype=np.float64)
     columns = points.T.astype(np.float64)
