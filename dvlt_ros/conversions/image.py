@@ -118,7 +118,7 @@ def array_to_image(pixels: np.ndarray, encoding: str, header=None) -> Image:
             f"array of dtype {pixels.dtype} and shape {pixels.shape} does not match "
             f"encoding {encoding} ({dtype}, {channels} channel(s))"
         )
-    msg = Image()
+    msg = Image(check_fields=True)  # keeps ``data`` as given, without copying it
     if header is not None:
         msg.header = header
     msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])

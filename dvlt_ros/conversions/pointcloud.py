@@ -43,13 +43,16 @@ def points_to_cloud(
         )
     # Fill the message's own buffer in place: the only other copy is the one publish makes.
     data, raw = uint8_buffer(n * CLOUD_DTYPE.itemsize)
-    floats = raw.view(np.float32).reshape(n, len(CLOUD_DTYPE.names))
+    records = raw.reshape(n, CLOUD_DTYPE.itemsize)
     # x, y, z as one 12-byte item per point: a much faster strided copy than 3 floats.
-    xyz = np.ascontiguousarray(points, dtype=np.float32)
-    raw.reshape(n, CLOUD_DTYPE.itemsize)[:, :12].view("V12")[:, 0] = xyz.view("V12")[:, 0]
-    floats[:, 3] = pack_rgb(colors)
-    floats[:, 4] = confidence
-    msg = PointCloud2()
+    xyz = np.ascontiguousarray(points, dtype="<f4")
+    records[:, :12].view("V12")[:, 0] = xyz.view("V12")[:, 0]
+    # rgb: the little-endian bytes of 0x00RRGGBB are B, G, R, 0 (the buffer is zeroed);
+    # three byte columns are faster than packing uint32 words.
+    for byte, channel in ((12, 2), (13, 1), (14, 0)):
+        records[:, byte] = colors[:, channel]
+    records[:, 16:20].view("<f4")[:, 0] = confidence
+    msg = PointCloud2(check_fields=True)  # keeps ``data`` as given, without copying it
     if header is not None:
         msg.header = header
     msg.height, msg.width = 1, n

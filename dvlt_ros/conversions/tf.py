@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, TransformStamped
@@ -25,18 +27,30 @@ def transform_stamped(
     parent_to_child: np.ndarray, parent_frame: str, child_frame: str, stamp: Time
 ) -> TransformStamped:
     """TransformStamped for a 4x4 pose of ``child_frame`` expressed in ``parent_frame``."""
-    msg = TransformStamped()
-    msg.header.stamp = stamp
-    msg.header.frame_id = parent_frame
-    msg.child_frame_id = child_frame
-    t = parent_to_child[:3, 3]
-    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
-        float(t[0]), float(t[1]), float(t[2])
-    )
-    q = rotation_to_quaternion(np.asarray(parent_to_child[:3, :3], dtype=np.float64))
-    rot = msg.transform.rotation
-    rot.x, rot.y, rot.z, rot.w = (float(v) for v in q)
-    return msg
+    return transforms_stamped([(parent_to_child, child_frame, stamp)], parent_frame)[0]
+
+
+def transforms_stamped(
+    children: Sequence[tuple[np.ndarray, str, Time]], parent_frame: str
+) -> list[TransformStamped]:
+    """One TransformStamped per (4x4 pose in ``parent_frame``, child frame, stamp), with
+    the quaternions of all poses computed in one call."""
+    if not children:
+        return []
+    matrices = np.stack([np.asarray(m, dtype=np.float64) for m, _, _ in children])
+    quaternions = rotation_to_quaternion(matrices[:, :3, :3]).tolist()
+    translations = matrices[:, :3, 3].tolist()
+    out = []
+    for (_, child_frame, stamp), t, q in zip(children, translations, quaternions, strict=True):
+        msg = TransformStamped()
+        msg.header.stamp = stamp
+        msg.header.frame_id = parent_frame
+        msg.child_frame_id = child_frame
+        translation, rotation = msg.transform.translation, msg.transform.rotation
+        translation.x, translation.y, translation.z = t
+        rotation.x, rotation.y, rotation.z, rotation.w = q
+        out.append(msg)
+    return out
 
 
 def matrix_from_transform(msg: TransformStamped) -> np.ndarray:

@@ -24,7 +24,7 @@ from dvlt_ros.conversions.image import array_to_image
 from dvlt_ros.conversions.markers import frusta_markers
 from dvlt_ros.conversions.path import path_message
 from dvlt_ros.conversions.pointcloud import points_to_cloud
-from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transform_stamped
+from dvlt_ros.conversions.tf import stamp_from_ns, tf_message, transforms_stamped
 from dvlt_ros.node_support.qos import DIAGNOSTICS_QOS, LATCHED_QOS, OUTPUT_QOS
 from dvlt_ros.pipeline.engine import CycleResult
 
@@ -75,11 +75,9 @@ class OutputPublishers:
                 camera_info_from_intrinsics(model.k, model.width, model.height, image_header)
             )
         if result.poses:
-            self.tf.publish(tf_message([
-                transform_stamped(pose.world_from_camera, self.world_frame, pose.child_frame_id,
-                                  stamp_from_ns(pose.stamp_ns))
-                for pose in result.poses
-            ]))
+            self.tf.publish(tf_message(transforms_stamped(
+                [(pose.world_from_camera, pose.child_frame_id, stamp_from_ns(pose.stamp_ns))
+                 for pose in result.poses], self.world_frame)))
         if path is not None:
             self.trajectory.publish(path_message(header, path))
         self.frusta.publish(frusta_markers(

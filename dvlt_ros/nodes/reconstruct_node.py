@@ -4,8 +4,9 @@
 
 The ROS edge of a :class:`~dvlt_ros.pipeline.session.ReconstructionSession`: camera
 subscriptions feed it frames; at ``rate`` Hz (lossless: after every image) a worker thread
-runs its cycle and the node publishes the cloud, per-camera depth/confidence/camera_info,
-TF, the trajectory, frusta and /diagnostics. With a scale source or ``anchor: tf`` it listens
+runs its cycle and a publishing thread sends the cloud, per-camera
+depth/confidence/camera_info, TF, the trajectory, frusta and /diagnostics, in cycle order,
+while the worker goes on with the next cycle. With a scale source or ``anchor: tf`` it listens
 to the robot's TF (:class:`~dvlt_ros.node_support.tf_listener.TfListener`) and, for the
 depth scale, to a depth topic per camera (:class:`~dvlt_ros.node_support.inputs.DepthInputs`).
 With ``loop_closure`` it verifies loop candidates after publishing each cycle and publishes
@@ -40,7 +41,7 @@ from dvlt_ros.node_support.outputs import OutputPublishers
 from dvlt_ros.node_support.parameters import declare_parameters, verdict
 from dvlt_ros.node_support.qos import LATCHED_QOS, input_qos
 from dvlt_ros.node_support.tf_listener import TfListener
-from dvlt_ros.node_support.worker import CycleWorker
+from dvlt_ros.node_support.worker import CycleWorker, OrderedPublisher
 from dvlt_ros.pipeline import CameraFrame, CycleResult, MetricScale, RigSnapshot
 from dvlt_ros.pipeline.accumulate import FusedCloud
 from dvlt_ros.pipeline.configs import grounding_config
@@ -67,6 +68,7 @@ class ReconstructNode(Node):
                  **node_kwargs) -> None:
         # Set before anything can fail: rclpy destroys a half-built node on shutdown.
         self.worker: CycleWorker | None = None
+        self.publisher: OrderedPublisher | None = None
         self.session: ReconstructionSession | None = None
         self._gate = ShutdownGate()
         self._injected = backend
@@ -113,6 +115,7 @@ class ReconstructNode(Node):
             colour_view=self.inputs.colour_view, on_depth=self._on_depth,
             on_event=self._report, transforms=self.tf, max_pixels=p["max_pixels"],
         ) if grounding.uses_depth else None
+        self.publisher = OrderedPublisher(on_error=self._on_cycle_error)
         self.worker = CycleWorker(self._cycle, on_error=self._on_cycle_error)
         self.models = ModelSwitch(self.problems, self.get_logger(), self.worker.wake, backend)
         if backend is not None:
@@ -176,7 +179,8 @@ class ReconstructNode(Node):
             self._report(event)
 
     def add_cycle_listener(self, listener: CycleListener) -> None:
-        """Call ``listener(report, result)`` on the worker thread after each cycle."""
+        """Call ``listener(report, result)`` on the publishing thread after each cycle's
+        outputs were published."""
         self._listeners.append(listener)
 
     def _cycle(self) -> None:
@@ -218,8 +222,12 @@ class ReconstructNode(Node):
                         now_ns = self._now_ns()
                     self._reconstruct(snapshot, now_ns)
             finally:  # a failed cycle is handled too: the player must not wait for it
-                with self._gate.entered():
-                    self._consumed.publish(UInt64(data=count))
+                # After the outputs of this snapshot, which are queued before it.
+                self.publisher.submit(lambda count=count: self._acknowledge(count))
+
+    def _acknowledge(self, count: int) -> None:
+        with suppress(GateClosedError), self._gate.entered():
+            self._consumed.publish(UInt64(data=count))
 
     def _on_reset(self, request, response):
         """``~/reset``: ask the worker to forget the keyframe graph, the loops and the map
@@ -250,12 +258,19 @@ class ReconstructNode(Node):
 
     def _reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> None:
         cycle = self.session.reconstruct(snapshot, now_ns)
-        self._publish_cycle(cycle)
+        # The path as of this cycle: the next cycle adds to it while this one publishes.
+        path = self.session.trajectories.path if cycle.path_updated else None
+        self.publisher.submit(lambda: self._publish_cycle(cycle, path))
+        if self.map_outputs is None:
+            return
+        # The map's verification and topics come after this cycle's outputs and share the
+        # map with its report: no overlap with loop closure.
+        self.publisher.wait_idle()
         with self._gate.entered():
             for event in cycle.loop_events:
                 self._report(event)
         # A reset asked for during this cycle clears the map before its loops are verified.
-        if self._apply_reset() or self.map_outputs is None:
+        if self._apply_reset():
             return
         try:
             verdicts = self.session.close_loops()  # spare time: after this cycle's outputs
@@ -267,13 +282,13 @@ class ReconstructNode(Node):
             self.map_outputs.publish(self.session, cycle.result.stamp_ns,
                                      closed=any(v.accepted for v in verdicts))
 
-    def _publish_cycle(self, cycle) -> None:
-        with self._gate.entered():
+    def _publish_cycle(self, cycle, path) -> None:
+        """On the publishing thread: the outputs of one cycle, its report and listeners."""
+        with suppress(GateClosedError), self._gate.entered():
             result = cycle.result
             if cycle.decision.event is not None:
                 self._report(cycle.decision.event)
             publish_start = time.perf_counter()
-            path = self.session.trajectories.path if cycle.path_updated else None
             points = self.outputs.publish(result, path)
             publish_ms = (time.perf_counter() - publish_start) * 1e3
             report = self.session.finish(cycle, publish_ms, points, self.worker.overruns)
@@ -313,7 +328,9 @@ class ReconstructNode(Node):
         if self.worker is None:
             return True
         self.worker.stop(timeout)
-        return not (self.worker.running or self.models.loading is not None)
+        self.publisher.stop(timeout)
+        return not (self.worker.running or self.publisher.running
+                    or self.models.loading is not None)
 
     def destroy_node(self) -> None:
         if self._gate.is_open:  # in-process use: let the running cycle finish

@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from dvlt_core.geometry import TfTree
+from dvlt_core.geometry import TfTree, rotation_to_quaternion
 from dvlt_ros.conversions.camera_info import camera_info_from_intrinsics
 from dvlt_ros.conversions.image import (
     ImageConversionError,
@@ -19,13 +19,20 @@ from dvlt_ros.conversions.image import (
     image_to_array,
     image_to_rgb8,
 )
-from dvlt_ros.conversions.pointcloud import cloud_to_array, pack_rgb, points_to_cloud, unpack_rgb
+from dvlt_ros.conversions.pointcloud import (
+    CLOUD_DTYPE,
+    cloud_to_array,
+    pack_rgb,
+    points_to_cloud,
+    unpack_rgb,
+)
 from dvlt_ros.conversions.tf import (
     matrix_from_transform,
     ns_from_stamp,
     stamp_from_ns,
     tf_message,
     transform_stamped,
+    transforms_stamped,
 )
 from dvlt_ros.node_support.depth import DepthConversionError, measured_depth
 
@@ -138,6 +145,58 @@ def test_pointcloud_round_trip_and_layout():
     np.testing.assert_array_equal(cloud["z"], points[:, 2])
     np.testing.assert_array_equal(unpack_rgb(cloud["rgb"]), colors)
     assert pack_rgb(np.array([[255, 0, 1]], np.uint8)).view(np.uint32)[0] == 0xFF0001
+
+
+def test_pointcloud_bytes_are_those_of_the_structured_array():
+    """Byte for byte what a CLOUD_DTYPE structured array of the same points holds (the
+    previous implementation's layout), and the message keeps its buffer (no copy)."""
+    n = 1001
+    points = RNG.normal(size=(n, 3)) * 50  # float64 in: cast to float32 like the array
+    colors = RNG.integers(0, 256, size=(n, 3), dtype=np.uint8)
+    conf = RNG.uniform(1, 30, size=n).astype(np.float32)
+    expected = np.zeros(n, CLOUD_DTYPE)
+    for i, axis in enumerate("xyz"):
+        expected[axis] = points[:, i]
+    expected["rgb"], expected["confidence"] = pack_rgb(colors), conf
+    header = Header(frame_id="dvlt_world")
+    msg = points_to_cloud(points, colors, conf, header)
+    assert msg.data.tobytes() == expected.tobytes()
+    assert msg.header.frame_id == "dvlt_world" and msg.is_dense and not msg.is_bigendian
+    buffer = msg.data
+    msg.data = buffer  # what publish reads: the same array object
+    assert msg.data is buffer
+    empty = points_to_cloud(np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0))
+    assert empty.width == 0 and len(empty.data) == 0
+
+
+def test_image_bytes_and_layout():
+    depth = RNG.uniform(0.1, 9, size=(6, 11)).astype(np.float32)
+    depth[2, 3] = np.nan
+    msg = array_to_image(depth, "32FC1", Header(frame_id="cam_dvlt"))
+    assert msg.data.tobytes() == depth.tobytes() and msg.step == 44
+    assert (msg.height, msg.width, msg.encoding) == (6, 11, "32FC1")
+    np.testing.assert_array_equal(image_to_array(msg), depth)
+    strided = RGB[:, ::2]  # a non-contiguous view is sent contiguous
+    assert array_to_image(strided, "rgb8").data.tobytes() == strided.tobytes()
+
+
+def test_transforms_of_many_poses_match_one_at_a_time():
+    """The batched quaternions equal those of each pose alone, bit for bit."""
+    children = []
+    for i, angles in enumerate(RNG.uniform(-np.pi, np.pi, size=(9, 3))):
+        pose = np.eye(4)
+        pose[:3, :3] = _euler(*angles)
+        pose[:3, 3] = RNG.normal(size=3)
+        children.append((pose, f"cam{i}_dvlt", stamp_from_ns(10**9 + i)))
+    msgs = transforms_stamped(children, "dvlt_world")
+    assert transforms_stamped([], "dvlt_world") == []
+    for (pose, child, stamp), msg in zip(children, msgs, strict=True):
+        q = rotation_to_quaternion(pose[:3, :3])
+        r, t = msg.transform.rotation, msg.transform.translation
+        assert [r.x, r.y, r.z, r.w] == q.tolist()
+        assert [t.x, t.y, t.z] == pose[:3, 3].tolist()
+        assert (msg.header.frame_id, msg.child_frame_id, msg.header.stamp) == (
+            "dvlt_world", child, stamp)
 
 
 def test_pointcloud_shape_mismatch():

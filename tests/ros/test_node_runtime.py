@@ -169,6 +169,41 @@ def test_lossless_mode_reconstructs_every_snapshot_and_acknowledges(graph, rig, 
     assert acks == sorted(acks)
 
 
+def test_burst_of_snapshots_is_published_complete_and_in_order(graph, rig, backend):
+    """Lossless snapshots sent in one burst: the worker reconstructs each while the last
+    one's outputs are published on the publishing thread. Every cycle's cloud, depth and
+    confidence arrive, in cycle order, stamped with the source images' stamps; reports
+    come in the same order and the last acknowledgement only after all of them."""
+    node = graph.reconstruct_node(backend, cameras=rig.names, rate=0.01, input_qos="reliable",
+                                  lossless=True, use_sim_time=False)
+    publisher = RigPublisher(graph, rig)
+    collector = OutputCollector(graph, rig.names)
+    acks = []
+    publisher.node.create_subscription(UInt64, "/reconstruct_node/consumed",
+                                       lambda m: acks.append(m.data), LATCHED_QOS)
+    publisher.wait_connected()
+    assert graph.spin_until(lambda: acks == [0])
+    reports = []
+    node.add_cycle_listener(lambda report, result: reports.append((report.stamp_ns, acks[-1])))
+    stamps = [publisher.publish(t) for t in TIMES]
+    images = len(TIMES) * len(rig.names)
+    assert graph.spin_until(lambda: acks[-1] == images, 60), acks
+    assert graph.spin_until(lambda: len(collector.msgs["points"]) == len(TIMES), 10)
+
+    def received(key):
+        return [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+                for m in collector.msgs[key]]
+
+    assert [stamp for stamp, _ in reports] == stamps
+    assert all(ack < images for _, ack in reports)  # each report before the last ack
+    assert received("points") == stamps
+    assert all(m.width > 0 for m in collector.msgs["points"])
+    for name in rig.names:
+        assert received(f"{name}/depth") == stamps
+        assert received(f"{name}/confidence") == stamps
+    assert acks == sorted(acks)
+
+
 def test_no_acknowledgement_topic_without_lossless(graph, rig, backend):
     graph.reconstruct_node(backend, cameras=rig.names)
     probe = graph.create_node("probe")

@@ -1,4 +1,5 @@
-"""The node's building blocks without DDS: problem board, cycle worker, model loader,
+"""The node's building blocks without DDS: problem board, cycle worker, ordered publisher,
+model loader,
 shutdown gate, diagnostics statuses, and the CameraInfo, frusta and path conversions."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dvlt_ros.node_support.diagnostics import status
 from dvlt_ros.node_support.health import ERROR, OK, WARN, ProblemBoard
 from dvlt_ros.node_support.lifecycle import GateClosedError, ShutdownGate
 from dvlt_ros.node_support.model import LoadedModel, ModelLoader, ModelSettings
-from dvlt_ros.node_support.worker import CycleWorker
+from dvlt_ros.node_support.worker import CycleWorker, OrderedPublisher
 
 
 def test_problem_board_logs_once_and_expires():
@@ -67,6 +68,51 @@ def test_cycle_worker_coalesces_wakeups_and_survives_errors():
         worker.stop()
     assert worker.stopping  # long cycles (lossless draining) check it to end early
 
+
+def test_ordered_publisher_runs_jobs_in_order_bounded_and_survives_errors():
+    """Jobs run one at a time in submission order; a submit beyond ``max_pending`` waiting
+    jobs blocks (nothing dropped); a failing job is reported and the next ones still run;
+    stop runs what was queued, and a job submitted after stop still runs, after them."""
+    release = threading.Event()
+    ran, errors = [], []
+
+    def job(i):
+        def run():
+            if i == 0:
+                release.wait(5)
+            if i == 3:
+                raise RuntimeError("boom")
+            ran.append(i)
+        return run
+
+    publisher = OrderedPublisher(max_pending=2, on_error=errors.append)
+    submitted = []
+
+    def producer():
+        for i in range(6):
+            publisher.submit(job(i))
+            submitted.append(i)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    _wait(lambda: len(submitted) == 3)  # job 0 runs, 1 and 2 wait: the 4th submit blocks
+    threading.Event().wait(0.05)
+    assert submitted == [0, 1, 2] and ran == []
+    release.set()
+    thread.join(5)
+    assert publisher.wait_idle(5)
+    assert ran == [0, 1, 2, 4, 5] and [str(e) for e in errors] == ["boom"]
+    release.clear()
+    publisher.submit(job(0))
+    publisher.submit(job(6))
+    publisher.stop(timeout=0.01)  # job 0 still waits: the thread finishes the queue later
+    late = threading.Thread(target=lambda: publisher.submit(job(7)))
+    late.start()
+    release.set()
+    late.join(5)
+    assert ran == [0, 1, 2, 4, 5, 0, 6, 7]
+    publisher.stop(5)
+    assert not publisher.running
 
 def _settings(checkpoint: str) -> ModelSettings:
     return ModelSettings("torch", checkpoint, "cpu", "fp32")
