@@ -89,8 +89,8 @@ def test_rrd_reads_back_with_the_cameras_moving_over_the_windows(processed):
         stamps, poses = _trajectory(out, camera)
         windows = _column(chunks[entity], "view")
         assert sorted(set(windows)) == list(range(SAMPLE.frames))  # one per window
-        logged = {b.column("stamp").cast("int64").to_pylist()[0] for b in chunks[entity]
-                  if "stamp" in b.schema.names}
+        logged = {t for b in chunks[entity] if "stamp" in b.schema.names
+                  for t in b.column("stamp").cast("int64").to_pylist()}
         assert sorted(logged) == list(stamps)  # the ROS stamps, exact to the nanosecond
         translations = _column(chunks[entity], "Transform3D:translation")
         assert len(translations) == SAMPLE.frames
