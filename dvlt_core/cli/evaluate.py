@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dvlt_core.backends import available_backends, create_backend
+from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
 from dvlt_core.eval.datasets import BENCHMARKS, DATASETS, SyntheticEvalDataset, build_dataset
 from dvlt_core.eval.plots import PlotPackageMissingError, require_matplotlib, write_metric_plot
 from dvlt_core.eval.runner import results_table, run_benchmark, write_report
-from dvlt_core.io.checkpoint import CheckpointError
 from dvlt_core.model.precision import PRECISIONS
 
 
@@ -32,7 +32,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="root of one dataset, overriding <data-root>/test/<name>")
     parser.add_argument("--checkpoint", help="checkpoint folder/file/URL/Hub id "
                         "(default $DVLT_CHECKPOINT or nvidia/dvlt)")
-    parser.add_argument("--backend", default="torch", help="inference backend (torch, ...)")
+    parser.add_argument("--backend", default="torch", help="inference backend: torch, "
+                        "onnxruntime, tensorrt, or da3 (Depth Anything 3, --checkpoint a DA3 "
+                        "folder or Hub id; the 'da3' extra)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--num-steps", type=_k_list,
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         backend = create_backend(args.backend, checkpoint=args.checkpoint, device=args.device,
                                  precision=args.precision)
-    except (CheckpointError, ValueError) as exc:
+    except (*BACKEND_SETUP_ERRORS, ValueError) as exc:
         print(f"dvlt-eval: {exc}", file=sys.stderr)
         return 2
     ks = args.num_steps or [None]

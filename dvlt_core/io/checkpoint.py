@@ -246,6 +246,12 @@ def _check_weights_suffix(path: Path, allow_pickle: bool) -> None:
     )
 
 
+def read_checkpoint_config(path: Path) -> dict[str, Any] | None:
+    """The JSON object of a checkpoint's ``config.json`` as it is (None if there is none),
+    size-limited; for backends whose config is not a DVLT one (e.g. ``da3``)."""
+    return _read_config(path)
+
+
 def _read_config(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None

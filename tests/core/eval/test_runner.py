@@ -98,3 +98,24 @@ def test_dvlt_eval_refuses_bad_k_lists(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--benchmark", "synthetic", "--num-steps", value, "--out", str(tmp_path)])
     assert stop.value.code == 2 and "--num-steps" in capsys.readouterr().err
+
+
+def test_dvlt_eval_runs_the_da3_backend(tmp_path, capsys):
+    """The second model through the same evaluation: random DA3 weights saved as released."""
+    pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
+    from dvlt_core.testing.da3_weights import save_random_da3_checkpoint
+
+    checkpoint = save_random_da3_checkpoint(tmp_path / "da3")
+    out = tmp_path / "out"
+    assert main(["--benchmark", "synthetic", "--backend", "da3", "--checkpoint",
+                 str(checkpoint), "--out", str(out),
+                 "--max-sequences", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["backend"] == "da3" and metrics["settings"]["num_steps"] == 1
+    assert "pose/Auc_30" in metrics["datasets"]["synthetic"]["aggregate"]
+
+
+def test_dvlt_eval_da3_without_a_usable_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["--benchmark", "synthetic", "--backend", "da3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the da3 backend needs a checkpoint" in err
