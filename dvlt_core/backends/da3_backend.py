@@ -47,7 +47,6 @@ from dvlt_core.geometry.unproject import compute_world_rays
 from dvlt_core.io.checkpoint import (
     CheckpointError,
     check_state_dict,
-    read_checkpoint_config,
     read_state_dict,
     resolve_checkpoint,
 )
@@ -170,8 +169,7 @@ def load_da3(
             "config.json, or a Hub id such as depth-anything/DA3-SMALL"
         )
     resolved = resolve_checkpoint(source, revision=revision, cache_dir=cache_dir)
-    config = read_checkpoint_config(resolved.weights.with_name("config.json"))
-    name = da3_model_name(config, resolved.origin)
+    name = da3_model_name(resolved.raw_config, resolved.origin)
     net = build_da3(name)
     state = read_state_dict(resolved.weights)
     state = {k.removeprefix("model."): v for k, v in state.items()}
