@@ -20,7 +20,7 @@ IMG = 56
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from dvlt_core.testing.da3_weights import save_random_da3_checkpoint
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
 
     return save_random_da3_checkpoint(tmp_path_factory.mktemp("da3"))
 

@@ -19,7 +19,7 @@ pytest.importorskip("einops", reason="the 'da3' extra (einops) is not installed"
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    from dvlt_core.testing.da3_weights import save_random_da3_checkpoint
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
 
     folder = save_random_da3_checkpoint(tmp_path_factory.mktemp("da3"))
     return create_backend("da3", checkpoint=str(folder), device="cpu")

@@ -116,7 +116,7 @@ def test_dvlt_eval_refuses_bad_k_lists(value, tmp_path, capsys):
 def test_dvlt_eval_runs_the_da3_backend(tmp_path, capsys):
     """The second model through the same evaluation: random DA3 weights saved as released."""
     pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
-    from dvlt_core.testing.da3_weights import save_random_da3_checkpoint
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
 
     checkpoint = save_random_da3_checkpoint(tmp_path / "da3")
     out = tmp_path / "out"

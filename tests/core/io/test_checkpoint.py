@@ -132,7 +132,7 @@ def test_a_da3_checkpoint_loads_from_a_hub_id_through_the_checked_download(tmp_p
     same resolver (a local server speaking the Hub protocol; no real download)."""
     pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
     from dvlt_core.backends import create_backend
-    from dvlt_core.testing.da3_weights import save_random_da3_checkpoint
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
 
     folder = save_random_da3_checkpoint(tmp_path / "da3", seed=5)
     with serve(hub_routes(folder, "depth-anything/DA3-SMALL")) as (server, base):

@@ -632,7 +632,7 @@ def test_da3_without_its_package_says_what_to_install(tmp_path, monkeypatch):
 def test_da3_weights_of_another_size_are_named(tmp_path):
     pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
     from dvlt_core.backends.da3_backend import load_da3
-    from dvlt_core.testing.da3_weights import save_random_da3_checkpoint
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
 
     folder = save_random_da3_checkpoint(tmp_path / "small", "da3-small")
     (folder / "config.json").write_text(json.dumps({"model_name": "da3-base"}))

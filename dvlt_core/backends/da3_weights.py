@@ -1,7 +1,7 @@
-"""A Depth Anything 3 checkpoint with random weights, laid out as the released ones are
-(``config.json`` naming the model, ``model.safetensors`` of the package's wrapper, keys
-``model.<...>``, shared tensors stored once), for running the ``da3`` backend without a
-download. Needs the depth-anything-3 package (:func:`dvlt_core.backends.da3_backend.import_da3`)."""
+"""Test support of the ``da3`` backend: a Depth Anything 3 checkpoint with random weights,
+laid out as the released ones are (``config.json`` naming the model, ``model.safetensors`` of
+the package's wrapper, keys ``model.<...>``, shared tensors stored once), for running the
+backend without a download. Needs the depth-anything-3 package (the ``da3`` extra)."""
 
 from __future__ import annotations
 
