@@ -115,6 +115,10 @@ class RrdRecorder:
         rec.flush()
         rec.disconnect()
 
+    def abandon(self) -> None:
+        """Stop writing without completing the recording (its file is to be discarded)."""
+        self.rec.disconnect()
+
 
 def record(
     rr: ModuleType,

@@ -111,7 +111,7 @@ class BagViewerExports:
     def abort(self) -> None:
         """Close the open recordings without completing them (the run is discarded)."""
         for recorder in self._recorders.values():
-            recorder.rec.disconnect()
+            recorder.abandon()
         self._recorders.clear()
 
     def _recorder(self, epoch: int, output: StagedOutput) -> RrdRecorder:

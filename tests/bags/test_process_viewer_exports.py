@@ -10,12 +10,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from bag_helpers import SAMPLE, make_sample, process, rewrite_bag
+from bag_helpers import IMG_SIZE, SAMPLE, make_sample, parameters, process, rewrite_bag
 
 from dvlt_core.viewer_exports.glb import OPENCV_TO_GLTF
 from dvlt_core.viewer_exports.rrd import METRIC_UNITS
 from dvlt_ros.bags.evaluation import read_tum
-from dvlt_ros.bags.processor import ProcessOptions
+from dvlt_ros.bags.processor import BagProcessor, ProcessOptions
+from dvlt_ros.bags.sample import ground_truth_backend
+from dvlt_ros.bags.source import BagSource
 from dvlt_ros.cli import process as process_cli
 
 trimesh = pytest.importorskip("trimesh", reason="the 'viewers' extra (trimesh) is not installed")
@@ -137,3 +139,38 @@ def test_each_world_epoch_gets_its_own_scene_and_recording(tmp_path):
         chunks = _chunks(out / f"recording{suffix}.rrd")
         assert len(_column(chunks[f"/world/cameras/{CAMERAS[0]}"],
                            "Transform3D:translation")) == windows
+
+
+class _AbortingBackend:
+    """The ground-truth backend, interrupted (a second Ctrl-C) at its third inference."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+        self.watch, self.seen = None, False  # a file that should exist when interrupted
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def infer(self, images, num_steps=None):
+        self.calls += 1
+        if self.calls == 3:
+            self.seen = self.watch.is_file()
+            raise KeyboardInterrupt
+        return self.inner.infer(images, num_steps)
+
+
+def test_an_aborted_run_leaves_no_viewer_file_behind(tmp_path):
+    """A second Ctrl-C aborts without output: the open recording is closed and nothing of
+    the staged directory (scene, recording) stays."""
+    bag_path = make_sample(tmp_path / "sample", "mcap")
+    out = tmp_path / "out"
+    with BagSource(bag_path) as bag:
+        backend = _AbortingBackend(ground_truth_backend(bag, IMG_SIZE))
+        processor = BagProcessor(bag, backend, parameters(bag), out,
+                                 ProcessOptions(glb=True, rrd=True))
+        backend.watch = recording = processor.output.path("recording.rrd")
+        with pytest.raises(KeyboardInterrupt):
+            processor.run()
+    assert backend.calls == 3 and backend.seen  # the recording was being streamed
+    assert not recording.exists()
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
