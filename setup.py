@@ -63,6 +63,10 @@ EXTRAS = {
     "viewers": ["trimesh>=4.0", "rerun-sdk>=0.41", "viser>=1.1"],
     # dvlt-eval --num-steps 2,4,8: accuracy against K as PNG (drawn off-screen, Agg)
     "plots": ["matplotlib>=3.7"],
+    # backend: da3, Depth Anything 3 as a second model: what its model code imports. The
+    # package itself goes in without its own requirements, which pin numpy<2 and pull
+    # xformers, open3d and pycolmap: pip install --no-deps depth-anything-3 (0.1.1 tested)
+    "da3": ["einops>=0.7", "omegaconf>=2.3", "addict>=2.4"],
     # loop closure's pose graph (dvlt_core.mapping.pose_graph; tested with gtsam 4.3.0)
     "mapping": ["gtsam>=4.3"],
     "dev": [
@@ -79,7 +83,7 @@ EXTRAS = {
 # Everything the test suite exercises on a machine without a GPU; the `mcap` library is an
 # independent reader that checks the CRCs our mcap bags carry, and with `mcap-ros2-support`
 # (Foxglove's ROS 2 decoder) shows that Foxglove reads what `dvlt-ros process` writes.
-TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers", "plots", "mapping")
+TEST_GROUPS = ("dev", "export", "train", "eval", "rectify", "viewers", "plots", "mapping", "da3")
 EXTRAS["test"] = sorted({r for group in TEST_GROUPS for r in EXTRAS[group]}
                         | {"mcap>=1.1", "mcap-ros2-support>=0.5"})
 

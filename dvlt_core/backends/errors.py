@@ -2,6 +2,7 @@
 download, a damaged export folder or engine, a runtime that is not installed): commands turn
 these into one line and exit status 2; anything else is a bug and keeps its traceback."""
 
+from dvlt_core.backends.da3_backend import Da3UnavailableError
 from dvlt_core.backends.onnxruntime_backend import OnnxRuntimeUnavailableError
 from dvlt_core.export.engine_cache import EngineCacheError
 from dvlt_core.export.manifest import ExportError
@@ -16,4 +17,5 @@ BACKEND_SETUP_ERRORS: tuple[type[Exception], ...] = (
     EngineCacheError,
     OnnxRuntimeUnavailableError,
     TensorRTUnavailableError,
+    Da3UnavailableError,
 )

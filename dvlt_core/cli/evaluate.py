@@ -16,10 +16,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dvlt_core.backends import available_backends, create_backend
+from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
 from dvlt_core.eval.datasets import BENCHMARKS, DATASETS, SyntheticEvalDataset, build_dataset
-from dvlt_core.eval.plots import PlotPackageMissingError, require_matplotlib, write_metric_plot
-from dvlt_core.eval.runner import results_table, run_benchmark, write_report
-from dvlt_core.io.checkpoint import CheckpointError
+from dvlt_core.eval.plots import (
+    PlotPackageMissingError,
+    require_matplotlib,
+    write_latency_plots,
+    write_metric_plot,
+)
+from dvlt_core.eval.runner import (
+    latency_rows,
+    results_table,
+    run_benchmark,
+    write_latency_table,
+    write_report,
+)
 from dvlt_core.model.precision import PRECISIONS
 
 
@@ -32,13 +43,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="root of one dataset, overriding <data-root>/test/<name>")
     parser.add_argument("--checkpoint", help="checkpoint folder/file/URL/Hub id "
                         "(default $DVLT_CHECKPOINT or nvidia/dvlt)")
-    parser.add_argument("--backend", default="torch", help="inference backend (torch, ...)")
+    parser.add_argument("--backend", default="torch", help="inference backend: torch, "
+                        "onnxruntime, tensorrt, or da3 (Depth Anything 3, --checkpoint a DA3 "
+                        "folder or Hub id; the 'da3' extra)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--num-steps", type=_k_list,
                         help="loop steps K (default: the model's); several, comma-separated "
                         "(e.g. 2,4,8,16), evaluate each into <out>/K<k>/ and plot the metrics "
-                        "against K in <out>/accuracy_vs_k.png (needs the 'plots' extra)")
+                        "against K in <out>/accuracy_vs_k.png and the latency against K and "
+                        "the number of views S in latency_vs_k.png, latency_vs_s.png (needs "
+                        "the 'plots' extra)")
     parser.add_argument("--img-size", type=int, default=504, help="benchmark image width")
     parser.add_argument("--pose-mode", default="upstream", choices=["upstream", "robust"])
     parser.add_argument("--max-sequences", type=int, help="evaluate at most N per dataset")
@@ -89,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         backend = create_backend(args.backend, checkpoint=args.checkpoint, device=args.device,
                                  precision=args.precision)
-    except (CheckpointError, ValueError) as exc:
+    except (*BACKEND_SETUP_ERRORS, ValueError) as exc:
         print(f"dvlt-eval: {exc}", file=sys.stderr)
         return 2
     ks = args.num_steps or [None]
@@ -100,15 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"written to {path.parent}")
         return 0
     by_dataset: dict[str, dict[float, dict[str, float]]] = {}
+    latency, latency_all = [], []
     for k in ks:
         report = run_benchmark(backend, datasets, k, args.pose_mode, args.max_sequences)
         write_report(report, Path(args.out) / f"K{k}")
         print(f"K={k}\n{results_table(report)}")
         for name, result in report.datasets.items():
             by_dataset.setdefault(name, {})[k] = result.aggregate
-    plot = Path(args.out) / "accuracy_vs_k.png"
-    write_metric_plot(plot, "K (loop steps)", by_dataset, title=f"{args.backend}: accuracy vs K")
-    print(f"written to {args.out} (one folder per K, {plot.name})")
+        latency += latency_rows(report)
+        latency_all += latency_rows(report, by_dataset=False)
+    out = Path(args.out)
+    plots = [out / "accuracy_vs_k.png"]
+    write_metric_plot(plots[0], "K (loop steps)", by_dataset,
+                      title=f"{args.backend}: accuracy vs K")
+    write_latency_table(latency, out / "latency.csv")
+    plots += write_latency_plots(out, latency_all, title=f"{args.backend}: infer latency "
+                                 "(median over sequences)")
+    print(f"written to {args.out} (one folder per K, latency.csv, "
+          f"{', '.join(p.name for p in plots)})")
     return 0
 
 

@@ -189,6 +189,8 @@ def _backend_options(args: argparse.Namespace) -> tuple[str, dict]:
             "allow_pickle": args.allow_pickle,
         }
         return default_checkpoint() if args.checkpoint is None else args.checkpoint, options
+    if args.backend == "da3":  # a DA3 folder or Hub id; the backend says what it needs
+        return args.checkpoint, {"revision": args.revision, "cache_dir": args.cache_dir}
     if args.checkpoint is None or not args.checkpoint.strip():
         raise ValueError(
             f"--backend {args.backend} runs an export folder: pass --checkpoint <folder written "

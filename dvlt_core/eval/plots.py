@@ -1,5 +1,6 @@
-"""PNG plots beside the evaluation tables: each headline metric against K, one line per
-dataset (matplotlib, the ``plots`` extra, drawn off-screen with the Agg canvas)."""
+"""PNG plots beside the evaluation and benchmark tables: each headline metric against K, one
+line per dataset, and latency against K (one line per number of views S) and against S (one
+line per K) (matplotlib, the ``plots`` extra, drawn off-screen with the Agg canvas)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ Per sequence: ``backend.infer(images, K)`` → :func:`postprocess_raw_prediction
 the rays, depth unprojected) → :func:`evaluate_sequence` (GT rescale, Sim(3) alignment, every
 metric). Per dataset the metrics are averaged over sequences (:func:`aggregate_metrics`).
 :func:`write_report` writes ``results.md`` (the headline table with the reference values and
-differences), ``results.csv`` (every aggregated metric), ``per_sequence.csv`` and
-``metrics.json``.
+differences), ``results.csv`` (every aggregated metric), ``per_sequence.csv``,
+``metrics.json`` and ``latency.csv`` (the backend's ``infer`` time per dataset and number of
+views, :func:`latency_rows`; per sequence it is ``latency/infer_ms`` beside the metrics).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import csv
 import json
 import logging
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,11 @@ from dvlt_core.eval.postprocess import postprocess_raw_predictions
 from dvlt_core.eval.protocol import aggregate_metrics, evaluate_sequence
 
 logger = logging.getLogger(__name__)
+
+#: Per-sequence values that are not accuracy: the backend's ``infer`` wall-clock time (its
+#: ``StageTimings.total_ms``, device-synchronised) and the number of views S it was given.
+LATENCY_MS = "latency/infer_ms"
+NUM_VIEWS = "latency/num_views"
 
 
 @dataclass
@@ -54,11 +61,16 @@ def evaluate_sequence_with_backend(
     num_steps: int | None = None,
     pose_mode: str = "upstream",
 ) -> dict[str, float]:
-    """Flat metrics (``"<group>/<name>"``) of one sequence."""
-    out = backend.infer(sequence.images_tensor(), num_steps=num_steps)
+    """Flat metrics (``"<group>/<name>"``) of one sequence, with its latency
+    (:data:`LATENCY_MS`, :data:`NUM_VIEWS`)."""
+    images = sequence.images_tensor()
+    out = backend.infer(images, num_steps=num_steps)
     prediction = postprocess_raw_predictions(out.rays, out.depth, out.depth_conf,
                                              pose_mode=pose_mode)[0]
-    return evaluate_sequence(prediction, sequence.ground_truth()).flat_metrics()
+    metrics = evaluate_sequence(prediction, sequence.ground_truth()).flat_metrics()
+    metrics[LATENCY_MS] = float(out.timings.total_ms)
+    metrics[NUM_VIEWS] = float(images.shape[1])
+    return metrics
 
 
 def evaluate_dataset(
@@ -107,6 +119,31 @@ def run_benchmark(
         "max_sequences": max_sequences,
     }
     return BenchmarkReport(results, settings)
+
+
+def latency_rows(report: BenchmarkReport, by_dataset: bool = True) -> list[dict[str, Any]]:
+    """Per dataset (or, without ``by_dataset``, over all datasets: ``"all"``) and number of
+    views S: ``{"dataset", "S", "K", "ms", "sequences"}``, ``ms`` the median of the sequences'
+    :data:`LATENCY_MS` (robust to the first call's warm-up), ``K`` the report's loop count."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for name, result in report.datasets.items():
+        for metrics in result.per_sequence.values():
+            key = (name if by_dataset else "all", int(metrics[NUM_VIEWS]))
+            groups.setdefault(key, []).append(metrics[LATENCY_MS])
+    return [{"dataset": name, "S": views, "K": report.settings["num_steps"],
+             "ms": statistics.median(values), "sequences": len(values)}
+            for (name, views), values in sorted(groups.items())]
+
+
+def write_latency_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write :func:`latency_rows` (of one or several K) as CSV to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["dataset", "S", "K", "ms", "sequences"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def _fmt(value: float | None) -> str:
@@ -160,4 +197,5 @@ def write_report(report: BenchmarkReport, out_dir: str | Path) -> Path:
          "datasets": {n: {"aggregate": r.aggregate, "per_sequence": r.per_sequence}
                       for n, r in report.datasets.items()}},
         indent=1, allow_nan=True))
+    write_latency_table(latency_rows(report), out / "latency.csv")
     return md

@@ -75,6 +75,9 @@ class ResolvedCheckpoint:
     origin: str
     released: bool
     ignored_config_keys: tuple[str, ...] = ()
+    #: the config.json as read (None if there is none): for a backend whose config is not a
+    #: DVLT one (``da3`` reads its ``model_name``)
+    raw_config: dict[str, Any] | None = None
 
 
 def default_checkpoint() -> str:
@@ -202,7 +205,7 @@ def _checked_config(
 def _resolved(weights: Path, raw_config: dict[str, Any] | None, where: str, origin: str,
               released: bool) -> ResolvedCheckpoint:
     config, ignored = _checked_config(raw_config, where)
-    return ResolvedCheckpoint(weights, config, origin, released, ignored)
+    return ResolvedCheckpoint(weights, config, origin, released, ignored, raw_config)
 
 
 def _resolve_directory(path: Path, allow_pickle: bool) -> ResolvedCheckpoint:
@@ -280,7 +283,7 @@ def _resolve_url(url: str, cache_dir: str | Path | None, allow_pickle: bool) -> 
         weights = cached_download(base + WEIGHTS_NAME, cache, WEIGHTS_LIMITS)
     except DownloadError as exc:
         raise CheckpointError(f"{exc} ({_OFFLINE_HINT})") from exc
-    return ResolvedCheckpoint(weights, config, url, released, ignored)
+    return ResolvedCheckpoint(weights, config, url, released, ignored, raw_config)
 
 
 def _resolve_hub(
@@ -327,7 +330,8 @@ def _resolve_hub(
         raise CheckpointError(f"download of {origin} failed: {exc}; {_OFFLINE_HINT}") from exc
     except ValueError as exc:  # huggingface_hub's validation of the id or revision
         raise CheckpointError(f"{origin}: {_one_line(exc)}") from exc
-    return ResolvedCheckpoint(weights, config, origin, repo_id.lower() == RELEASED_REPO, ignored)
+    return ResolvedCheckpoint(weights, config, origin, repo_id.lower() == RELEASED_REPO, ignored,
+                              raw_config)
 
 
 def _one_line(exc: BaseException) -> str:

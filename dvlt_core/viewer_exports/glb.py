@@ -28,9 +28,9 @@ from types import ModuleType
 import numpy as np
 
 from dvlt_core.atomic import write_atomic
-from dvlt_core.result import Reconstruction, ViewReconstruction
+from dvlt_core.result import Reconstruction
 from dvlt_core.viewer_exports.packages import require_viewer_package
-from dvlt_core.viewer_exports.views import exported_views, view_colors
+from dvlt_core.viewer_exports.views import ExportCamera, exported_views, view_colors
 
 #: Rotation taking the reconstruction's OpenCV-convention coordinates to glTF's (y up).
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])
@@ -64,28 +64,27 @@ def scene_size(points: np.ndarray, centres: np.ndarray) -> float:
     return size if size > 0.0 else 1.0
 
 
-def frustum_segments(view: ViewReconstruction, depth: float) -> np.ndarray:
-    """(8, 2, 3) world-frame segments of the view's frustum cut at z-depth ``depth``: apex to
-    the corners of the image's outer pixel edges, then the image rectangle."""
-    h, w = view.depth.shape
+def frustum_segments(camera: ExportCamera, depth: float) -> np.ndarray:
+    """(8, 2, 3) world-frame segments of the camera's frustum cut at z-depth ``depth``: apex
+    to the corners of the image's outer pixel edges, then the image rectangle."""
+    h, w = camera.height, camera.width
     u = np.array([-0.5, w - 0.5, w - 0.5, -0.5])
     v = np.array([-0.5, -0.5, h - 0.5, h - 0.5])
     pixels = np.stack([u, v, np.ones(4)])
-    corners = (np.linalg.inv(np.asarray(view.intrinsics, np.float64)) @ pixels).T * depth
-    c2w = np.asarray(view.extrinsics_c2w, np.float64)
+    corners = (np.linalg.inv(camera.intrinsics) @ pixels).T * depth
+    c2w = camera.extrinsics_c2w
     apex_and_corners = np.concatenate([np.zeros((1, 3)), corners]) @ c2w[:3, :3].T + c2w[:3, 3]
     return apex_and_corners[np.asarray(_FRUSTUM_SEGMENTS)]
 
 
 def build_glb(
-    recon: Reconstruction,
     points: np.ndarray,
     colors: np.ndarray,
-    views: Sequence[int],
+    cameras: Sequence[ExportCamera],
     metric: bool = False,
 ) -> bytes:
-    """The GLB bytes of ``points`` (N, 3) with ``colors`` (N, 3) uint8 and the frusta of
-    ``views`` (indices into ``recon.views``); ``metric``: the geometry is in metres."""
+    """The GLB bytes of ``points`` (N, 3) with ``colors`` (N, 3) uint8 and a frustum per
+    camera (node ``frustum_<name>``); ``metric``: the geometry is in metres."""
     trimesh = require_trimesh()
     from trimesh.path.entities import Line
 
@@ -95,18 +94,16 @@ def build_glb(
         rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
         cloud = trimesh.PointCloud(np.asarray(points, np.float64) @ OPENCV_TO_GLTF, colors=rgba)
         scene.add_geometry(cloud, node_name="points", geom_name="points")
-    centres = np.array([recon.views[i].extrinsics_c2w[:3, 3] for i in views]).reshape(-1, 3)
+    centres = np.array([c.extrinsics_c2w[:3, 3] for c in cameras]).reshape(-1, 3)
     depth = FRUSTUM_FRACTION * scene_size(points, centres)
-    palette = view_colors(len(recon.views))
-    for i in views:
-        view = recon.views[i]
-        ends = frustum_segments(view, depth).reshape(-1, 3) @ OPENCV_TO_GLTF
+    for camera in cameras:
+        ends = frustum_segments(camera, depth).reshape(-1, 3) @ OPENCV_TO_GLTF
         lines = [Line(points=np.array([2 * k, 2 * k + 1])) for k in range(len(ends) // 2)]
-        rgba = np.append(palette[i], 255).astype(np.uint8)
+        rgba = np.append(camera.color, 255).astype(np.uint8)
         path = trimesh.path.Path3D(
             entities=lines, vertices=ends, colors=np.tile(rgba, (len(lines), 1)), process=False
         )
-        name = f"frustum_{view.name}"
+        name = f"frustum_{camera.name}"
         scene.add_geometry(path, node_name=name, geom_name=name)
     if not scene.geometry:  # trimesh refuses to export nothing; an empty glTF is valid
         return empty_glb(scene_extras(metric))
@@ -135,5 +132,19 @@ def write_glb(
     metric: bool = False,
 ) -> None:
     """Write :func:`build_glb` of the :func:`exported_views` atomically to ``path``."""
-    data = build_glb(recon, points, colors, exported_views(recon, include_failed), metric)
+    palette = view_colors(len(recon.views))
+    cameras = [ExportCamera.of_view(recon.views[i], palette[i])
+               for i in exported_views(recon, include_failed)]
+    write_glb_scene(path, points, colors, cameras, metric)
+
+
+def write_glb_scene(
+    path: str | Path,
+    points: np.ndarray,
+    colors: np.ndarray,
+    cameras: Sequence[ExportCamera],
+    metric: bool = False,
+) -> None:
+    """Write :func:`build_glb` of the cloud and ``cameras`` atomically to ``path``."""
+    data = build_glb(points, colors, cameras, metric)
     write_atomic(path, lambda tmp: tmp.write_bytes(data))

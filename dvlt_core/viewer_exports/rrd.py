@@ -28,7 +28,7 @@ from types import ModuleType
 import numpy as np
 
 from dvlt_core.atomic import write_atomic
-from dvlt_core.result import Reconstruction
+from dvlt_core.result import Reconstruction, ViewReconstruction
 from dvlt_core.viewer_exports.packages import require_viewer_package
 from dvlt_core.viewer_exports.views import exported_views, view_colors
 
@@ -50,30 +50,39 @@ def camera_entity(name: str, rr: ModuleType) -> str:
     return f"world/cameras/{rr.escape_entity_path_part(name)}"
 
 
-def record(
-    rr: ModuleType,
-    path: Path,
-    recon: Reconstruction,
-    points: np.ndarray,
-    colors: np.ndarray,
-    views: Sequence[int],
-    metric: bool,
-) -> None:
-    """Log the reconstruction into a recording stream whose only sink is the file ``path``."""
-    rec = rr.RecordingStream(APPLICATION_ID, make_default=False, make_thread_default=False)
-    rec.save(path)
-    rec.set_log_time_enabled(False)
-    rec.log("world", rr.ViewCoordinates.RDF, static=True)
-    rec.log(
-        "world/units", rr.TextDocument(METRIC_UNITS if metric else ARBITRARY_UNITS), static=True
-    )
-    rec.log("world/points", rr.Points3D(points, colors=colors), static=True)
-    palette = view_colors(len(recon.views))
-    centres = []
-    for index in views:
-        view = recon.views[index]
-        rec.set_time("view", sequence=index)
-        rec.set_time("stamp", duration=float(view.timestamp))
+class RrdRecorder:
+    """A recording stream whose only sink is the file ``path``, logged a view at a time
+    (:meth:`log_view`) and completed by :meth:`close` with the points and the unit."""
+
+    def __init__(self, rr: ModuleType, path: str | Path) -> None:
+        self.rr = rr
+        self.rec = rr.RecordingStream(APPLICATION_ID, make_default=False,
+                                      make_thread_default=False)
+        self.rec.save(Path(path))
+        self.rec.set_log_time_enabled(False)
+        self.rec.log("world", rr.ViewCoordinates.RDF, static=True)
+        self._centres: dict[str, list[np.ndarray]] = {}
+
+    def log_view(
+        self,
+        view: ViewReconstruction,
+        sequence: int,
+        color: np.ndarray,
+        metric: bool,
+        trajectory: str = "world/trajectory",
+        stamp_ns: int | None = None,
+    ) -> None:
+        """Log ``view`` at ``sequence`` on the ``view`` timeline and its timestamp on
+        ``stamp``: its camera ``world/cameras/<name>`` in ``color``, image, depth (in
+        metres when ``metric``) and confidence, and its centre appended to ``trajectory``.
+        ``stamp_ns``: an absolute time (e.g. a ROS stamp), logged exactly on ``stamp`` as a
+        timestamp instead of the view's timestamp in seconds as a duration."""
+        rr, rec = self.rr, self.rec
+        rec.set_time("view", sequence=sequence)
+        if stamp_ns is None:
+            rec.set_time("stamp", duration=float(view.timestamp))
+        else:
+            rec.set_time("stamp", timestamp=np.datetime64(int(stamp_ns), "ns"))
         entity = camera_entity(view.name, rr)
         c2w = np.asarray(view.extrinsics_c2w, np.float64)
         rec.log(entity, rr.Transform3D(translation=c2w[:3, 3], mat3x3=c2w[:3, :3]))
@@ -85,7 +94,7 @@ def record(
                 width=w,
                 height=h,
                 camera_xyz=rr.ViewCoordinates.RDF,
-                color=palette[index],
+                color=color,
             ),
         )
         rec.log(f"{entity}/image", rr.Image(view.image))
@@ -93,10 +102,39 @@ def record(
         rec.log(f"{entity}/depth", rr.DepthImage(depth, meter=1.0 if metric else None))
         confidence = np.where(view.valid, view.confidence, 0.0).astype(np.float32)
         rec.log(f"{entity}/confidence", rr.Image(confidence))
+        centres = self._centres.setdefault(trajectory, [])
         centres.append(c2w[:3, 3])
-        rec.log("world/trajectory", rr.LineStrips3D([np.array(centres)]))
-    rec.flush()
-    rec.disconnect()
+        rec.log(trajectory, rr.LineStrips3D([np.array(centres)]))
+
+    def close(self, points: np.ndarray, colors: np.ndarray, metric: bool) -> None:
+        """Log the points (static) and the unit, then flush and close the file."""
+        rr, rec = self.rr, self.rec
+        rec.log("world/units", rr.TextDocument(METRIC_UNITS if metric else ARBITRARY_UNITS),
+                static=True)
+        rec.log("world/points", rr.Points3D(points, colors=colors), static=True)
+        rec.flush()
+        rec.disconnect()
+
+    def abandon(self) -> None:
+        """Stop writing without completing the recording (its file is to be discarded)."""
+        self.rec.disconnect()
+
+
+def record(
+    rr: ModuleType,
+    path: Path,
+    recon: Reconstruction,
+    points: np.ndarray,
+    colors: np.ndarray,
+    views: Sequence[int],
+    metric: bool,
+) -> None:
+    """Log the reconstruction into a recording stream whose only sink is the file ``path``."""
+    recorder = RrdRecorder(rr, path)
+    palette = view_colors(len(recon.views))
+    for index in views:
+        recorder.log_view(recon.views[index], index, palette[index], metric)
+    recorder.close(points, colors, metric)
 
 
 def write_rrd(

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import colorsys
+from dataclasses import dataclass
 
 import numpy as np
 
-from dvlt_core.result import Reconstruction
+from dvlt_core.result import Reconstruction, ViewReconstruction
+
+
+@dataclass(frozen=True)
+class ExportCamera:
+    """One camera the ``.glb`` draws as a frustum: ``intrinsics`` (3, 3) OpenCV pixels,
+    ``extrinsics_c2w`` (4, 4), the image ``width`` and ``height``, and its RGB ``color``."""
+
+    name: str
+    intrinsics: np.ndarray
+    extrinsics_c2w: np.ndarray
+    width: int
+    height: int
+    color: np.ndarray
+
+    @classmethod
+    def of_view(cls, view: ViewReconstruction, color: np.ndarray) -> ExportCamera:
+        """The camera of ``view`` (its size is that of its depth map)."""
+        h, w = view.depth.shape
+        return cls(view.name, np.asarray(view.intrinsics, np.float64),
+                   np.asarray(view.extrinsics_c2w, np.float64), w, h, np.asarray(color))
 
 
 def exported_views(recon: Reconstruction, include_failed: bool) -> list[int]:

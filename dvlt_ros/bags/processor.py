@@ -64,6 +64,7 @@ from dvlt_ros.bags.source import BagSource
 from dvlt_ros.bags.staged_output import StagedOutput
 from dvlt_ros.bags.streams import StreamMonitor
 from dvlt_ros.bags.tf_feed import LOOKAHEAD_NS, TF_STATIC_TOPIC, TF_TOPIC, BagTransforms
+from dvlt_ros.bags.viewer_exports import BagViewerExports
 from dvlt_ros.bags.writer import BagWriter, RecordingNode
 from dvlt_ros.conversions.tf import ns_from_stamp, stamp_from_ns
 from dvlt_ros.node_support import diagnostics as diag
@@ -111,6 +112,8 @@ class ProcessOptions:
     node_name: str = NODE_NAME
     overwrite: bool = False
     ground_truth: GroundTruth | None = None
+    glb: bool = False  # scene.glb (dvlt_ros.bags.viewer_exports)
+    rrd: bool = False  # recording.rrd
 
 
 @dataclass
@@ -188,6 +191,8 @@ class BagProcessor:
         self.monitor = StreamMonitor(self.issues,
                                      jump_threshold_ns=round(
                                          float(self.params["time_jump_threshold"]) * 1e9))
+        self.viewers = BagViewerExports(self.session.cameras, self.options.glb,
+                                        self.options.rrd)
         self.output = StagedOutput(out_dir, overwrite=self.options.overwrite)
         self._stop_requested = False
         self.stats = _Stats()
@@ -315,6 +320,7 @@ class BagProcessor:
             self._log("error", f"processing failed: {error}")
         except BaseException:  # a second Ctrl-C: abort, leave nothing behind
             writer.close()
+            self.viewers.abort()
             self.output.discard()
             raise
         finally:
@@ -461,6 +467,7 @@ class BagProcessor:
         recorder.set_stamp(result.stamp_ns)
         path = self.trajectories.path if cycle.path_updated else None
         points = publishers.publish(result, path)
+        self.viewers.add(result, self.output)
         write_ms = (time.perf_counter() - write_start) * 1e3
         self.session.finish(cycle, write_ms, points)
         recorder.writer.write("/diagnostics", self._diagnostics(cycle), result.stamp_ns)
@@ -523,6 +530,7 @@ class BagProcessor:
             clouds[name] = self.fused.write(self.output.path(name), epoch)
         files["clouds"] = clouds
         files["cloud_voxel"] = self.fused.voxel_size
+        files.update(self.viewers.finish(self.fused, self.output))
         if self.fused.coarsenings:
             self.issues.warn(
                 "cloud_coarsened",

@@ -48,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuse-max-points", type=int, default=4_000_000,
                         help="fused cloud size above which its voxel doubles, keeping memory "
                              "bounded on long bags (default 4000000)")
+    parser.add_argument("--glb", action="store_true",
+                        help="also write scene.glb: the fused cloud and a camera frustum per "
+                             "reconstructed view, for any glTF viewer (needs the 'viewers' "
+                             "extra)")
+    parser.add_argument("--rrd", action="store_true",
+                        help="also write recording.rrd: per window the cameras, images, depth "
+                             "and confidence over time, the trajectories and the fused cloud; "
+                             "open it with `rerun recording.rrd` (needs the 'viewers' extra)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output directory (only once finished)")
     grounding = parser.add_argument_group(
@@ -162,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     from dvlt_ros.bags.issues import BagError, IssueLog
     from dvlt_ros.bags.processor import BagProcessor, ProcessOptions
     from dvlt_ros.bags.source import BagSource, parse_remaps
+    from dvlt_ros.bags.viewer_exports import ViewerPackageMissingError, require_viewer_exports
     from dvlt_ros.pipeline.settings import ParameterError
 
     def say(level: str, text: str) -> None:
@@ -171,17 +180,20 @@ def run(args: argparse.Namespace) -> int:
                                         + (f"[{issue.topic}] " if issue.topic else "")
                                         + issue.message))
     try:
+        require_viewer_exports(args.glb, args.rrd)
         bag = BagSource(args.bag, issues, parse_remaps(args.remap))
         params = _parameters(args, bag)
         options = ProcessOptions(fuse_voxel=args.fuse_voxel,
                                  fuse_max_points=args.fuse_max_points, overwrite=args.overwrite,
-                                 ground_truth=_ground_truth(args, list(params["cameras"])))
+                                 ground_truth=_ground_truth(args, list(params["cameras"])),
+                                 glb=args.glb, rrd=args.rrd)
         backend = _backend(params, bag)
         describer = _describer(args, params)
         bar = None if args.quiet else _ProgressBar()
         processor = BagProcessor(bag, backend, params, args.out, options, issues=issues,
                                  log=say, progress=bar, describer=describer)
-    except (BagError, ParameterError, *BACKEND_SETUP_ERRORS) as exc:
+    except (BagError, ParameterError, ViewerPackageMissingError,
+            *BACKEND_SETUP_ERRORS) as exc:
         say("error", str(exc))
         return EXIT_BAD_INPUT
     cameras = ", ".join(processor.session.cameras)
@@ -265,7 +277,9 @@ def _print_summary(summary: dict, say) -> None:
             for camera, c in frames["per_camera"].items()),
         f"K: {summary['k']['mode']} {summary['k']['counts']}; outputs in {summary['output']}: "
         f"{summary['files']['bag']}/, {', '.join(summary['files']['clouds'])}, "
-        f"{len(summary['files']['trajectories'])} TUM files, summary.json",
+        + "".join(f"{', '.join(summary['files'][kind])}, " for kind in ("glb", "rrd")
+                  if kind in summary["files"])
+        + f"{len(summary['files']['trajectories'])} TUM files, summary.json",
     ]
     if summary["error"]:
         lines.append(f"stopped by an error: {summary['error']}")

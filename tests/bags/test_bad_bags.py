@@ -526,6 +526,19 @@ def test_cli_refuses_parameters_that_cannot_go_together(sample, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("flag", "module", "package"),
+                         [("--glb", "trimesh", "trimesh"), ("--rrd", "rerun", "rerun-sdk")])
+def test_a_viewer_export_without_its_package_is_refused_before_any_work(
+        sample, tmp_path, capsys, monkeypatch, flag, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # the 'viewers' extra not installed
+    code = process_cli.main([str(sample), "--out", str(tmp_path / "out"), "--quiet",
+                             "--backend", "ground_truth", flag])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == 2 and flag in line and package in line
+    assert "pip install 'dvlt_ros[viewers]'" in line
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- a window that fails
 def test_a_failing_window_is_reported_and_the_rest_processed(sample, tmp_path):
     """The ground-truth backend refuses views it does not know: one altered image makes its

@@ -3,6 +3,7 @@ no input, whatever its header claims, takes memory beyond a bound set by --max-p
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from dvlt_core.cli.reconstruct import main
 from dvlt_core.io.image_decode import DECODE_HEADROOM, DEFAULT_MAX_PIXELS
@@ -176,3 +179,26 @@ def test_serve_on_an_address_of_no_interface_here_exits_2(capsys):
     err = capsys.readouterr().err
     assert "other machines" in err  # the warning for a non-loopback address
     assert "cannot listen on 203.0.113.1:8080" in _error_line(err)
+
+
+@pytest.mark.parametrize(("dvlt_checkpoint", "message"), [
+    (False, "the da3 backend needs a checkpoint: a folder with model.safetensors and "
+            "config.json, or a Hub id such as depth-anything/DA3-SMALL"),
+    (True, "is not a Depth Anything 3 checkpoint (a config.json without model_name)"),
+])
+def test_backend_da3_without_a_da3_checkpoint_exits_2(dvlt_checkpoint, message, tmp_path,
+                                                      capsys):
+    """A DVLT checkpoint (or none) given to the second model: one line saying what it needs."""
+    image = tmp_path / "a.png"
+    image.write_bytes(constant_png(64, 48))
+    checkpoint = []
+    if dvlt_checkpoint:
+        folder = tmp_path / "dvlt"
+        folder.mkdir()
+        save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({"num_steps": 4}))  # a DVLT config
+        checkpoint = ["--checkpoint", str(folder)]
+    out = tmp_path / "out"
+    assert main([str(image), "--backend", "da3", *checkpoint, "--out", str(out)]) == 2
+    assert message in _error_line(capsys.readouterr().err)
+    assert not out.exists()

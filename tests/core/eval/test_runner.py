@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 
 import pytest
 import torch
@@ -91,6 +92,18 @@ def test_dvlt_eval_sweeps_k_and_plots_accuracy_against_it(model, tmp_path, capsy
     saturated = (colours.max(axis=1) - colours.min(axis=1)) > 80
     assert (colours.min(axis=1) < 60).mean() > 0.005 and saturated.sum() > 100
     assert "K=1" in capsys.readouterr().out
+    # Latency beside the tables: per K folder and for the sweep, and its two plots.
+    for table in (out / "K1" / "latency.csv", out / "latency.csv"):
+        rows = list(csv.DictReader(table.open()))
+        assert {(r["dataset"], r["S"]) for r in rows} == {("synthetic", "3")}
+        assert all(float(r["ms"]) > 0 and r["sequences"] == "1" for r in rows)
+    assert sorted(r["K"] for r in csv.DictReader((out / "latency.csv").open())) == ["1", "2"]
+    for name in ("latency_vs_k.png", "latency_vs_s.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            colours = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+        assert ((colours.max(axis=1) - colours.min(axis=1)) > 80).sum() > 20  # drawn data
 
 
 @pytest.mark.parametrize("value", ["0", "2,2", "two"])
@@ -98,3 +111,60 @@ def test_dvlt_eval_refuses_bad_k_lists(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--benchmark", "synthetic", "--num-steps", value, "--out", str(tmp_path)])
     assert stop.value.code == 2 and "--num-steps" in capsys.readouterr().err
+
+
+def test_dvlt_eval_runs_the_da3_backend(tmp_path, capsys):
+    """The second model through the same evaluation: random DA3 weights saved as released."""
+    pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
+
+    checkpoint = save_random_da3_checkpoint(tmp_path / "da3")
+    out = tmp_path / "out"
+    assert main(["--benchmark", "synthetic", "--backend", "da3", "--checkpoint",
+                 str(checkpoint), "--out", str(out),
+                 "--max-sequences", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["backend"] == "da3" and metrics["settings"]["num_steps"] == 1
+    assert "pose/Auc_30" in metrics["datasets"]["synthetic"]["aggregate"]
+
+
+def test_dvlt_eval_da3_without_a_usable_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["--benchmark", "synthetic", "--backend", "da3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the da3 backend needs a checkpoint" in err
+
+
+def test_latency_is_recorded_per_sequence_and_plotted_against_k_and_s(model, tmp_path):
+    """Latency rows group the sequences by dataset and number of views; the plots draw one
+    line per S against K and one per K against S."""
+    pytest.importorskip("matplotlib", reason="the 'plots' extra (matplotlib) is not installed")
+    from matplotlib.image import imread
+
+    from dvlt_core.eval.plots import write_latency_plots
+    from dvlt_core.eval.runner import LATENCY_MS, NUM_VIEWS, latency_rows
+
+    datasets = {"two": SyntheticEvalDataset(num_scenes=2, num_views=2, image_size=42),
+                "three": SyntheticEvalDataset(num_scenes=1, num_views=3, image_size=42)}
+    backend = create_backend("torch", model=model)
+    rows = []
+    for k in (1, 3):
+        report = run_benchmark(backend, datasets, num_steps=k, progress=False)
+        for result in report.datasets.values():
+            for metrics in result.per_sequence.values():
+                assert metrics[LATENCY_MS] > 0 and metrics[NUM_VIEWS] in (2.0, 3.0)
+        by_dataset = latency_rows(report)
+        assert [(r["dataset"], r["S"], r["K"], r["sequences"]) for r in by_dataset] == [
+            ("three", 3, k, 1), ("two", 2, k, 2)]
+        assert by_dataset[1]["ms"] == statistics.median(
+            m[LATENCY_MS] for m in report.datasets["two"].per_sequence.values())
+        rows += latency_rows(report, by_dataset=False)
+    assert [(r["dataset"], r["S"], r["K"]) for r in rows] == [
+        ("all", 2, 1), ("all", 3, 1), ("all", 2, 3), ("all", 3, 3)]
+    paths = write_latency_plots(tmp_path, rows, title="latency")
+    for path in paths:
+        pixels = imread(path)  # matplotlib's own PNG reader: a complete image
+        assert pixels.shape[2] in (3, 4) and pixels.shape[0] > 100
+        rgb = (pixels[..., :3] * 255).astype(int).reshape(-1, 3)
+        saturated = rgb[(rgb.max(axis=1) - rgb.min(axis=1)) > 80]
+        assert len(saturated) > 100
+        assert len({tuple(c // 32) for c in saturated}) >= 2  # two series, two colours

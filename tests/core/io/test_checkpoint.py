@@ -9,7 +9,7 @@ import shutil
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
-from hub_server import COMMIT, serve
+from hub_server import COMMIT, hub_routes, point_hub_at, serve
 
 from dvlt_core.io.checkpoint import (
     CheckpointError,
@@ -124,3 +124,24 @@ def test_hub_revision_pinning(hub, tmp_path):
         resolve_checkpoint("nvidia/dvlt@v1", revision="v2", cache_dir=tmp_path)
 
 
+
+
+def test_a_da3_checkpoint_loads_from_a_hub_id_through_the_checked_download(tmp_path,
+                                                                           monkeypatch):
+    """``backend: da3`` with a Hub id: config.json and model.safetensors come through the
+    same resolver (a local server speaking the Hub protocol; no real download)."""
+    pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
+    from dvlt_core.backends import create_backend
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
+
+    folder = save_random_da3_checkpoint(tmp_path / "da3", seed=5)
+    with serve(hub_routes(folder, "depth-anything/DA3-SMALL")) as (server, base):
+        point_hub_at(monkeypatch, base)
+        backend = create_backend("da3", checkpoint=f"depth-anything/DA3-SMALL@{COMMIT}",
+                                 cache_dir=tmp_path / "cache")
+    assert backend.model_name == "da3-small"
+    assert any(f"DA3-SMALL/resolve/{COMMIT}/model.safetensors" in r for r in server.requests)
+    local = create_backend("da3", checkpoint=str(folder))
+    for (name, ours), theirs in zip(backend.net.state_dict().items(),
+                                    local.net.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs), name

@@ -569,3 +569,73 @@ def test_messages_never_show_a_signed_url_query(tmp_path):
                       expected_size=11)
     assert "s3cr3t" not in str(refused.value) and "pw@" not in str(refused.value)
     assert "cdn.example.org:8443/repo/model.safetensors" in str(refused.value)
+
+
+# ---- Depth Anything 3 checkpoints (backend da3) --------------------------------------------
+
+DA3_PROBE = "dvlt_probe_named_by_a_da3_config"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "is not a Depth Anything 3 checkpoint (a config.json without model_name)"),
+        (None, "is not a Depth Anything 3 checkpoint (no config.json)"),
+        ({"model_name": "da3nested-giant-large"},
+         "unknown Depth Anything 3 model 'da3nested-giant-large'; the da3 backend builds "
+         "da3-small, da3-base, da3-large, da3-giant"),
+        # The package's configs name classes by import path: never followed from a checkpoint.
+        ({"model_name": {"__object__": {"path": DA3_PROBE, "name": "Net"}}},
+         "a config.json without model_name"),
+        ({"model_name": f"{DA3_PROBE}.Net"}, f"unknown Depth Anything 3 model '{DA3_PROBE}.Net'"),
+    ],
+)
+def test_a_da3_checkpoint_must_name_one_of_our_architectures(tmp_path, config, message):
+    from dvlt_core.backends.da3_backend import load_da3
+
+    folder = tmp_path / "da3"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as info:
+        load_da3(folder)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert DA3_PROBE not in sys.modules
+
+
+def test_the_da3_backend_needs_a_checkpoint():
+    from dvlt_core.backends import create_backend
+
+    with pytest.raises(CheckpointError, match="the da3 backend needs a checkpoint: a folder"):
+        create_backend("da3", checkpoint=None)
+
+
+def test_da3_without_its_package_says_what_to_install(tmp_path, monkeypatch):
+    from dvlt_core.backends.da3_backend import Da3UnavailableError, load_da3
+    from dvlt_core.backends.errors import BACKEND_SETUP_ERRORS
+
+    for name in {"depth_anything_3", *(n for n in sys.modules if n.startswith(
+            "depth_anything_3."))}:
+        monkeypatch.setitem(sys.modules, name, None)  # not installed (or not importable)
+    folder = tmp_path / "da3"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_name": "da3-small"}))
+    with pytest.raises(Da3UnavailableError) as info:
+        load_da3(folder)
+    assert "pip install 'dvlt_ros[da3]' && pip install --no-deps depth-anything-3" in str(
+        info.value)
+    assert issubclass(Da3UnavailableError, BACKEND_SETUP_ERRORS)  # CLIs: one line, exit 2
+
+
+def test_da3_weights_of_another_size_are_named(tmp_path):
+    pytest.importorskip("depth_anything_3", reason="the 'da3' extra is not installed")
+    from dvlt_core.backends.da3_backend import load_da3
+    from dvlt_core.backends.da3_weights import save_random_da3_checkpoint
+
+    folder = save_random_da3_checkpoint(tmp_path / "small", "da3-small")
+    (folder / "config.json").write_text(json.dumps({"model_name": "da3-base"}))
+    with pytest.raises(CheckpointError, match="does not match the model built from its "
+                       r"config: .*shape mismatches: .*backbone"):
+        load_da3(folder)
