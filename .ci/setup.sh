@@ -14,6 +14,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DVLT_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${DVLT_TORCH_VERSION:-2.13.0}
+DA3_VERSION=0.1.1  # the depth-anything-3 release backend: da3 is tested with
 TORCH=cpu
 TORCH_INDEX=${DVLT_TORCH_INDEX:-}
 EXTRAS=""
@@ -183,6 +184,14 @@ SELECTED=bags${EXTRAS:+,$EXTRAS}
 log "installing dvlt_ros[$SELECTED] (editable)"
 "${PIP[@]}" --config-settings editable_mode=compat -e "$ROOT[$SELECTED]" || die "pip could not install dvlt_ros[$SELECTED]: see the \
 messages above"
+# Depth Anything 3's own requirements pin numpy<2 (and pull xformers, open3d, pycolmap); its
+# model code needs only what the da3 extra installed, so the package itself comes without them.
+case ",$SELECTED," in
+  *,da3,*|*,test,*)
+    log "installing depth-anything-3 $DA3_VERSION (without its own requirements)"
+    "${PIP[@]}" --no-deps "depth-anything-3==$DA3_VERSION" || die "pip could not install \
+depth-anything-3 $DA3_VERSION: check network access to PyPI, or leave out the da3 extra" ;;
+esac
 
 if [ "$ROS_MODE" = pip ]; then
   command -v cmake >/dev/null || "${PIP[@]}" cmake
