@@ -12,11 +12,18 @@ correction. The correction of node ``n`` is ``C_n = map_from_node · world_from_
 Place descriptors come with the reconstruction (the torch backend's encoder) or from the
 ``describer`` (a model's encoder run on the keyframe images); with neither, or without
 GTSAM, the map reports ``loop_closure_unavailable`` once and stays off.
+
+Memory: with ``keep_all`` (``dvlt-ros process``, which writes every keyframe's cameras)
+every keyframe's camera poses are kept; otherwise (the live node) only the reference
+camera's poses of the last ``path_length`` keyframes (the corrected path) and of the
+keyframes of the loops still drawn. A keyframe's correction is remembered only while it
+has points in the map cloud (itself bounded by its voxel cap).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,16 +83,26 @@ def correction_tf(correction: Sim3, anchor_position: np.ndarray) -> np.ndarray:
 
 class LoopMap:
     """Keyframe graph, map cloud and corrected trajectory of one world epoch (module
-    docstring). ``cloud_config``: which points of a window go into the map."""
+    docstring). ``cloud_config``: which points of a window go into the map;
+    ``known_intrinsics``: whether the windows were reconstructed with the frames'
+    calibrated K (verification then uses it too); ``path_length``: keyframes of the
+    corrected path; ``keep_all``: keep every keyframe's camera poses."""
 
     def __init__(self, reconstructor: Reconstructor, epoch: int, cloud: FusedCloud,
                  cloud_config: CloudConfig, describer: Describer | None = None,
-                 options: LoopOptions | None = None) -> None:
+                 options: LoopOptions | None = None, *, known_intrinsics: bool = False,
+                 path_length: int = 2000, keep_all: bool = False) -> None:
         self.epoch = epoch
         self.cloud = cloud
         self.cloud_config = cloud_config
         self.closer = LoopCloser(reconstructor, describer, options)
-        self.keyframes: list[KeyframePoses] = []
+        self.known_intrinsics = known_intrinsics
+        self.keep_all = keep_all
+        #: Keyframe camera poses: all with ``keep_all``, else the last ``path_length``.
+        self.keyframes: deque[KeyframePoses] = deque(maxlen=None if keep_all else path_length)
+        # Reference camera pose of the keyframes that may still end a loop marker: those
+        # the loop closer keeps (possible candidates) and those of the kept verdicts.
+        self._reference: dict[int, np.ndarray] = {}
         self._applied: dict[int, Sim3] = {}
         self._add_ms = self._verify_ms = 0.0
 
@@ -103,16 +120,24 @@ class LoopMap:
         start = time.perf_counter()
         newest = [i for i, step in enumerate(window.timesteps) if step == 0]
         world_from_window = result.placement.world_from_window
+        intrinsics = None
+        if self.known_intrinsics:
+            intrinsics = [None if f.info is None else f.info.k for f in window.frames]
         node = self.closer.add_window(window.keys, [f.rgb for f in window.frames], recon,
-                                      newest, world_from_window)
-        correction = self.correction(node)
-        self._applied[node] = correction
+                                      newest, world_from_window, intrinsics)
         cloud = build_cloud(recon, world_from_window, self.cloud_config, newest)
         if len(cloud.points):
+            correction = self.correction(node)
+            self._applied[node] = correction
             self.cloud.add(self.epoch, correction.apply_points(
                 cloud.points.astype(np.float64)), cloud.colors, cloud.confidence, node)
+        poses = result.poses if self.keep_all else result.poses[:1]
         self.keyframes.append(KeyframePoses(node, tuple(
-            (p.camera, p.stamp_ns, p.world_from_camera) for p in result.poses)))
+            (p.camera, p.stamp_ns, p.world_from_camera) for p in poses)))
+        if result.poses:
+            self._reference[node] = result.poses[0].world_from_camera
+            if len(self._reference) > 2 * len(self.closer.keyframes) + 64:
+                self._prune_references()
         self._add_ms = (time.perf_counter() - start) * 1e3
         return []
 
@@ -130,10 +155,7 @@ class LoopMap:
 
     def correction(self, node: int | None = None) -> Sim3:
         """``map_from_world`` at ``node`` (the newest keyframe when None)."""
-        if node is None:
-            return self.closer.correction()
-        graph = self.closer.graph
-        return graph.pose(node).compose(graph.initial_pose(node).inverse())
+        return self.closer.correction(node)
 
     def _replace_cloud(self) -> None:
         moves = {}
@@ -145,9 +167,17 @@ class LoopMap:
                 self._applied[node] = now
         if moves:
             self.cloud.move(self.epoch, moves)
+            present = set(self.cloud.labels(self.epoch).tolist())
+            self._applied = {n: c for n, c in self._applied.items() if n in present}
+
+    def _prune_references(self) -> None:
+        wanted = {n for v in self.closer.verdicts if v.accepted for n in (v.current, v.candidate)}
+        wanted.update(self.closer.keyframes)
+        self._reference = {n: p for n, p in self._reference.items() if n in wanted}
 
     def corrected_poses(self) -> dict[str, list[tuple[int, np.ndarray]]]:
-        """Per camera, (stamp ns, map_from_camera 4x4) of every keyframe, in stamp order."""
+        """Per camera, (stamp ns, map_from_camera 4x4) of the kept keyframes (every one with
+        ``keep_all``), in stamp order."""
         out: dict[str, list[tuple[int, np.ndarray]]] = {}
         for keyframe in self.keyframes:
             correction = self.correction(keyframe.node)
@@ -156,6 +186,19 @@ class LoopMap:
         for items in out.values():
             items.sort(key=lambda item: item[0])
         return out
+
+    def path(self, camera: str, length: int) -> list[tuple[int, np.ndarray]]:
+        """(stamp ns, map_from_camera 4x4) of ``camera`` at the last ``length`` keyframes
+        that hold it, in stamp order; only those are corrected."""
+        out = []
+        for keyframe in reversed(self.keyframes):
+            if len(out) >= length:
+                break
+            pose = next((p for c, _, p in keyframe.poses if c == camera), None)
+            if pose is not None:
+                stamp = next(s for c, s, _ in keyframe.poses if c == camera)
+                out.append((stamp, self.correction(keyframe.node).apply_c2w(pose)))
+        return sorted(out, key=lambda item: item[0])
 
     def map_from_world_tf(self) -> np.ndarray:
         """The rigid ``map_from_world`` for TF (:func:`correction_tf` at the newest
@@ -166,12 +209,13 @@ class LoopMap:
         return correction_tf(self.correction(self.keyframes[-1].node), position)
 
     def loops(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The accepted loops as pairs of reference-camera positions in the map frame."""
+        """The accepted loops among the kept verdicts as pairs of reference-camera positions
+        in the map frame."""
         positions = {}
-        for keyframe in self.keyframes:
-            if keyframe.poses:
-                pose = self.correction(keyframe.node).apply_c2w(keyframe.poses[0][2])
-                positions[keyframe.node] = pose[:3, 3]
+        for verdict in self.closer.verdicts:
+            for n in (verdict.current, verdict.candidate) if verdict.accepted else ():
+                if n not in positions and n in self._reference:
+                    positions[n] = self.correction(n).apply_c2w(self._reference[n])[:3, 3]
         return [(positions[v.current], positions[v.candidate]) for v in self.closer.verdicts
                 if v.accepted and v.current in positions and v.candidate in positions]
 
