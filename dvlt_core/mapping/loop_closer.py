@@ -6,7 +6,13 @@ snapshot a keyframe node with its chained world pose (the window's placement), a
 aligning those shared views, weighted by their residuals), retrieves look-alike keyframes
 from the place database and queues them. :meth:`LoopCloser.verify_pending` (the caller
 runs it in spare cycles, so live output is not delayed) verifies queued candidates, adds
-the accepted ones as robust ``loop`` edges and re-optimises. :meth:`correction` is
+the accepted ones as robust ``loop`` edges and re-optimises; with no loop candidate
+waiting, it verifies ``local`` pairs instead: the new keyframe and the recent keyframes
+``local_offsets`` before it, which share no window (so no window edge ties them) but see
+the same surfaces. Each accepted pair is one more independent measurement of the
+trajectory (a fresh model run on the two snapshots), a robust ``local`` edge: the chain's
+drift between loops shrinks with the number of such measurements per keyframe, as in a
+covisibility graph. :meth:`correction` is
 ``map_from_world`` at a keyframe (the newest by default); :meth:`trajectory` the corrected
 keyframe poses.
 
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,7 +55,9 @@ class LoopOptions:
     window edges (rotation rad, translation as a fraction of the median depth, log
     scale); ``unlinked_sigmas``: the same for a node that shares no view (its chained
     pose is all there is); ``max_image_bytes``: keyframe images kept for verification;
-    ``verdict_history``: verdicts kept (:attr:`LoopCloser.verdicts`)."""
+    ``verdict_history``: loop verdicts kept (:attr:`LoopCloser.verdicts`);
+    ``local_offsets``: how many keyframes back the local pairs of a new keyframe reach
+    (empty: none; each must be within ``history``)."""
 
     places: PlaceOptions = field(default_factory=PlaceOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
@@ -60,11 +68,14 @@ class LoopOptions:
     unlinked_sigmas: tuple[float, float, float] = (0.1, 1.0, 0.2)
     max_image_bytes: int = 1 << 30
     verdict_history: int = 256
+    local_offsets: tuple[int, ...] = (2, 3)
 
     def __post_init__(self) -> None:
         if min(self.history, self.max_pending, self.max_image_bytes, self.verdict_history) < 1:
             raise ValueError(f"history, max_pending, max_image_bytes and verdict_history must "
                              f"be >= 1, got {self}")
+        if not all(2 <= k <= self.history for k in self.local_offsets):
+            raise ValueError(f"local_offsets must be within 2..history, got {self}")
 
 
 @dataclass
@@ -80,6 +91,9 @@ class LoopCounts:
     without_pose: int = 0
     #: Shared views that gave no window edge (too few depth pixels to measure the scale).
     unmeasured_links: int = 0
+    #: Local pairs verified and accepted (not loops: not in the counts above).
+    local_verified: int = 0
+    local_accepted: int = 0
     last_optimisation: Optimisation | None = None
 
 
@@ -105,6 +119,7 @@ class LoopCloser:
         self._last: tuple[int, float] | None = None  # newest node and its median depth
         self._image_bytes = 0
         self.pending: deque[tuple[int, PlaceMatch]] = deque(maxlen=self.options.max_pending)
+        self.local_pending: deque[tuple[int, int]] = deque(maxlen=self.options.max_pending)
         self.counts = LoopCounts()
         self.verdicts: deque[LoopVerdict] = deque(maxlen=self.options.verdict_history)
 
@@ -185,6 +200,8 @@ class LoopCloser:
         self._image_bytes += keyframe.image_bytes
         self._keys[node] = keys
         self._recent.append(node)
+        self.local_pending.extend((node, node - k) for k in self.options.local_offsets
+                                  if node - k in self._recent)
         descriptor = self._descriptor(reconstruction, newest, keyframe.images)
         if descriptor is not None:
             for match in self.places.query(keyframe.stamp_ns, descriptor):
@@ -205,30 +222,48 @@ class LoopCloser:
             self._image_bytes -= keyframe.image_bytes
         self._keys.pop(node, None)
 
+    @property
+    def has_pending(self) -> bool:
+        """Whether a loop candidate or a local pair waits for verification."""
+        return bool(self.pending or self.local_pending)
+
     def verify_pending(self, limit: int = 1) -> list[LoopVerdict]:
-        """Verify up to ``limit`` queued candidates (newest first); accepted ones become
-        loop edges and the graph is re-optimised."""
+        """Verify up to ``limit`` queued loop candidates (newest first), then local pairs;
+        accepted ones become ``loop`` / ``local`` edges and the graph is re-optimised."""
         verdicts = []
-        while self.pending and len(verdicts) < limit:
-            node, match = self.pending.pop()
-            if match.keyframe not in self.keyframes or node not in self.keyframes:
-                continue
-            predicted = self.graph.pose(node).inverse().compose(self.graph.pose(match.keyframe))
-            verdict = verify_loop(self.reconstructor, self.keyframes[node],
-                                  self.keyframes[match.keyframe], predicted, self.options.verify)
-            self.counts.verified += 1
-            if verdict.accepted:
-                self.counts.accepted += 1
-                self.graph.add_edge(node, match.keyframe, verdict.current_from_candidate,
-                                    verdict.sigmas, "loop")
+        while len(verdicts) < limit and self.has_pending:
+            if self.pending:
+                node, match = self.pending.pop()
+                other, kind = match.keyframe, "loop"
             else:
-                refused = self.counts.refused
-                refused[verdict.reason] = refused.get(verdict.reason, 0) + 1
+                (node, other), kind = self.local_pending.pop(), "local"
+            if other not in self.keyframes or node not in self.keyframes:
+                continue
+            predicted = self.graph.pose(node).inverse().compose(self.graph.pose(other))
+            verdict = verify_loop(self.reconstructor, self.keyframes[node],
+                                  self.keyframes[other], predicted, self.options.verify)
+            verdict = replace(verdict, kind=kind)
+            self._count(verdict)
+            if verdict.accepted:
+                self.graph.add_edge(node, other, verdict.current_from_candidate,
+                                    verdict.sigmas, kind)
             verdicts.append(verdict)
         if any(v.accepted for v in verdicts):
             self.counts.last_optimisation = self.graph.optimise()
-        self.verdicts.extend(verdicts)
+        self.verdicts.extend(v for v in verdicts if v.kind == "loop")
         return verdicts
+
+    def _count(self, verdict: LoopVerdict) -> None:
+        counts = self.counts
+        if verdict.kind == "local":
+            counts.local_verified += 1
+            counts.local_accepted += verdict.accepted
+            return
+        counts.verified += 1
+        if verdict.accepted:
+            counts.accepted += 1
+        else:
+            counts.refused[verdict.reason] = counts.refused.get(verdict.reason, 0) + 1
 
     def correction(self, node: int | None = None) -> Sim3:
         """``map_from_world`` at ``node`` (the newest keyframe when None; identity before

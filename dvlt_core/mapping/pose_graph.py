@@ -5,8 +5,9 @@ keyframe was the newest snapshot: the node frame is that window's frame and unit
 ``a -> b`` measures ``a_from_b = X_a⁻¹ · X_b`` with standard deviations on the tangent space
 (:class:`EdgeSigmas`: rotation in radians, translation in node ``a``'s unit, log scale).
 Edges of kind ``"window"`` (consecutive windows, from their shared views) and
-``"odometry"`` are trusted as Gaussian; ``"loop"`` edges go through a robust kernel
-(Cauchy by default), so one wrong closure is down-weighted instead of bending the map. The
+``"odometry"`` are trusted as Gaussian; ``"loop"`` edges and ``"local"`` ones (verified
+pairs of nearby keyframes) go through a robust kernel (Cauchy by default), so one wrong
+closure is down-weighted instead of bending the map. The
 first node carries a tight prior (the gauge).
 
 A robust kernel acts on an edge's own whitened residual, but before a loop is closed the
@@ -44,7 +45,8 @@ import numpy as np
 
 from dvlt_core.geometry import Sim3
 
-EDGE_KINDS = ("window", "odometry", "loop")
+EDGE_KINDS = ("window", "odometry", "loop", "local")
+ROBUST_KINDS = ("loop", "local")
 ROBUST_KERNELS = ("cauchy", "huber")
 
 
@@ -185,11 +187,12 @@ class PoseGraph:
         if not self.options.metric:
             sig.append(sigmas.log_scale)
         noise = self._g.noiseModel.Diagonal.Sigmas(np.array(sig, dtype=np.float64))
-        if kind == "loop":
+        if kind in ROBUST_KINDS:
             g = self._g.noiseModel.mEstimator
             kernel = (g.Cauchy if self.options.loop_kernel == "cauchy" else g.Huber).Create(
                 self.options.kernel_width * self.expected_disagreement(a, b, sigmas))
             noise = self._g.noiseModel.Robust.Create(kernel, noise)
+        if kind == "loop":  # a local edge agrees with the estimate: no extra updates
             self._owed = self.options.extra_iterations
             self._loop_added = True
             self._loops += 1

@@ -98,7 +98,8 @@ class VerifyOptions:
 @dataclass(frozen=True)
 class LoopVerdict:
     """``accepted`` with the reason when refused; ``current_from_candidate`` (None when no
-    alignment was possible), the edge's ``sigmas`` and the checked figures (``stats``)."""
+    alignment was possible), the edge's ``sigmas``, the checked figures (``stats``) and
+    ``kind``: ``loop`` (a retrieved candidate) or ``local`` (a recent keyframe)."""
 
     accepted: bool
     reason: str
@@ -107,6 +108,7 @@ class LoopVerdict:
     current_from_candidate: Sim3 | None = None
     sigmas: EdgeSigmas | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    kind: str = "loop"
 
 
 def verify_loop(

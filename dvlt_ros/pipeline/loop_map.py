@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from dvlt_core.geometry import Sim3
+from dvlt_core.geometry import Sim3, chordal_mean
 from dvlt_core.inference import Reconstructor
 from dvlt_core.mapping.loop_closer import Describer, LoopCloser, LoopOptions
 from dvlt_core.mapping.verification import LoopVerdict
@@ -63,10 +64,28 @@ class LoopStats:
 
 @dataclass(frozen=True)
 class KeyframePoses:
-    """A keyframe's cameras: (camera, stamp ns, world_from_camera 4x4) in the chained world."""
+    """A keyframe's cameras: (camera, stamp ns, world_from_camera 4x4) in the chained world
+    as its own window placed them; ``seen_again``: (node, camera, world_from_camera) of the
+    same images in the later windows that held them (placed by that node's window)."""
 
     node: int
     poses: tuple[tuple[str, int, np.ndarray], ...]
+    seen_again: list[tuple[int, str, np.ndarray]] = field(default_factory=list)
+
+    def corrected(self, camera: str, correction: Callable[[int], Sim3]) -> np.ndarray | None:
+        """``camera``'s map pose: the mean (chordal for the rotation) of its corrected
+        poses in every window that reconstructed the image; None without that camera."""
+        own = [(self.node, p) for c, _, p in self.poses if c == camera]
+        if not own:
+            return None
+        seen = own + [(n, p) for n, c, p in self.seen_again if c == camera]
+        poses = np.stack([correction(n).apply_c2w(p) for n, p in seen])
+        if len(poses) == 1:
+            return poses[0]
+        out = np.eye(4)
+        out[:3, :3] = chordal_mean(poses[:, :3, :3])
+        out[:3, 3] = poses[:, :3, 3].mean(axis=0)
+        return out
 
 
 def correction_tf(correction: Sim3, anchor_position: np.ndarray) -> np.ndarray:
@@ -132,6 +151,7 @@ class LoopMap:
             self.cloud.add(self.epoch, correction.apply_points(
                 cloud.points.astype(np.float64)), cloud.colors, cloud.confidence, node)
         poses = result.poses if self.keep_all else result.poses[:1]
+        self._seen_again(node, result)
         self.keyframes.append(KeyframePoses(node, tuple(
             (p.camera, p.stamp_ns, p.world_from_camera) for p in poses)))
         if result.poses:
@@ -141,14 +161,27 @@ class LoopMap:
         self._add_ms = (time.perf_counter() - start) * 1e3
         return []
 
+    def _seen_again(self, node: int, result: CycleResult) -> None:
+        """Record the window's poses of images that earlier keyframes hold."""
+        placed = {(p.camera, p.stamp_ns): p.world_from_camera for p in result.window_poses}
+        oldest = min((p.stamp_ns for p in result.window_poses), default=None)
+        for keyframe in reversed(self.keyframes):
+            if not keyframe.poses or oldest is None or keyframe.poses[0][1] < oldest:
+                break
+            for camera, stamp, _ in keyframe.poses:
+                pose = placed.get((camera, stamp))
+                if pose is not None:
+                    keyframe.seen_again.append((node, camera, pose))
+
     def close_loops(self, limit: int) -> list[LoopVerdict]:
-        """Verify up to ``limit`` queued candidates; after an accepted loop, re-place the
-        map cloud. Returns the verdicts."""
-        if limit < 1 or not self.closer.pending:
+        """Verify up to ``limit`` queued loop candidates, then local pairs; after an
+        accepted loop, re-place the map cloud. Returns the verdicts."""
+        if limit < 1 or not self.closer.has_pending:
             return []
         start = time.perf_counter()
         verdicts = self.closer.verify_pending(limit)
-        if any(v.accepted for v in verdicts):
+        # Local edges move the map a little: their change is folded in at the next loop.
+        if any(v.accepted and v.kind == "loop" for v in verdicts):
             self._replace_cloud()
         self._verify_ms = (time.perf_counter() - start) * 1e3
         return verdicts
@@ -177,12 +210,12 @@ class LoopMap:
 
     def corrected_poses(self) -> dict[str, list[tuple[int, np.ndarray]]]:
         """Per camera, (stamp ns, map_from_camera 4x4) of the kept keyframes (every one with
-        ``keep_all``), in stamp order."""
+        ``keep_all``; :meth:`KeyframePoses.corrected`), in stamp order."""
         out: dict[str, list[tuple[int, np.ndarray]]] = {}
         for keyframe in self.keyframes:
-            correction = self.correction(keyframe.node)
-            for camera, stamp, pose in keyframe.poses:
-                out.setdefault(camera, []).append((stamp, correction.apply_c2w(pose)))
+            for camera, stamp, _ in keyframe.poses:
+                out.setdefault(camera, []).append(
+                    (stamp, keyframe.corrected(camera, self.correction)))
         for items in out.values():
             items.sort(key=lambda item: item[0])
         return out
@@ -194,10 +227,9 @@ class LoopMap:
         for keyframe in reversed(self.keyframes):
             if len(out) >= length:
                 break
-            pose = next((p for c, _, p in keyframe.poses if c == camera), None)
-            if pose is not None:
-                stamp = next(s for c, s, _ in keyframe.poses if c == camera)
-                out.append((stamp, self.correction(keyframe.node).apply_c2w(pose)))
+            stamp = next((s for c, s, _ in keyframe.poses if c == camera), None)
+            if stamp is not None:
+                out.append((stamp, keyframe.corrected(camera, self.correction)))
         return sorted(out, key=lambda item: item[0])
 
     def map_from_world_tf(self) -> np.ndarray:

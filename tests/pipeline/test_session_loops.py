@@ -137,6 +137,18 @@ def test_the_live_map_keeps_a_bounded_path_and_verifies_with_the_calibrated_intr
     path = session.map_path()
     assert [s for s, _ in path] == [s for s, _ in session.trajectories.path] == [
         round(t * 1e9) for t in times[-4:]]
+    # A keyframe's map pose is the mean over the windows that reconstructed its image: its
+    # own and the next one (windows of two snapshots).
+    second, newest_poses = loop_map.keyframes[-2], loop_map.keyframes[-1]
+    ((node, camera, pose),) = second.seen_again
+    assert node == newest_poses.node and camera == rig.names[0] == second.poses[0][0]
+    own = loop_map.correction(second.node).apply_c2w(second.poses[0][2])
+    again = loop_map.correction(node).apply_c2w(pose)
+    assert np.linalg.norm(own[:3, 3] - again[:3, 3]) > 1e-6  # two noisy reconstructions
+    np.testing.assert_allclose(path[-2][1][:3, 3], (own[:3, 3] + again[:3, 3]) / 2, atol=1e-9)
+    assert not newest_poses.seen_again
+    np.testing.assert_allclose(path[-1][1], loop_map.correction(node).apply_c2w(
+        newest_poses.poses[0][2]), atol=1e-12)
     # Keyframes remember the calibrated K their window used, for verification.
     newest = loop_map.closer.keyframes[len(times) - 1]
     assert newest.intrinsics is not None

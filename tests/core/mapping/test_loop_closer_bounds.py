@@ -162,3 +162,26 @@ def test_verification_reruns_the_model_with_the_keyframes_calibrated_intrinsics(
     assert used is not None and len(used) == len(expected)
     for k, truth in zip(used, expected, strict=True):
         np.testing.assert_array_equal(k, truth)
+
+
+def test_recent_keyframes_that_share_no_window_are_verified_as_local_edges():
+    rig = default_rig(160, 120, num_cameras=2)
+    times = [0.0, 0.4, 0.8, 1.2]
+    backend = GroundTruthUnscaledBackend.for_rig(rig, times, img_size=IMG_SIZE)
+    reconstructor = Reconstructor(backend, img_size=IMG_SIZE)
+    # No place is similar enough to be a loop candidate: only local pairs are queued.
+    closer = LoopCloser(reconstructor, colour_describer,
+                        LoopOptions(places=PlaceOptions(exclusion_s=0.0, min_similarity=1.0)))
+    for keys, images in _windows(rig, times):
+        _add(closer, reconstructor, keys, images)
+    assert not closer.pending and sorted(closer.local_pending) == [(2, 0), (3, 0), (3, 1)]
+    verdicts = closer.verify_pending(limit=3)
+    assert [(v.current, v.candidate, v.kind) for v in verdicts] == [
+        (3, 0, "local"), (3, 1, "local"), (2, 0, "local")]
+    assert all(v.accepted for v in verdicts), [v.reason for v in verdicts]
+    local = [(e.a, e.b) for e in closer.graph.edges if e.kind == "local"]
+    assert sorted(local) == [(2, 0), (3, 0), (3, 1)]
+    # They are not loops: the loop counts and the loop verdicts do not include them.
+    counts = closer.counts
+    assert (counts.local_verified, counts.local_accepted, counts.verified) == (3, 3, 0)
+    assert not closer.verdicts and not closer.has_pending
