@@ -192,16 +192,18 @@ def main() -> None:
           f"snapshots over {args.laps:g} laps (radius 1.5 m), windows of 2 snapshots, "
           "ground_truth_unscaled, through ReconstructionSession\n")
     print("| scene | pose noise | ATE before (m) | ATE after (m) | after / before | RPE before / "
-          "after (m) | candidates | verified | accepted | false | verify ms (median) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "after (m) | candidates | verified | accepted | false | local verified / accepted | "
+          "verify ms (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     runs = [("room", n, None) for n in args.noise] + [("repeated texture", 1.0,
                                                        repeated_texture_scene())]
     for name, noise, scene in runs:
         before, after, counts, false, verify_ms = run_loop(model, args.snapshots, args.laps,
                                                            args.cameras, noise, scene)
         print(f"| {name} | {noise:g}x | {before[0]:.4f} | {after[0]:.4f} | "
-              f"{after[0] / before[0]:.2f} | {before[1]:.4f} / {after[1]:.4f} | "
+              f"{after[0] / before[0]:.3f} | {before[1]:.4f} / {after[1]:.4f} | "
               f"{counts.candidates} | {counts.verified} | {counts.accepted} | {false} | "
+              f"{counts.local_verified} / {counts.local_accepted} | "
               f"{np.median(verify_ms) if verify_ms else float('nan'):.0f} |", flush=True)
     print("\n| keyframes | ms per optimisation (median of 10 cycles) | max of those |")
     print("|---|---|---|")

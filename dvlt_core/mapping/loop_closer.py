@@ -55,7 +55,8 @@ class LoopOptions:
     window edges (rotation rad, translation as a fraction of the median depth, log
     scale); ``unlinked_sigmas``: the same for a node that shares no view (its chained
     pose is all there is); ``max_image_bytes``: keyframe images kept for verification;
-    ``verdict_history``: loop verdicts kept (:attr:`LoopCloser.verdicts`);
+    ``verdict_history``: loop verdicts kept (:attr:`LoopCloser.verdicts`; None: all, for
+    offline runs that report every loop);
     ``local_offsets``: how many keyframes back the local pairs of a new keyframe reach
     (empty: none; each must be within ``history``)."""
 
@@ -67,11 +68,12 @@ class LoopOptions:
     window_min_sigmas: tuple[float, float, float] = (0.002, 0.005, 0.005)
     unlinked_sigmas: tuple[float, float, float] = (0.1, 1.0, 0.2)
     max_image_bytes: int = 1 << 30
-    verdict_history: int = 256
+    verdict_history: int | None = 256
     local_offsets: tuple[int, ...] = (2, 3)
 
     def __post_init__(self) -> None:
-        if min(self.history, self.max_pending, self.max_image_bytes, self.verdict_history) < 1:
+        verdicts = 1 if self.verdict_history is None else self.verdict_history
+        if min(self.history, self.max_pending, self.max_image_bytes, verdicts) < 1:
             raise ValueError(f"history, max_pending, max_image_bytes and verdict_history must "
                              f"be >= 1, got {self}")
         if not all(2 <= k <= self.history for k in self.local_offsets):

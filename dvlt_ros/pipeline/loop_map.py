@@ -105,7 +105,8 @@ class LoopMap:
     docstring). ``cloud_config``: which points of a window go into the map;
     ``known_intrinsics``: whether the windows were reconstructed with the frames'
     calibrated K (verification then uses it too); ``path_length``: keyframes of the
-    corrected path; ``keep_all``: keep every keyframe's camera poses."""
+    corrected path; ``keep_all``: keep every keyframe's camera poses (and, with the default
+    options, every loop verdict)."""
 
     def __init__(self, reconstructor: Reconstructor, epoch: int, cloud: FusedCloud,
                  cloud_config: CloudConfig, describer: Describer | None = None,
@@ -114,6 +115,8 @@ class LoopMap:
         self.epoch = epoch
         self.cloud = cloud
         self.cloud_config = cloud_config
+        if options is None and keep_all:  # offline: every loop verdict is reported
+            options = LoopOptions(verdict_history=None)
         self.closer = LoopCloser(reconstructor, describer, options)
         self.known_intrinsics = known_intrinsics
         self.keep_all = keep_all

@@ -15,13 +15,16 @@ from rig_constants import RIG_IMG_SIZE, RIG_TIMES
 from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
 from dvlt_core.eval.alignment import umeyama_alignment
 from dvlt_core.geometry import Sim3, rotation_from_vector
+from dvlt_core.inference import Reconstructor
 from dvlt_core.mapping import EncoderDescriber
+from dvlt_core.mapping.loop_closer import LoopOptions
 from dvlt_core.model import DVLTModel
 from dvlt_core.synthetic import default_rig
 from dvlt_core.testing import load_deterministic_weights
 from dvlt_ros.pipeline import CameraFrame, CameraInfoData, Level
 from dvlt_ros.pipeline.accumulate import FusedCloud
-from dvlt_ros.pipeline.loop_map import UNAVAILABLE, correction_tf
+from dvlt_ros.pipeline.loop_map import UNAVAILABLE, LoopMap, correction_tf
+from dvlt_ros.pipeline.products import CloudConfig
 from dvlt_ros.pipeline.session import ReconstructionSession
 from dvlt_ros.pipeline.settings import ParameterError, load_parameters
 
@@ -154,6 +157,16 @@ def test_the_live_map_keeps_a_bounded_path_and_verifies_with_the_calibrated_intr
     assert newest.intrinsics is not None
     for camera, k in zip(newest.cameras, newest.intrinsics, strict=True):
         np.testing.assert_array_equal(k, rig.intrinsics(camera))
+
+
+def test_offline_maps_keep_every_loop_verdict_and_live_ones_a_bounded_history(
+        pipeline_gt_backend):
+    pytest.importorskip("gtsam")
+    reconstructor = Reconstructor(pipeline_gt_backend, img_size=RIG_IMG_SIZE)
+    live = LoopMap(reconstructor, 0, FusedCloud(0.1), CloudConfig())
+    offline = LoopMap(reconstructor, 0, FusedCloud(0.1), CloudConfig(), keep_all=True)
+    assert live.closer.verdicts.maxlen == LoopOptions().verdict_history == 256
+    assert offline.closer.verdicts.maxlen is None  # dvlt-ros process lists every loop
 
 
 def test_without_descriptors_loop_closure_is_reported_once_and_the_run_goes_on(
