@@ -6,15 +6,34 @@ snapshot a keyframe node with its chained world pose (the window's placement), a
 aligning those shared views, weighted by their residuals), retrieves look-alike keyframes
 from the place database and queues them. :meth:`LoopCloser.verify_pending` (the caller
 runs it in spare cycles, so live output is not delayed) verifies queued candidates, adds
-the accepted ones as robust ``loop`` edges and re-optimises. :meth:`correction` is
-``map_from_world`` at the newest keyframe; :meth:`trajectory` the corrected keyframe poses.
+the accepted ones as robust ``loop`` edges and re-optimises; with no loop candidate
+waiting, it verifies ``local`` pairs instead: the new keyframe and the recent keyframes
+``local_offsets`` before it, which share no window (so no window edge ties them) but see
+the same surfaces. Each accepted pair is one more independent measurement of the
+trajectory (a fresh model run on the two snapshots), a robust ``local`` edge: the chain's
+drift between loops shrinks with the number of such measurements per keyframe, as in a
+covisibility graph. :meth:`correction` is
+``map_from_world`` at a keyframe (the newest by default); :meth:`trajectory` the corrected
+keyframe poses.
+
+A keyframe whose snapshot has a view without a pose (a failed pose fit) is still a node
+(its chained pose keeps the graph connected) but is neither a loop candidate nor the end
+of a window edge: its geometry is not trusted. Shared views too short of depth to measure
+the scale give no window edge either (the node is then tied by its chained pose).
+
+Memory: the graph holds a few numbers per node; the heavy part of a keyframe (its images
+and depth samples, :class:`~dvlt_core.mapping.verification.Keyframe`) is kept only while
+the keyframe is in the place database or among the ``history`` recent nodes, and the
+database is bounded by ``places.capacity`` keyframes and ``max_image_bytes`` of images
+(beyond, its most redundant keyframe goes). The verdicts kept are the last
+``verdict_history``.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,7 +54,11 @@ class LoopOptions:
     ``max_pending``: queued candidates (oldest dropped); ``window_min_sigmas``: floors of
     window edges (rotation rad, translation as a fraction of the median depth, log
     scale); ``unlinked_sigmas``: the same for a node that shares no view (its chained
-    pose is all there is)."""
+    pose is all there is); ``max_image_bytes``: keyframe images kept for verification;
+    ``verdict_history``: loop verdicts kept (:attr:`LoopCloser.verdicts`; None: all, for
+    offline runs that report every loop);
+    ``local_offsets``: how many keyframes back the local pairs of a new keyframe reach
+    (empty: none; each must be within ``history``)."""
 
     places: PlaceOptions = field(default_factory=PlaceOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
@@ -44,6 +67,17 @@ class LoopOptions:
     max_pending: int = 8
     window_min_sigmas: tuple[float, float, float] = (0.002, 0.005, 0.005)
     unlinked_sigmas: tuple[float, float, float] = (0.1, 1.0, 0.2)
+    max_image_bytes: int = 1 << 30
+    verdict_history: int | None = 256
+    local_offsets: tuple[int, ...] = (2, 3)
+
+    def __post_init__(self) -> None:
+        verdicts = 1 if self.verdict_history is None else self.verdict_history
+        if min(self.history, self.max_pending, self.max_image_bytes, verdicts) < 1:
+            raise ValueError(f"history, max_pending, max_image_bytes and verdict_history must "
+                             f"be >= 1, got {self}")
+        if not all(2 <= k <= self.history for k in self.local_offsets):
+            raise ValueError(f"local_offsets must be within 2..history, got {self}")
 
 
 @dataclass
@@ -55,6 +89,13 @@ class LoopCounts:
     verified: int = 0
     accepted: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    #: Keyframes left out of place recognition because a view of theirs has no pose.
+    without_pose: int = 0
+    #: Shared views that gave no window edge (too few depth pixels to measure the scale).
+    unmeasured_links: int = 0
+    #: Local pairs verified and accepted (not loops: not in the counts above).
+    local_verified: int = 0
+    local_accepted: int = 0
     last_optimisation: Optimisation | None = None
 
 
@@ -73,12 +114,21 @@ class LoopCloser:
         self.describer = describer
         self.graph = PoseGraph(self.options.graph)
         self.places = PlaceDatabase(self.options.places)
+        #: Keyframes in the place database or among the recent ones (module docstring).
         self.keyframes: dict[int, Keyframe] = {}
         self._keys: dict[int, tuple[tuple[str, int], ...]] = {}
         self._recent: deque[int] = deque(maxlen=self.options.history)
+        self._last: tuple[int, float] | None = None  # newest node and its median depth
+        self._image_bytes = 0
         self.pending: deque[tuple[int, PlaceMatch]] = deque(maxlen=self.options.max_pending)
+        self.local_pending: deque[tuple[int, int]] = deque(maxlen=self.options.max_pending)
         self.counts = LoopCounts()
-        self.verdicts: list[LoopVerdict] = []
+        self.verdicts: deque[LoopVerdict] = deque(maxlen=self.options.verdict_history)
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of the keyframe images kept for verification."""
+        return self._image_bytes
 
     def add_window(
         self,
@@ -87,19 +137,43 @@ class LoopCloser:
         reconstruction: Reconstruction,
         newest: Sequence[int],
         world_from_window: Sim3,
+        intrinsics: Sequence[np.ndarray | None] | None = None,
     ) -> int:
         """Add the window's newest snapshot (views ``newest``) as a keyframe node; ``keys``
-        are the window's view keys (camera, stamp ns) and ``images`` its RGB images, in
-        window order. Returns the node id."""
+        are the window's view keys (camera, stamp ns), ``images`` its RGB images and
+        ``intrinsics`` the calibrated K the window was reconstructed with (None: predicted),
+        in window order. Returns the node id."""
         node = self.counts.keyframes
         stamp = keys[newest[0]][1]
         cameras = tuple(keys[i][0] for i in newest)
+        known = None if intrinsics is None else [intrinsics[i] for i in newest]
         keyframe = Keyframe.from_reconstruction(
             node, stamp, cameras, [images[i] for i in newest], reconstruction, newest,
-            self.options.verify.grid)
+            self.options.verify.grid, known)
         self.graph.add_node(node, world_from_window)
+        self.counts.keyframes += 1
+        linked = self._link(node, keys, reconstruction)
+        depth = median_depth(keyframe.views)
+        if not linked and self._last is not None:
+            previous, previous_depth = self._last
+            chained = self.graph.initial_pose(previous).inverse().compose(world_from_window)
+            rot, trans, scale = self.options.unlinked_sigmas
+            self.graph.add_edge(previous, node, chained,
+                                EdgeSigmas(rot, trans * previous_depth, scale))
+        self._last = (node, depth)
+        if all(reconstruction.views[i].pose_valid for i in newest):
+            self._keep(node, keyframe, tuple(keys[i] for i in newest), reconstruction, newest)
+        else:
+            self.counts.without_pose += 1
+        self.counts.last_optimisation = self.graph.optimise()
+        return node
+
+    def _link(self, node: int, keys: Sequence[tuple[str, int]],
+              reconstruction: Reconstruction) -> bool:
+        """Window edges from the recent nodes whose views this window also holds."""
         here = {key: i for i, key in enumerate(keys)}
         linked = False
+        floors = self.options.window_min_sigmas
         for earlier in self._recent:
             shared = [here.get(k) for k in self._keys[earlier]]
             if None in shared or not all(reconstruction.views[i].pose_valid for i in shared):
@@ -107,64 +181,100 @@ class LoopCloser:
             views = [ViewGeometry.from_view(reconstruction.views[i], self.options.verify.grid)
                      for i in shared]
             alignment = align_views(self.keyframes[earlier].views, views)
-            if alignment is None:
+            if alignment is None or not alignment.depth_scale:
+                self.counts.unmeasured_links += 1
                 continue
             depth = median_depth(self.keyframes[earlier].views)
-            floors = self.options.window_min_sigmas
             sigmas = EdgeSigmas(
                 max(np.radians(alignment.rotation_max_deg), floors[0]),
                 max(alignment.position_rms, floors[1] * depth),
-                max(alignment.log_scale_sigma / np.sqrt(max(alignment.depth_pixels, 1)),
-                    floors[2]))
+                max(alignment.log_scale_sigma / np.sqrt(alignment.depth_pixels), floors[2]))
             self.graph.add_edge(earlier, node, alignment.target_from_source, sigmas, "window")
             linked = True
-        if not linked and self._recent:
-            previous = self._recent[-1]
-            chained = self.graph.initial_pose(previous).inverse().compose(world_from_window)
-            rot, trans, scale = self.options.unlinked_sigmas
-            depth = median_depth(self.keyframes[previous].views)
-            self.graph.add_edge(previous, node, chained, EdgeSigmas(rot, trans * depth, scale))
+        return linked
+
+    def _keep(self, node: int, keyframe: Keyframe, keys: tuple[tuple[str, int], ...],
+              reconstruction: Reconstruction, newest: Sequence[int]) -> None:
+        """A keyframe with poses: recent (window edges) and, with a descriptor, a place."""
+        if len(self._recent) == self._recent.maxlen:
+            self._forget_unless_kept(self._recent[0], recent_too=True)
         self.keyframes[node] = keyframe
-        self._keys[node] = tuple(keys[i] for i in newest)
+        self._image_bytes += keyframe.image_bytes
+        self._keys[node] = keys
         self._recent.append(node)
-        self.counts.keyframes += 1
+        self.local_pending.extend((node, node - k) for k in self.options.local_offsets
+                                  if node - k in self._recent)
         descriptor = self._descriptor(reconstruction, newest, keyframe.images)
         if descriptor is not None:
-            for match in self.places.query(stamp, descriptor):
+            for match in self.places.query(keyframe.stamp_ns, descriptor):
                 self.pending.append((node, match))
                 self.counts.candidates += 1
-            self.places.add(node, stamp, descriptor)
-        self.counts.last_optimisation = self.graph.optimise()
-        return node
+            for evicted in self.places.add(node, keyframe.stamp_ns, descriptor):
+                self._forget_unless_kept(evicted)
+        while self._image_bytes > self.options.max_image_bytes and len(self.places) > 1:
+            self._forget_unless_kept(self.places.evict())
+
+    def _forget_unless_kept(self, node: int, recent_too: bool = False) -> None:
+        """Drop a keyframe's images and geometry once neither the place database nor the
+        recent nodes (unless ``recent_too``: it is leaving them) hold it."""
+        if node in self.places or (not recent_too and node in self._recent):
+            return
+        keyframe = self.keyframes.pop(node, None)
+        if keyframe is not None:
+            self._image_bytes -= keyframe.image_bytes
+        self._keys.pop(node, None)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a loop candidate or a local pair waits for verification."""
+        return bool(self.pending or self.local_pending)
 
     def verify_pending(self, limit: int = 1) -> list[LoopVerdict]:
-        """Verify up to ``limit`` queued candidates (newest first); accepted ones become
-        loop edges and the graph is re-optimised."""
+        """Verify up to ``limit`` queued loop candidates (newest first), then local pairs;
+        accepted ones become ``loop`` / ``local`` edges and the graph is re-optimised."""
         verdicts = []
-        while self.pending and len(verdicts) < limit:
-            node, match = self.pending.pop()
-            if match.keyframe not in self.keyframes:
-                continue
-            predicted = self.graph.pose(node).inverse().compose(self.graph.pose(match.keyframe))
-            verdict = verify_loop(self.reconstructor, self.keyframes[node],
-                                  self.keyframes[match.keyframe], predicted, self.options.verify)
-            self.counts.verified += 1
-            if verdict.accepted:
-                self.counts.accepted += 1
-                self.graph.add_edge(node, match.keyframe, verdict.current_from_candidate,
-                                    verdict.sigmas, "loop")
+        while len(verdicts) < limit and self.has_pending:
+            if self.pending:
+                node, match = self.pending.pop()
+                other, kind = match.keyframe, "loop"
             else:
-                refused = self.counts.refused
-                refused[verdict.reason] = refused.get(verdict.reason, 0) + 1
+                (node, other), kind = self.local_pending.pop(), "local"
+            if other not in self.keyframes or node not in self.keyframes:
+                continue
+            predicted = self.graph.pose(node).inverse().compose(self.graph.pose(other))
+            verdict = verify_loop(self.reconstructor, self.keyframes[node],
+                                  self.keyframes[other], predicted, self.options.verify)
+            verdict = replace(verdict, kind=kind)
+            self._count(verdict)
+            if verdict.accepted:
+                self.graph.add_edge(node, other, verdict.current_from_candidate,
+                                    verdict.sigmas, kind)
             verdicts.append(verdict)
         if any(v.accepted for v in verdicts):
             self.counts.last_optimisation = self.graph.optimise()
-        self.verdicts.extend(verdicts)
+        self.verdicts.extend(v for v in verdicts if v.kind == "loop")
         return verdicts
 
-    def correction(self) -> Sim3:
-        """``map_from_world`` at the newest keyframe (identity before the first)."""
-        return self.graph.correction(self._recent[-1]) if self._recent else Sim3()
+    def _count(self, verdict: LoopVerdict) -> None:
+        counts = self.counts
+        if verdict.kind == "local":
+            counts.local_verified += 1
+            counts.local_accepted += verdict.accepted
+            return
+        counts.verified += 1
+        if verdict.accepted:
+            counts.accepted += 1
+        else:
+            counts.refused[verdict.reason] = counts.refused.get(verdict.reason, 0) + 1
+
+    def correction(self, node: int | None = None) -> Sim3:
+        """``map_from_world`` at ``node`` (the newest keyframe when None; identity before
+        the first)."""
+        if node is None:
+            if self._last is None:
+                return Sim3()
+            node = self._last[0]
+        return self.graph.correction(node)
 
     def trajectory(self) -> dict[int, Sim3]:
         """Corrected ``map_from_node`` of every keyframe."""

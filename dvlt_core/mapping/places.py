@@ -89,36 +89,39 @@ class PlaceDatabase:
         self._redundancy: list[float] = []
         self._sum: np.ndarray | None = None
         self._count = 0
+        self._members: set[int] = set()
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, keyframe: int) -> bool:
-        return keyframe in self._ids
+        return keyframe in self._members
 
     def clear(self) -> None:
         self._ids.clear()
         self._stamps.clear()
         self._descriptors.clear()
         self._redundancy.clear()
+        self._members.clear()
         self._sum, self._count = None, 0
 
-    def add(self, keyframe: int, stamp_ns: int, descriptor: np.ndarray) -> None:
-        """Add a keyframe (stamps non-decreasing); evicts the most redundant one when full."""
+    def add(self, keyframe: int, stamp_ns: int, descriptor: np.ndarray) -> list[int]:
+        """Add a keyframe (stamps non-decreasing); evicts the most redundant one when full.
+        Returns the evicted keyframes."""
         if self._stamps and stamp_ns < self._stamps[-1]:
             raise ValueError("keyframes must be added in time order (reset for a new epoch)")
         descriptor = _unit_rows(descriptor)
         if self._descriptors:
             self._redundancy.append(keyframe_similarity(self._descriptors[-1], descriptor))
         self._ids.append(int(keyframe))
+        self._members.add(int(keyframe))
         self._stamps.append(int(stamp_ns))
         self._descriptors.append(descriptor)
         total = descriptor.sum(axis=0, dtype=np.float64)
         self._sum = total if self._sum is None else self._sum + total
         self._count += len(descriptor)
-        if len(self._ids) > self.options.capacity:
-            self._evict()
+        return [self.evict()] if len(self._ids) > self.options.capacity else []
 
     def query(self, stamp_ns: int, descriptor: np.ndarray) -> list[PlaceMatch]:
         """The best keyframes at least ``exclusion_s`` before ``stamp_ns`` with a score of
@@ -142,15 +145,21 @@ class PlaceDatabase:
         centred = descriptor - mean
         return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
 
-    def _evict(self) -> None:
-        # The newest entry is never a victim: it has no successor yet.
+    def evict(self) -> int:
+        """Drop the most redundant keyframe (never the newest: it has no successor yet;
+        needs two keyframes); returns it."""
+        if len(self._ids) < 2:
+            raise ValueError("evicting needs at least two keyframes in the database")
         victim = int(np.argmax(self._redundancy))
+        self._members.discard(self._ids[victim])
+        dropped = self._ids[victim]
         for column in (self._ids, self._stamps, self._descriptors, self._redundancy):
             del column[victim]
         if victim > 0:  # its predecessor now precedes its successor
             self._redundancy[victim - 1] = keyframe_similarity(
                 self._descriptors[victim - 1], self._descriptors[victim])
         self.evicted += 1
+        return dropped
 
 
 class EncoderDescriber:

@@ -5,8 +5,9 @@ keyframe was the newest snapshot: the node frame is that window's frame and unit
 ``a -> b`` measures ``a_from_b = X_a⁻¹ · X_b`` with standard deviations on the tangent space
 (:class:`EdgeSigmas`: rotation in radians, translation in node ``a``'s unit, log scale).
 Edges of kind ``"window"`` (consecutive windows, from their shared views) and
-``"odometry"`` are trusted as Gaussian; ``"loop"`` edges go through a robust kernel
-(Cauchy by default), so one wrong closure is down-weighted instead of bending the map. The
+``"odometry"`` are trusted as Gaussian; ``"loop"`` edges and ``"local"`` ones (verified
+pairs of nearby keyframes) go through a robust kernel (Cauchy by default), so one wrong
+closure is down-weighted instead of bending the map. The
 first node carries a tight prior (the gauge).
 
 A robust kernel acts on an edge's own whitened residual, but before a loop is closed the
@@ -21,10 +22,15 @@ translation, adds the lever arm of the accumulated rotation error over the path 
 pulls.
 
 :meth:`PoseGraph.optimise` runs GTSAM's ISAM2 incrementally: each call adds the new nodes
-and edges and relinearises what they touch; a loop edge relinearises the loop, and
-``extra_iterations`` more updates let the robust kernel settle. Values are kept in GTSAM's
-Similarity3 (``p ↦ s·(R·p + t)``) and converted to :class:`~dvlt_core.geometry.Sim3`
-(``p ↦ s·R·p + t``) at the boundary.
+and edges and relinearises what they touch (only the part of the tree an update reached is
+checked for relinearisation); a loop edge relinearises the loop, and ``extra_iterations``
+more updates let the robust kernel settle. Those extra updates stop once the call has taken
+``budget_ms``; the rest are owed, and each later call's own update counts as one of them
+(each cycle calls :meth:`optimise`), so a cycle's optimisation time stays bounded on a
+loaded CPU and the estimate goes through the same updates, only later. Values are kept in
+GTSAM's Similarity3 (``p ↦ s·(R·p + t)``) and converted to
+:class:`~dvlt_core.geometry.Sim3` (``p ↦ s·R·p + t``) only for the nodes asked for
+(:meth:`pose`), once per update, so a cycle does not convert the whole graph.
 
 GTSAM is an optional dependency (``pip install 'dvlt_ros[mapping]'``).
 """
@@ -39,7 +45,8 @@ import numpy as np
 
 from dvlt_core.geometry import Sim3
 
-EDGE_KINDS = ("window", "odometry", "loop")
+EDGE_KINDS = ("window", "odometry", "loop", "local")
+ROBUST_KINDS = ("loop", "local")
 ROBUST_KERNELS = ("cauchy", "huber")
 
 
@@ -72,20 +79,25 @@ class EdgeSigmas:
 class GraphOptions:
     """``metric``: SE(3) nodes (scale fixed to 1); ``loop_kernel`` and ``kernel_width``
     (in standard deviations) of loop edges; ``extra_iterations``: ISAM2 updates after a
-    loop edge; ``prior_sigma``: of the first node's prior."""
+    loop edge; ``budget_ms``: the time after which one :meth:`PoseGraph.optimise` defers
+    the extra updates still owed to the next calls; ``prior_sigma``: of the first node's
+    prior."""
 
     metric: bool = False
     loop_kernel: str = "cauchy"
     kernel_width: float = 1.0
     extra_iterations: int = 3
+    budget_ms: float = 20.0
     prior_sigma: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.loop_kernel not in ROBUST_KERNELS:
             raise ValueError(
                 f"loop_kernel must be one of {ROBUST_KERNELS}, got {self.loop_kernel!r}")
-        if not self.kernel_width > 0 or self.extra_iterations < 0 or not self.prior_sigma > 0:
-            raise ValueError(f"kernel_width and prior_sigma must be > 0, iterations >= 0: {self}")
+        if not (self.kernel_width > 0 and self.prior_sigma > 0 and self.budget_ms > 0
+                and self.extra_iterations >= 0):
+            raise ValueError(
+                f"kernel_width, budget_ms and prior_sigma must be > 0, iterations >= 0: {self}")
 
 
 @dataclass(frozen=True)
@@ -100,14 +112,13 @@ class Edge:
 @dataclass(frozen=True)
 class Optimisation:
     """One :meth:`PoseGraph.optimise`: nodes and edges in the graph, loop edges, the
-    wall-clock milliseconds, and the graph's weighted error after it (robust kernels
-    applied)."""
+    wall-clock milliseconds, and the extra updates still owed (deferred by the budget)."""
 
     nodes: int
     edges: int
     loops: int
     ms: float
-    error: float
+    owed_iterations: int = 0
 
 
 class PoseGraph:
@@ -120,13 +131,18 @@ class PoseGraph:
         params = gtsam.ISAM2Params()
         params.setRelinearizeThreshold(0.01)
         params.relinearizeSkip = 1
+        params.enablePartialRelinearizationCheck = True
         self._isam = gtsam.ISAM2(params)
         self._new_factors = gtsam.NonlinearFactorGraph()
         self._new_values = gtsam.Values()
         self._initial: dict[int, Sim3] = {}
+        # Poses converted from ISAM2 since its last update (the rest on demand).
         self._estimate: dict[int, Sim3] = {}
+        self._unoptimised: set[int] = set()
         self.edges: list[Edge] = []
-        self._pending_loop = False
+        self._loops = 0
+        self._owed = 0  # extra ISAM2 updates still to run after the last loop edge
+        self._loop_added = False
         # Per node, in insertion order: cumulative window-edge variances and path length
         # from the first node (rotation, translation, log scale, length).
         self._order: dict[int, int] = {}
@@ -155,7 +171,7 @@ class PoseGraph:
             noise = self._g.noiseModel.Isotropic.Sigma(dims, self.options.prior_sigma)
             self._new_factors.add(self._prior(node, value, noise))
         self._initial[node] = pose
-        self._estimate[node] = pose
+        self._unoptimised.add(node)
         self._order[node] = len(self._chain)
         self._chain.append(self._chain[-1].copy() if self._chain else np.zeros(4))
 
@@ -171,12 +187,15 @@ class PoseGraph:
         if not self.options.metric:
             sig.append(sigmas.log_scale)
         noise = self._g.noiseModel.Diagonal.Sigmas(np.array(sig, dtype=np.float64))
-        if kind == "loop":
+        if kind in ROBUST_KINDS:
             g = self._g.noiseModel.mEstimator
             kernel = (g.Cauchy if self.options.loop_kernel == "cauchy" else g.Huber).Create(
                 self.options.kernel_width * self.expected_disagreement(a, b, sigmas))
             noise = self._g.noiseModel.Robust.Create(kernel, noise)
-            self._pending_loop = True
+        if kind == "loop":  # a local edge agrees with the estimate: no extra updates
+            self._owed = self.options.extra_iterations
+            self._loop_added = True
+            self._loops += 1
         elif kind == "window" and self._order[b] == self._order[a] + 1 == len(self._chain) - 1:
             step = np.array([sigmas.rotation**2, sigmas.translation**2, sigmas.log_scale**2,
                              float(np.linalg.norm(measured.translation))])
@@ -197,39 +216,51 @@ class PoseGraph:
 
     # ------------------------------------------------------------------ solving
     def optimise(self) -> Optimisation:
-        """Add what is new to ISAM2 and update; returns the counts and timing."""
+        """Add what is new to ISAM2 and update, then run owed extra updates within
+        ``budget_ms``; returns the counts and timing."""
         start = time.perf_counter()
         self._isam.update(self._new_factors, self._new_values)
-        if self._pending_loop:
-            for _ in range(self.options.extra_iterations):
-                self._isam.update()
+        if self._owed and not self._loop_added:
+            self._owed -= 1  # this update is one of the owed ones
+        self._loop_added = False
+        budget_s = self.options.budget_ms * 1e-3
+        while self._owed and time.perf_counter() - start < budget_s:
+            self._isam.update()
+            self._owed -= 1
         self._new_factors = self._g.NonlinearFactorGraph()
         self._new_values = self._g.Values()
-        self._pending_loop = False
-        values = self._isam.calculateEstimate()
-        self._estimate = {n: self._from_gtsam(values, n) for n in self._initial}
+        self._unoptimised.clear()
+        self._estimate.clear()
         ms = (time.perf_counter() - start) * 1e3
-        loops = sum(e.kind == "loop" for e in self.edges)
-        error = self._isam.getFactorsUnsafe().error(values)
-        return Optimisation(len(self._initial), len(self.edges), loops, ms, error)
+        return Optimisation(len(self._initial), len(self.edges), self._loops, ms, self._owed)
 
     def pose(self, node: int) -> Sim3:
         """The latest optimised ``world_from_node`` (the chained pose before any
         optimisation)."""
-        return self._estimate[node]
+        if node in self._unoptimised:
+            return self._initial[node]
+        pose = self._estimate.get(node)
+        if pose is None:
+            pose = self._estimate[node] = self._estimate_of(node)
+        return pose
 
     def initial_pose(self, node: int) -> Sim3:
         """The pose the node was added with."""
         return self._initial[node]
 
     def poses(self) -> dict[int, Sim3]:
-        return dict(self._estimate)
+        return {node: self.pose(node) for node in self._initial}
 
     def correction(self, node: int) -> Sim3:
         """``map_from_world`` at ``node``: optimised pose ∘ chained pose⁻¹. Applied to
         what the chain places in the world near ``node`` (the newest keyframe: the live
         output), it gives the corrected map frame."""
-        return self._estimate[node].compose(self._initial[node].inverse())
+        return self.pose(node).compose(self._initial[node].inverse())
+
+    def error(self) -> float:
+        """The graph's weighted error at the current estimate (robust kernels applied);
+        visits every factor."""
+        return float(self._isam.getFactorsUnsafe().error(self._isam.calculateEstimate()))
 
     def edge_residuals(self, kind: str = "loop") -> list[tuple[Edge, float]]:
         """Each edge of ``kind`` with its whitened residual norm at the current estimate
@@ -238,7 +269,7 @@ class PoseGraph:
         for edge in self.edges:
             if edge.kind != kind:
                 continue
-            predicted = self._estimate[edge.a].inverse().compose(self._estimate[edge.b])
+            predicted = self.pose(edge.a).inverse().compose(self.pose(edge.b))
             delta = self._to_gtsam(edge.a_from_b).localCoordinates(self._to_gtsam(predicted))
             s = edge.sigmas
             sig = np.array([s.rotation] * 3 + [s.translation] * 3
@@ -258,11 +289,13 @@ class PoseGraph:
             return self._g.Pose3(rotation, translation)
         return self._g.Similarity3(rotation, translation / float(sim.scale), float(sim.scale))
 
-    def _from_gtsam(self, values: Any, node: int) -> Sim3:
+    def _estimate_of(self, node: int) -> Sim3:
         if self.options.metric:
-            pose = values.atPose3(node)
+            pose = self._isam.calculateEstimatePose3(node)
             return Sim3(pose.rotation().matrix(), np.asarray(pose.translation()), 1.0)
-        return Sim3.from_matrix(_similarity_matrix(values.atSimilarity3(node)))
+        sim = self._isam.calculateEstimateSimilarity3(node)
+        scale = float(sim.scale())
+        return Sim3(sim.rotation().matrix(), scale * np.asarray(sim.translation()), scale)
 
     def _prior(self, node: int, value: Any, noise: Any) -> Any:
         g = self._g
@@ -274,12 +307,3 @@ class PoseGraph:
         factor = g.BetweenFactorPose3 if self.options.metric else g.BetweenFactorSimilarity3
         return factor(a, b, value, noise)
 
-
-def _similarity_matrix(sim: Any) -> np.ndarray:
-    """GTSAM's Similarity3 ``[[R, t], [0, 1/s]]`` -> our 4x4 ``[s·R | s·t]``."""
-    m = np.asarray(sim.matrix(), dtype=np.float64)
-    scale = 1.0 / m[3, 3]
-    out = np.eye(4)
-    out[:3, :3] = scale * m[:3, :3]
-    out[:3, 3] = scale * m[:3, 3]
-    return out

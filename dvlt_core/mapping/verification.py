@@ -7,7 +7,10 @@ aligns that window onto each keyframe's own reconstruction through their shared 
 comparable). The loop measurement is ``current_from_candidate = current_from_V ∘
 candidate_from_V⁻¹`` between the two node frames. It is accepted only when
 
-* every view of the verification window has a pose;
+* every view of the verification window has a pose (with the keyframes' calibrated
+  intrinsics when their windows had them);
+* on each side, the shared views have enough valid depth pixels
+  (:data:`~dvlt_core.mapping.alignment.MIN_DEPTH_PIXELS`) to measure the scale;
 * on each side, at least ``min_depth_inliers`` of the shared depth pixels agree with the
   keyframe's own depth after the scale fit (a model that places the candidate at the wrong
   place predicts depth there that contradicts what it predicted for the same images
@@ -43,22 +46,34 @@ from dvlt_core.result import Reconstruction, ViewReconstruction
 @dataclass(frozen=True)
 class Keyframe:
     """A keyframe: ``node`` id, ``stamp_ns``, its snapshot's ``cameras`` and ``images``
-    (uint8 RGB), and ``views`` (:class:`ViewGeometry` in the node frame: the frame and unit
-    of the window in which this snapshot was the newest)."""
+    (uint8 RGB), ``views`` (:class:`ViewGeometry` in the node frame: the frame and unit of
+    the window in which this snapshot was the newest) and ``intrinsics``: the calibrated K
+    per camera its window was reconstructed with (None: predicted), which verification
+    uses again."""
 
     node: int
     stamp_ns: int
     cameras: tuple[str, ...]
     images: tuple[np.ndarray, ...] = field(repr=False)
     views: tuple[ViewGeometry, ...] = field(repr=False)
+    intrinsics: tuple[np.ndarray | None, ...] | None = field(default=None, repr=False)
 
     @classmethod
     def from_reconstruction(cls, node: int, stamp_ns: int, cameras: Sequence[str],
                             images: Sequence[np.ndarray], reconstruction: Reconstruction,
-                            indices: Sequence[int], grid: int = 24) -> Keyframe:
-        """The snapshot's views ``indices`` of ``reconstruction`` (its own window)."""
+                            indices: Sequence[int], grid: int = 24,
+                            intrinsics: Sequence[np.ndarray | None] | None = None) -> Keyframe:
+        """The snapshot's views ``indices`` of ``reconstruction`` (its own window);
+        ``intrinsics`` per camera of the snapshot (None: all predicted)."""
         views = tuple(ViewGeometry.from_view(reconstruction.views[i], grid) for i in indices)
-        return cls(node, int(stamp_ns), tuple(cameras), tuple(images), views)
+        known = None
+        if intrinsics is not None and any(k is not None for k in intrinsics):
+            known = tuple(None if k is None else np.array(k, np.float64) for k in intrinsics)
+        return cls(node, int(stamp_ns), tuple(cameras), tuple(images), views, known)
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(image.nbytes for image in self.images)
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,8 @@ class VerifyOptions:
 @dataclass(frozen=True)
 class LoopVerdict:
     """``accepted`` with the reason when refused; ``current_from_candidate`` (None when no
-    alignment was possible), the edge's ``sigmas`` and the checked figures (``stats``)."""
+    alignment was possible), the edge's ``sigmas``, the checked figures (``stats``) and
+    ``kind``: ``loop`` (a retrieved candidate) or ``local`` (a recent keyframe)."""
 
     accepted: bool
     reason: str
@@ -92,6 +108,7 @@ class LoopVerdict:
     current_from_candidate: Sim3 | None = None
     sigmas: EdgeSigmas | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    kind: str = "loop"
 
 
 def verify_loop(
@@ -108,8 +125,12 @@ def verify_loop(
     images = [*current.images, *candidate.images]
     names = [f"{c}@{current.stamp_ns}" for c in current.cameras] + [
         f"{c}@{candidate.stamp_ns}" for c in candidate.cameras]
-    recon = reconstructor.reconstruct(images, opts.num_steps, names=names)
     n = len(current.images)
+    known = None
+    if current.intrinsics is not None or candidate.intrinsics is not None:
+        known = [*(current.intrinsics or (None,) * n),
+                 *(candidate.intrinsics or (None,) * len(candidate.images))]
+    recon = reconstructor.reconstruct(images, opts.num_steps, names=names, intrinsics=known)
 
     def refuse(reason: str, **stats: float) -> LoopVerdict:
         return LoopVerdict(False, reason, current.node, candidate.node, stats=stats)
@@ -121,6 +142,9 @@ def verify_loop(
     b = align_views(candidate.views, here[n:], opts.depth_tolerance)
     if a is None or b is None:
         return refuse("no scale observable between the verification window and a keyframe")
+    if not (a.depth_scale and b.depth_scale):
+        return refuse("too few depth pixels shared with a keyframe to measure the loop's scale",
+                      depth_pixels=float(min(a.depth_pixels, b.depth_pixels)))
     stats = {"depth_inliers_current": a.depth_inlier_fraction,
              "depth_inliers_candidate": b.depth_inlier_fraction}
     if min(a.depth_inlier_fraction, b.depth_inlier_fraction) < opts.min_depth_inliers:
@@ -193,7 +217,7 @@ def _edge_sigmas(a: Alignment, b: Alignment, depth: float,
     rotation = np.radians(np.hypot(a.rotation_max_deg, b.rotation_max_deg))
     translation = np.hypot(a.position_rms, b.position_rms * a.target_from_source.scale
                            / b.target_from_source.scale)
-    log_scale = np.hypot(a.log_scale_sigma / np.sqrt(max(a.depth_pixels, 1)),
-                         b.log_scale_sigma / np.sqrt(max(b.depth_pixels, 1)))
+    log_scale = np.hypot(a.log_scale_sigma / np.sqrt(a.depth_pixels),
+                         b.log_scale_sigma / np.sqrt(b.depth_pixels))
     return EdgeSigmas(max(float(rotation), floors[0]), max(float(translation), floors[1] * depth),
                       max(float(log_scale), floors[2]))

@@ -51,7 +51,7 @@ class MapPublishers:
         self.tf.publish(tf_message([transform_stamped(map_from_world, self.map_frame,
                                                       self.world_frame, stamp)]))
         self.trajectory.publish(path_message(header, session.map_path()))
-        if closed or len(loop_map.keyframes) % MAP_POINTS_EVERY == 1:
+        if closed or loop_map.closer.counts.keyframes % MAP_POINTS_EVERY == 1:
             self.publish_points(session, header)
             self.loops.publish(frusta_markers(
                 header, [(np.stack(pair), LOOP_EDGE) for pair in loop_map.loops()],

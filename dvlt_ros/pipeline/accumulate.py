@@ -118,19 +118,34 @@ class FusedCloud:
         else:
             parts = [list(chunk) for chunk in self._chunks.get(epoch, [])]
         moved = 0
+        wanted = np.fromiter(moves, np.int64, len(moves))
         for part in parts:
             points, labels = part[0], part[3]
-            for label, sim in moves.items():
-                picked = labels == label
-                if picked.any():
-                    points[picked] = sim.apply_points(points[picked].astype(np.float64))
-                    moved += int(picked.sum())
+            # Group the points by label once: each moved label is then one slice.
+            order = np.argsort(labels, kind="stable")
+            present, starts, counts = np.unique(labels[order], return_index=True,
+                                                return_counts=True)
+            at = np.searchsorted(present, wanted)
+            for label, i in zip(wanted.tolist(), at.tolist(), strict=True):
+                if i < len(present) and present[i] == label:
+                    picked = order[starts[i]:starts[i] + counts[i]]
+                    points[picked] = moves[label].apply_points(points[picked].astype(np.float64))
+                    moved += len(picked)
         if epoch in self._epochs:
             self._epochs[epoch] = self._reduce(*parts[0])
             self._bound()
         elif parts:
             self._chunks[epoch] = [tuple(part) for part in parts]
         return moved
+
+    def labels(self, epoch: int) -> np.ndarray:
+        """The distinct labels of one epoch's points (sorted)."""
+        if epoch in self._epochs:
+            return np.unique(self._epochs[epoch][4])
+        chunks = self._chunks.get(epoch)
+        if not chunks:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate([c[3] for c in chunks]))
 
     def clear(self, epoch: int | None = None) -> None:
         """Forget one epoch's points (every epoch's when None)."""

@@ -12,16 +12,24 @@ correction. The correction of node ``n`` is ``C_n = map_from_node · world_from_
 Place descriptors come with the reconstruction (the torch backend's encoder) or from the
 ``describer`` (a model's encoder run on the keyframe images); with neither, or without
 GTSAM, the map reports ``loop_closure_unavailable`` once and stays off.
+
+Memory: with ``keep_all`` (``dvlt-ros process``, which writes every keyframe's cameras)
+every keyframe's camera poses are kept; otherwise (the live node) only the reference
+camera's poses of the last ``path_length`` keyframes (the corrected path) and of the
+keyframes of the loops still drawn. A keyframe's correction is remembered only while it
+has points in the map cloud (itself bounded by its voxel cap).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from dvlt_core.geometry import Sim3
+from dvlt_core.geometry import Sim3, chordal_mean
 from dvlt_core.inference import Reconstructor
 from dvlt_core.mapping.loop_closer import Describer, LoopCloser, LoopOptions
 from dvlt_core.mapping.verification import LoopVerdict
@@ -56,10 +64,28 @@ class LoopStats:
 
 @dataclass(frozen=True)
 class KeyframePoses:
-    """A keyframe's cameras: (camera, stamp ns, world_from_camera 4x4) in the chained world."""
+    """A keyframe's cameras: (camera, stamp ns, world_from_camera 4x4) in the chained world
+    as its own window placed them; ``seen_again``: (node, camera, world_from_camera) of the
+    same images in the later windows that held them (placed by that node's window)."""
 
     node: int
     poses: tuple[tuple[str, int, np.ndarray], ...]
+    seen_again: list[tuple[int, str, np.ndarray]] = field(default_factory=list)
+
+    def corrected(self, camera: str, correction: Callable[[int], Sim3]) -> np.ndarray | None:
+        """``camera``'s map pose: the mean (chordal for the rotation) of its corrected
+        poses in every window that reconstructed the image; None without that camera."""
+        own = [(self.node, p) for c, _, p in self.poses if c == camera]
+        if not own:
+            return None
+        seen = own + [(n, p) for n, c, p in self.seen_again if c == camera]
+        poses = np.stack([correction(n).apply_c2w(p) for n, p in seen])
+        if len(poses) == 1:
+            return poses[0]
+        out = np.eye(4)
+        out[:3, :3] = chordal_mean(poses[:, :3, :3])
+        out[:3, 3] = poses[:, :3, 3].mean(axis=0)
+        return out
 
 
 def correction_tf(correction: Sim3, anchor_position: np.ndarray) -> np.ndarray:
@@ -76,16 +102,29 @@ def correction_tf(correction: Sim3, anchor_position: np.ndarray) -> np.ndarray:
 
 class LoopMap:
     """Keyframe graph, map cloud and corrected trajectory of one world epoch (module
-    docstring). ``cloud_config``: which points of a window go into the map."""
+    docstring). ``cloud_config``: which points of a window go into the map;
+    ``known_intrinsics``: whether the windows were reconstructed with the frames'
+    calibrated K (verification then uses it too); ``path_length``: keyframes of the
+    corrected path; ``keep_all``: keep every keyframe's camera poses (and, with the default
+    options, every loop verdict)."""
 
     def __init__(self, reconstructor: Reconstructor, epoch: int, cloud: FusedCloud,
                  cloud_config: CloudConfig, describer: Describer | None = None,
-                 options: LoopOptions | None = None) -> None:
+                 options: LoopOptions | None = None, *, known_intrinsics: bool = False,
+                 path_length: int = 2000, keep_all: bool = False) -> None:
         self.epoch = epoch
         self.cloud = cloud
         self.cloud_config = cloud_config
+        if options is None and keep_all:  # offline: every loop verdict is reported
+            options = LoopOptions(verdict_history=None)
         self.closer = LoopCloser(reconstructor, describer, options)
-        self.keyframes: list[KeyframePoses] = []
+        self.known_intrinsics = known_intrinsics
+        self.keep_all = keep_all
+        #: Keyframe camera poses: all with ``keep_all``, else the last ``path_length``.
+        self.keyframes: deque[KeyframePoses] = deque(maxlen=None if keep_all else path_length)
+        # Reference camera pose of the keyframes that may still end a loop marker: those
+        # the loop closer keeps (possible candidates) and those of the kept verdicts.
+        self._reference: dict[int, np.ndarray] = {}
         self._applied: dict[int, Sim3] = {}
         self._add_ms = self._verify_ms = 0.0
 
@@ -103,37 +142,56 @@ class LoopMap:
         start = time.perf_counter()
         newest = [i for i, step in enumerate(window.timesteps) if step == 0]
         world_from_window = result.placement.world_from_window
+        intrinsics = None
+        if self.known_intrinsics:
+            intrinsics = [None if f.info is None else f.info.k for f in window.frames]
         node = self.closer.add_window(window.keys, [f.rgb for f in window.frames], recon,
-                                      newest, world_from_window)
-        correction = self.correction(node)
-        self._applied[node] = correction
+                                      newest, world_from_window, intrinsics)
         cloud = build_cloud(recon, world_from_window, self.cloud_config, newest)
         if len(cloud.points):
+            correction = self.correction(node)
+            self._applied[node] = correction
             self.cloud.add(self.epoch, correction.apply_points(
                 cloud.points.astype(np.float64)), cloud.colors, cloud.confidence, node)
+        poses = result.poses if self.keep_all else result.poses[:1]
+        self._seen_again(node, result)
         self.keyframes.append(KeyframePoses(node, tuple(
-            (p.camera, p.stamp_ns, p.world_from_camera) for p in result.poses)))
+            (p.camera, p.stamp_ns, p.world_from_camera) for p in poses)))
+        if result.poses:
+            self._reference[node] = result.poses[0].world_from_camera
+            if len(self._reference) > 2 * len(self.closer.keyframes) + 64:
+                self._prune_references()
         self._add_ms = (time.perf_counter() - start) * 1e3
         return []
 
+    def _seen_again(self, node: int, result: CycleResult) -> None:
+        """Record the window's poses of images that earlier keyframes hold."""
+        placed = {(p.camera, p.stamp_ns): p.world_from_camera for p in result.window_poses}
+        oldest = min((p.stamp_ns for p in result.window_poses), default=None)
+        for keyframe in reversed(self.keyframes):
+            if not keyframe.poses or oldest is None or keyframe.poses[0][1] < oldest:
+                break
+            for camera, stamp, _ in keyframe.poses:
+                pose = placed.get((camera, stamp))
+                if pose is not None:
+                    keyframe.seen_again.append((node, camera, pose))
+
     def close_loops(self, limit: int) -> list[LoopVerdict]:
-        """Verify up to ``limit`` queued candidates; after an accepted loop, re-place the
-        map cloud. Returns the verdicts."""
-        if limit < 1 or not self.closer.pending:
+        """Verify up to ``limit`` queued loop candidates, then local pairs; after an
+        accepted loop, re-place the map cloud. Returns the verdicts."""
+        if limit < 1 or not self.closer.has_pending:
             return []
         start = time.perf_counter()
         verdicts = self.closer.verify_pending(limit)
-        if any(v.accepted for v in verdicts):
+        # Local edges move the map a little: their change is folded in at the next loop.
+        if any(v.accepted and v.kind == "loop" for v in verdicts):
             self._replace_cloud()
         self._verify_ms = (time.perf_counter() - start) * 1e3
         return verdicts
 
     def correction(self, node: int | None = None) -> Sim3:
         """``map_from_world`` at ``node`` (the newest keyframe when None)."""
-        if node is None:
-            return self.closer.correction()
-        graph = self.closer.graph
-        return graph.pose(node).compose(graph.initial_pose(node).inverse())
+        return self.closer.correction(node)
 
     def _replace_cloud(self) -> None:
         moves = {}
@@ -145,17 +203,37 @@ class LoopMap:
                 self._applied[node] = now
         if moves:
             self.cloud.move(self.epoch, moves)
+            present = set(self.cloud.labels(self.epoch).tolist())
+            self._applied = {n: c for n, c in self._applied.items() if n in present}
+
+    def _prune_references(self) -> None:
+        wanted = {n for v in self.closer.verdicts if v.accepted for n in (v.current, v.candidate)}
+        wanted.update(self.closer.keyframes)
+        self._reference = {n: p for n, p in self._reference.items() if n in wanted}
 
     def corrected_poses(self) -> dict[str, list[tuple[int, np.ndarray]]]:
-        """Per camera, (stamp ns, map_from_camera 4x4) of every keyframe, in stamp order."""
+        """Per camera, (stamp ns, map_from_camera 4x4) of the kept keyframes (every one with
+        ``keep_all``; :meth:`KeyframePoses.corrected`), in stamp order."""
         out: dict[str, list[tuple[int, np.ndarray]]] = {}
         for keyframe in self.keyframes:
-            correction = self.correction(keyframe.node)
-            for camera, stamp, pose in keyframe.poses:
-                out.setdefault(camera, []).append((stamp, correction.apply_c2w(pose)))
+            for camera, stamp, _ in keyframe.poses:
+                out.setdefault(camera, []).append(
+                    (stamp, keyframe.corrected(camera, self.correction)))
         for items in out.values():
             items.sort(key=lambda item: item[0])
         return out
+
+    def path(self, camera: str, length: int) -> list[tuple[int, np.ndarray]]:
+        """(stamp ns, map_from_camera 4x4) of ``camera`` at the last ``length`` keyframes
+        that hold it, in stamp order; only those are corrected."""
+        out = []
+        for keyframe in reversed(self.keyframes):
+            if len(out) >= length:
+                break
+            stamp = next((s for c, s, _ in keyframe.poses if c == camera), None)
+            if stamp is not None:
+                out.append((stamp, keyframe.corrected(camera, self.correction)))
+        return sorted(out, key=lambda item: item[0])
 
     def map_from_world_tf(self) -> np.ndarray:
         """The rigid ``map_from_world`` for TF (:func:`correction_tf` at the newest
@@ -166,12 +244,13 @@ class LoopMap:
         return correction_tf(self.correction(self.keyframes[-1].node), position)
 
     def loops(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The accepted loops as pairs of reference-camera positions in the map frame."""
+        """The accepted loops among the kept verdicts as pairs of reference-camera positions
+        in the map frame."""
         positions = {}
-        for keyframe in self.keyframes:
-            if keyframe.poses:
-                pose = self.correction(keyframe.node).apply_c2w(keyframe.poses[0][2])
-                positions[keyframe.node] = pose[:3, 3]
+        for verdict in self.closer.verdicts:
+            for n in (verdict.current, verdict.candidate) if verdict.accepted else ():
+                if n not in positions and n in self._reference:
+                    positions[n] = self.correction(n).apply_c2w(self._reference[n])[:3, 3]
         return [(positions[v.current], positions[v.candidate]) for v in self.closer.verdicts
                 if v.accepted and v.current in positions and v.candidate in positions]
 

@@ -308,7 +308,10 @@ class ReconstructionSession:
             try:
                 self.loop_map = LoopMap(
                     self.pipeline.reconstructor, result.epoch, self.map_cloud,
-                    self.pipeline.config.cloud, self.describer)
+                    self.pipeline.config.cloud, self.describer,
+                    known_intrinsics=self.pipeline.config.use_input_camera_info,
+                    path_length=int(self.params["trajectory_length"]),
+                    keep_all=self.trajectories.keep_all)
             except ImportError as exc:  # GTSAM missing
                 return self._loop_unavailable(PipelineEvent(
                     UNAVAILABLE, Level.WARN, f"loop closure is off: {exc}"))
@@ -361,8 +364,7 @@ class ReconstructionSession:
         the last ``trajectory_length``."""
         if self.loop_map is None:
             return []
-        poses = self.loop_map.corrected_poses().get(self.cameras[0], [])
-        return poses[-int(self.params["trajectory_length"]):]
+        return self.loop_map.path(self.cameras[0], int(self.params["trajectory_length"]))
 
     def finish(self, cycle: ReconstructedSnapshot, publish_ms: float, points: int,
                overruns: int = 0) -> CycleReport:

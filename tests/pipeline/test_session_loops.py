@@ -15,13 +15,16 @@ from rig_constants import RIG_IMG_SIZE, RIG_TIMES
 from dvlt_core.backends.ground_truth_unscaled import GroundTruthUnscaledBackend
 from dvlt_core.eval.alignment import umeyama_alignment
 from dvlt_core.geometry import Sim3, rotation_from_vector
+from dvlt_core.inference import Reconstructor
 from dvlt_core.mapping import EncoderDescriber
+from dvlt_core.mapping.loop_closer import LoopOptions
 from dvlt_core.model import DVLTModel
 from dvlt_core.synthetic import default_rig
 from dvlt_core.testing import load_deterministic_weights
-from dvlt_ros.pipeline import CameraFrame, Level
+from dvlt_ros.pipeline import CameraFrame, CameraInfoData, Level
 from dvlt_ros.pipeline.accumulate import FusedCloud
-from dvlt_ros.pipeline.loop_map import UNAVAILABLE, correction_tf
+from dvlt_ros.pipeline.loop_map import UNAVAILABLE, LoopMap, correction_tf
+from dvlt_ros.pipeline.products import CloudConfig
 from dvlt_ros.pipeline.session import ReconstructionSession
 from dvlt_ros.pipeline.settings import ParameterError, load_parameters
 
@@ -35,11 +38,13 @@ def _params(rig, img_size, **changes):
         "loop_closure": True, "loop_verify_per_cycle": 2, **changes})
 
 
-def _cycle(session, rig, t):
+def _cycle(session, rig, t, camera_info=False):
     stamp = round(t * 1e9)
     for view in rig.snapshot(t):
+        h, w = view.image.shape[:2]
+        info = CameraInfoData(rig.intrinsics(view.camera), w, h) if camera_info else None
         frame = CameraFrame(view.camera, stamp, rig.camera(view.camera).optical_frame,
-                            view.image)
+                            view.image, info)
         assert session.add_frame(frame, stamp) == []
     snapshot, _ = session.poll(stamp)
     cycle = session.reconstruct(snapshot, stamp)
@@ -87,6 +92,8 @@ def test_a_drifting_loop_is_closed_in_spare_cycles_and_its_products_corrected(de
     assert stats.accepted >= 1 and moved_cloud
     assert stats.verified == stats.accepted + stats.rejected
     assert 0 < len(session.map_cloud) <= int(session.params["map_max_points"])
+    # Corrections are remembered only for keyframes that still have points in the map.
+    assert set(session.loop_map._applied) <= set(session.map_cloud.labels(0).tolist())
 
     # The corrected path is the reference camera at every keyframe; it is closer to the
     # truth than the chained path (same run, both Sim(3)-aligned).
@@ -113,6 +120,53 @@ def test_a_drifting_loop_is_closed_in_spare_cycles_and_its_products_corrected(de
     assert session.map_from_world() is None and session.loop_stats.keyframes == 0
     _, report = _cycle(session, rig, after_reset)  # the next window: a new map
     assert report.loop_keyframes == 1
+
+
+def test_the_live_map_keeps_a_bounded_path_and_verifies_with_the_calibrated_intrinsics(
+        describer):
+    pytest.importorskip("gtsam")
+    rig = default_rig(160, 120, num_cameras=2)
+    times = [i * 0.5 for i in range(9)]
+    backend = GroundTruthUnscaledBackend.for_rig(rig, times, img_size=LOOP_IMG_SIZE)
+    session = ReconstructionSession(_params(rig, LOOP_IMG_SIZE, trajectory_length=4,
+                                            use_input_camera_info=True), describer=describer)
+    session.install_backend(backend)
+    for t in times:
+        _cycle(session, rig, t, camera_info=True)
+    loop_map = session.loop_map
+    # The node keeps the reference camera of the last trajectory_length keyframes only.
+    assert len(loop_map.keyframes) == 4 and all(len(k.poses) == 1 for k in loop_map.keyframes)
+    assert loop_map.closer.counts.keyframes == len(times)
+    path = session.map_path()
+    assert [s for s, _ in path] == [s for s, _ in session.trajectories.path] == [
+        round(t * 1e9) for t in times[-4:]]
+    # A keyframe's map pose is the mean over the windows that reconstructed its image: its
+    # own and the next one (windows of two snapshots).
+    second, newest_poses = loop_map.keyframes[-2], loop_map.keyframes[-1]
+    ((node, camera, pose),) = second.seen_again
+    assert node == newest_poses.node and camera == rig.names[0] == second.poses[0][0]
+    own = loop_map.correction(second.node).apply_c2w(second.poses[0][2])
+    again = loop_map.correction(node).apply_c2w(pose)
+    assert np.linalg.norm(own[:3, 3] - again[:3, 3]) > 1e-6  # two noisy reconstructions
+    np.testing.assert_allclose(path[-2][1][:3, 3], (own[:3, 3] + again[:3, 3]) / 2, atol=1e-9)
+    assert not newest_poses.seen_again
+    np.testing.assert_allclose(path[-1][1], loop_map.correction(node).apply_c2w(
+        newest_poses.poses[0][2]), atol=1e-12)
+    # Keyframes remember the calibrated K their window used, for verification.
+    newest = loop_map.closer.keyframes[len(times) - 1]
+    assert newest.intrinsics is not None
+    for camera, k in zip(newest.cameras, newest.intrinsics, strict=True):
+        np.testing.assert_array_equal(k, rig.intrinsics(camera))
+
+
+def test_offline_maps_keep_every_loop_verdict_and_live_ones_a_bounded_history(
+        pipeline_gt_backend):
+    pytest.importorskip("gtsam")
+    reconstructor = Reconstructor(pipeline_gt_backend, img_size=RIG_IMG_SIZE)
+    live = LoopMap(reconstructor, 0, FusedCloud(0.1), CloudConfig())
+    offline = LoopMap(reconstructor, 0, FusedCloud(0.1), CloudConfig(), keep_all=True)
+    assert live.closer.verdicts.maxlen == LoopOptions().verdict_history == 256
+    assert offline.closer.verdicts.maxlen is None  # dvlt-ros process lists every loop
 
 
 def test_without_descriptors_loop_closure_is_reported_once_and_the_run_goes_on(
@@ -165,8 +219,28 @@ def test_fused_cloud_moves_the_points_of_a_label_and_merges_them_again():
     assert unbounded.move(0, {3: shift}) == 16
     np.testing.assert_allclose(unbounded.arrays(0)[0] + np.array([0, 0, 1.0]), points,
                                atol=1e-6)
+    assert cloud.labels(0).tolist() == [1]  # label 2's points merged into label 1's voxels
     cloud.clear()
     assert len(cloud) == 0
+
+
+def test_fused_cloud_moves_interleaved_labels_each_by_its_own_similarity():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1, 1, (300, 3))
+    labels = rng.integers(0, 5, 300)
+    cloud = FusedCloud(0.0)  # every point kept, in the order added
+    for label in range(5):
+        ours = labels == label
+        cloud.add(0, points[ours], np.zeros((ours.sum(), 3), np.uint8), np.ones(ours.sum()),
+                  label=label)
+    moves = {label: Sim3(rotation_from_vector(rng.normal(0, 0.3, 3)), rng.normal(0, 1, 3),
+                         float(rng.uniform(0.5, 2))) for label in (1, 3, 7)}
+    assert cloud.move(0, moves) == int(np.isin(labels, [1, 3]).sum())
+    expected = np.concatenate([moves[label].apply_points(points[labels == label])
+                               if label in moves else points[labels == label]
+                               for label in range(5)])
+    np.testing.assert_allclose(cloud.arrays(0)[0], expected, atol=1e-5)
+    assert cloud.labels(0).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_the_tf_correction_is_rigid_and_exact_at_the_anchor():

@@ -24,10 +24,10 @@ def _circle(n, radius=3.0):
     return poses
 
 
-def _drifted_chain(truth, seed=0, metric=False):
+def _drifted_chain(truth, seed=0, metric=False, **options):
     """A graph of ``truth`` whose window edges carry noise of SIGMAS (nodes chained)."""
     rng = np.random.default_rng(seed)
-    graph = PoseGraph(GraphOptions(metric=metric))
+    graph = PoseGraph(GraphOptions(metric=metric, **options))
     pose = truth[0]
     graph.add_node(0, pose)
     for i in range(1, len(truth)):
@@ -110,3 +110,21 @@ def test_the_graph_refuses_bad_input():
         EdgeSigmas(0.0, 1.0)
     with pytest.raises(ValueError, match="loop_kernel"):
         GraphOptions(loop_kernel="tukey")
+
+
+def test_extra_updates_over_the_time_budget_are_owed_to_the_next_cycles():
+    truth = _circle(120)
+    loop = truth[119].inverse().compose(truth[0])
+    settled = _drifted_chain(truth, seed=1)
+    settled.add_edge(119, 0, loop, LOOP, "loop")
+    assert settled.optimise().owed_iterations == 0  # three extra updates in one call
+    deferred = _drifted_chain(truth, seed=1, budget_ms=1e-9)  # no time for an extra update
+    deferred.add_edge(119, 0, loop, LOOP, "loop")
+    owed = [deferred.optimise().owed_iterations for _ in range(4)]
+    # Each later cycle's own update is one of the owed ones: the same four ISAM2 updates,
+    # spread over four cycles, give the same estimate.
+    assert owed == [3, 2, 1, 0]
+    for node in range(120):
+        np.testing.assert_allclose(deferred.pose(node).matrix(), settled.pose(node).matrix(),
+                                   atol=1e-9)
+    assert deferred.error() == pytest.approx(settled.error(), rel=1e-9)
