@@ -98,4 +98,7 @@ def reference_model(**config) -> DVLTModel:
         if type(module) in _PREVIOUS:
             name, method = _PREVIOUS[type(module)]
             setattr(module, name, types.MethodType(method, module))
+        for param in module.parameters(recurse=False):
+            if param.dim() == 4:  # the previous conv weights were contiguous (NCHW)
+                param.data = param.data.contiguous()
     return model

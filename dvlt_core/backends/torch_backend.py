@@ -11,7 +11,9 @@ import torch
 from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
 from dvlt_core.device import resolve_device
 from dvlt_core.model import PRECISIONS, DVLTModel, autocast_for
+from dvlt_core.model.compilation import compile_model
 from dvlt_core.model.descriptor import place_descriptors
+from dvlt_core.model.precision import cpu_has_native_bf16
 
 
 class TorchBackend(InferenceBackend):
@@ -19,25 +21,45 @@ class TorchBackend(InferenceBackend):
 
     ``precision`` "fp32" runs everything in float32 (TF32 matmuls follow PyTorch's global
     setting). "bf16"/"fp16" run the stages under CUDA autocast; the model's heads keep
-    their own float32 parts. Reduced precision is refused on CPU: CPU autocast is slower
-    than fp32 on most CPUs and its numerics are untested here.
+    their own float32 parts. On CPU, "bf16" (CPU autocast, within
+    ``BF16_REL_L2_TOLERANCE`` of fp32) is accepted only where the CPU has bf16 matrix
+    instructions (AMX or AVX512-BF16): elsewhere it is emulated and several times slower
+    than fp32. "fp16" is refused on CPU.
+
+    ``torch_compile`` (default off) compiles the model's transformer parts in place with
+    :func:`dvlt_core.model.compilation.compile_model`; each new input shape then compiles
+    once (minutes on a small CPU). It measured no faster than eager on the project's CPU.
     """
 
     name = "torch"
 
     def __init__(
-        self, model: DVLTModel, device: str | torch.device = "cpu", precision: str = "fp32"
+        self,
+        model: DVLTModel,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        *,
+        torch_compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         dev = resolve_device(device)
         if dev.type == "cpu" and precision != "fp32":
-            raise ValueError(
-                f"precision {precision!r} needs a CUDA device; on CPU use precision='fp32'"
-            )
+            if precision != "bf16":
+                raise ValueError(
+                    f"precision {precision!r} needs a CUDA device; on CPU use precision='fp32'"
+                )
+            if not cpu_has_native_bf16():
+                raise ValueError(
+                    "precision 'bf16' needs a CUDA device or a CPU with bf16 matrix "
+                    "instructions (AMX or AVX512-BF16), which this CPU lacks; use "
+                    "precision='fp32'"
+                )
         self._device = dev
         self.precision = precision
         self.model = model.eval().to(dev)
+        if torch_compile:
+            compile_model(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -105,6 +127,7 @@ def _create_torch_backend(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     allow_pickle: bool = False,
+    torch_compile: bool = False,
 ) -> TorchBackend:
     if model is None:
         from dvlt_core.io.checkpoint import load_model
@@ -112,7 +135,7 @@ def _create_torch_backend(
         model = load_model(
             checkpoint, revision=revision, cache_dir=cache_dir, allow_pickle=allow_pickle
         )
-    return TorchBackend(model, device=device, precision=precision)
+    return TorchBackend(model, device=device, precision=precision, torch_compile=torch_compile)
 
 
 register_backend("torch", _create_torch_backend)

@@ -6,7 +6,9 @@ trunk's RoPE positions, kept as ``features`` (the camera head reads token 0 of t
 decoder's), then ``norm`` and the first ``num_special`` tokens dropped. The output stage maps
 the patch tokens to a channel-first (N, o, H, W) map in float32. The conv stage runs in
 channels-last layout (the token grid already is one, and oneDNN's convolutions are faster on it),
-so its output is an (N, o, H, W) view of (N, H, W, o) memory.
+so its output is an (N, o, H, W) view of (N, H, W, o) memory. Its convolution weights are kept
+channels-last too, so the convolutions do not reorder them on every call (the values, the
+state-dict keys and shapes are unchanged; only the strides differ).
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class Decoder(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim)
         if head_type == "conv":
-            self.upsample_blocks = conv_upsample_blocks(embed_dim)
-            self.output_block = conv_output_block(out_dim)
+            self.upsample_blocks = conv_upsample_blocks(embed_dim).to(
+                memory_format=torch.channels_last
+            )
+            self.output_block = conv_output_block(out_dim).to(memory_format=torch.channels_last)
         else:
             self.head = nn.Linear(embed_dim, out_dim * patch_size * patch_size)
         self._uv_cache = ConstantCache()

@@ -43,10 +43,24 @@ def rope_tables(grid_h: int, grid_w: int, num_special: int, head_dim: int) -> tu
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` (..., P, d) with tables (P, d) from :func:`rope_tables`."""
+    """Rotate ``x`` (..., P, d) with tables (P, d) from :func:`rope_tables`.
+
+    ``x·cos + swap(x)·sin``. Eagerly, ``swap(x)·sin`` is added in place, quarter by quarter,
+    to the fresh ``x·cos``: the same two roundings per element as one ``addcmul`` on the
+    swapped copy (bit-identical), without making that copy. A traced graph (ONNX export)
+    takes the copy, because in-place updates of views do not export.
+    """
     d = x.shape[-1]
-    swapped = x.unflatten(-1, (2, 2, d // 4)).flip(-2).flatten(-3)
-    return torch.addcmul(x * cos.to(x.dtype), swapped, sin.to(x.dtype))
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    quarters = (2, 2, d // 4)  # (axis half, lo/hi quarter, channel)
+    x_q = x.unflatten(-1, quarters)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return torch.addcmul(x * cos, x_q.flip(-2).flatten(-3), sin)
+    out = x * cos
+    out_q, sin_q = out.unflatten(-1, quarters), sin.unflatten(-1, quarters)
+    out_q[..., 0, :].addcmul_(x_q[..., 1, :], sin_q[..., 0, :])
+    out_q[..., 1, :].addcmul_(x_q[..., 0, :], sin_q[..., 1, :])
+    return out
 
 
 class RopeCache:

@@ -74,6 +74,39 @@ def test_bad_options_are_refused(model):
             TorchBackend(model, device="cuda")
 
 
+def test_bf16_on_cpu_only_with_native_bf16_instructions(model, case, monkeypatch):
+    import dvlt_core.backends.torch_backend as torch_backend
+    from dvlt_core.model.precision import BF16_REL_L2_TOLERANCE
+
+    monkeypatch.setattr(torch_backend, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="AMX or AVX512-BF16"):
+        TorchBackend(model, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        TorchBackend(model, device="cpu", precision="fp16")
+    # Where the CPU has them (the probe answers True), bf16 runs under CPU autocast; here it
+    # is emulated, so only the numbers are checked, against bf16's own tolerance.
+    monkeypatch.setattr(torch_backend, "cpu_has_native_bf16", lambda: True)
+    images = torch.from_numpy(case["images"])
+    bf16 = TorchBackend(model, device="cpu", precision="bf16").infer(images, 3)
+    fp32 = TorchBackend(model).infer(images, 3)
+    for key in ("rays", "depth", "world_points", "pose_enc"):
+        ours, ref = getattr(bf16, key), getattr(fp32, key)
+        assert ours.dtype == torch.float32, key
+        error = torch.linalg.vector_norm(ours - ref) / torch.linalg.vector_norm(ref)
+        assert 0 < error <= BF16_REL_L2_TOLERANCE, f"{key}: {error:.3g}"
+
+
+def test_torch_compile_option_compiles_the_model_in_place(model, monkeypatch):
+    import dvlt_core.backends.torch_backend as torch_backend
+
+    compiled = []
+    monkeypatch.setattr(torch_backend, "compile_model", compiled.append)
+    TorchBackend(model)
+    assert compiled == []
+    backend = create_backend("torch", model=model, torch_compile=True)
+    assert compiled == [backend.model]
+
+
 def test_factory_builds_registered_backends(model, tmp_path):
     assert "torch" in available_backends()
     assert create_backend("torch", model=model).model is model

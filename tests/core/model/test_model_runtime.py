@@ -130,6 +130,36 @@ def test_rope_leaves_special_tokens_and_uses_offset_positions():
     torch.testing.assert_close(rotated.unflatten(-1, (2, 2, 16)).pow(2).sum(-2), pairs)
 
 
+def test_rope_in_place_quarters_are_bit_identical_to_the_swapped_copy():
+    """The eager path adds swap(x)·sin quarter by quarter in place; a trace takes the copy."""
+    from dvlt_core.model.rope import apply_rope, rope_tables
+
+    cos, sin = rope_tables(3, 4, 5, 64)
+    qkv = torch.randn(2, 17, 3, 6, 64, generator=torch.Generator().manual_seed(0))
+    q = F.layer_norm(qkv.permute(2, 0, 3, 1, 4)[0], (64,))  # as in Attention: strided input
+    swapped = q.unflatten(-1, (2, 2, 16)).flip(-2).flatten(-3)
+    expected = torch.addcmul(q * cos, swapped, sin)
+    assert torch.equal(apply_rope(q, cos, sin), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, as ONNX export
+        traced = torch.jit.trace(lambda x: apply_rope(x, cos, sin), (q,), check_trace=False)
+    assert "addcmul_" not in str(traced.graph)
+    assert torch.equal(traced(q), expected)
+
+
+def test_conv_head_weights_are_channels_last_and_the_state_dict_is_unchanged(model):
+    conv_types = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    convs = [m for m in model.depth_decoder.modules() if isinstance(m, conv_types)]
+    assert len(convs) > 10
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    fresh = DVLTModel(**SMALL).eval()
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    conv = next(m for m in fresh.depth_decoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # copy_ keeps it
+    for key, value in model.state_dict().items():
+        assert torch.equal(value.contiguous(), fresh.state_dict()[key].contiguous()), key
+
+
 def test_recurrence_none_runs_each_block_once():
     m = DVLTModel(**SMALL, recurrence_mode="none", num_steps=3, min_steps=3, k_sampling=None)
     m.eval()
