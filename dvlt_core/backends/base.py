@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,22 @@ class InferenceBackend(ABC):
     def infer(self, images: torch.Tensor, num_steps: int | None = None) -> BackendOutput:
         """Run the network on ``images`` (1, S, 3, H, W) float32 in [0, 1], H and W
         multiples of 14, looping ``num_steps`` times (default :attr:`default_num_steps`)."""
+
+
+def check_one_scene(images: torch.Tensor) -> None:
+    """Refuse anything but one scene of views, (1, S, 3, H, W)."""
+    if images.dim() != 5 or images.shape[0] != 1:
+        raise ValueError(
+            f"images must be (1, S, 3, H, W), got {tuple(images.shape)}; "
+            "run one scene at a time"
+        )
+
+
+def device_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` after the work queued on ``device`` has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 BackendFactory = Callable[..., InferenceBackend]

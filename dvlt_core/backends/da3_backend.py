@@ -40,7 +40,14 @@ from typing import Any
 
 import torch
 
-from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
+from dvlt_core.backends.base import (
+    BackendOutput,
+    InferenceBackend,
+    StageTimings,
+    check_one_scene,
+    device_clock,
+    register_backend,
+)
 from dvlt_core.device import resolve_device
 from dvlt_core.geometry.transforms import pose_encoding_from_cameras
 from dvlt_core.geometry.unproject import compute_world_rays
@@ -230,31 +237,22 @@ class Da3Backend(InferenceBackend):
     def default_num_steps(self) -> int:
         return 1
 
-    def _sync(self) -> float:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-        return time.perf_counter()
-
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, num_steps: int | None = None) -> BackendOutput:
         """One forward pass over all views; ``num_steps`` is ignored (DA3 has no loop)."""
-        if images.dim() != 5 or images.shape[0] != 1:
-            raise ValueError(
-                f"images must be (1, S, 3, H, W), got {tuple(images.shape)}; "
-                "run one scene at a time"
-            )
+        check_one_scene(images)
         height, width = images.shape[-2:]
-        start = self._sync()
+        start = device_clock(self._device)
         x = (images.to(self._device, torch.float32) - self._mean) / self._std
-        t_in = self._sync()
+        t_in = device_clock(self._device)
         with autocast_for(self.precision, self._device.type):
             out = self.net(x)
-        t_net = self._sync()
+        t_net = device_clock(self._device)
         depth = out["depth"][0].float().cpu()  # (S, H, W) z-depth
         confidence = out["depth_conf"][0].float().cpu()
         w2c = out["extrinsics"][0].float().cpu()  # (S, 3, 4)
         intrinsics = out["intrinsics"][0].float().cpu()  # (S, 3, 3), centre at (W/2, H/2)
-        t_host = self._sync()
+        t_host = device_clock(self._device)
         bottom = torch.tensor([[[0.0, 0.0, 0.0, 1.0]]]).expand(len(w2c), 1, 4)
         c2w = torch.linalg.inv(torch.cat([w2c, bottom], dim=1).double())
         relative = (torch.linalg.inv(c2w[0]) @ c2w).float()  # the world is view 0's camera

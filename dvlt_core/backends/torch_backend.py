@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dvlt_core.backends.base import BackendOutput, InferenceBackend, StageTimings, register_backend
+from dvlt_core.backends.base import (
+    BackendOutput,
+    InferenceBackend,
+    StageTimings,
+    check_one_scene,
+    device_clock,
+    register_backend,
+)
 from dvlt_core.device import resolve_device
 from dvlt_core.model import PRECISIONS, DVLTModel, autocast_for
 from dvlt_core.model.compilation import compile_model
@@ -73,41 +79,32 @@ class TorchBackend(InferenceBackend):
     def default_num_steps(self) -> int:
         return self.model.config.default_num_steps
 
-    def _sync(self) -> float:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-        return time.perf_counter()
-
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, num_steps: int | None = None) -> BackendOutput:
-        if images.dim() != 5 or images.shape[0] != 1:
-            raise ValueError(
-                f"images must be (1, S, 3, H, W), got {tuple(images.shape)}; "
-                "run one scene at a time"
-            )
+        check_one_scene(images)
         plan = self.model.inference_plan(num_steps)
         image_hw = (images.shape[-2], images.shape[-1])
-        start = self._sync()
+        start = device_clock(self._device)
         x = images.to(self._device, torch.float32, non_blocking=True)
         t_pairs = plan.t_pairs.to(self._device)
-        t_in = self._sync()
+        t_in = device_clock(self._device)
         with autocast_for(self.precision, self._device.type):
             tokens = self.model.encode(x)
             descriptors = place_descriptors(tokens, self.model.num_special_tokens)
-            t_enc = self._sync()
+            t_enc = device_clock(self._device)
             step_ms = []
             t_prev = t_enc
             for i, block in enumerate(plan.block_indices):
                 tokens = self.model.step(
                     tokens, t_pairs[i, 0], t_pairs[i, 1], block, image_hw=image_hw
                 )
-                t_now = self._sync()
+                t_now = device_clock(self._device)
                 step_ms.append((t_now - t_prev) * 1e3)
                 t_prev = t_now
             out = self.model.decode(tokens, image_hw)
-            t_dec = self._sync()
+            t_dec = device_clock(self._device)
         host = {k: v.float().cpu() for k, v in {**out, "descriptors": descriptors}.items()}
-        end = self._sync()
+        end = device_clock(self._device)
         timings = StageTimings(
             encode_ms=(t_enc - t_in) * 1e3,
             step_ms=step_ms,
