@@ -18,7 +18,15 @@ keyframe poses.
 
 A keyframe whose snapshot has a view without a pose (a failed pose fit) is still a node
 (its chained pose keeps the graph connected) but is neither a loop candidate nor the end
-of a window edge: its geometry is not trusted. Shared views too short of depth to measure
+of a window edge: its geometry is not trusted.
+
+Odometry edges: when the caller gives the reference camera's odometry pose
+(``odom_from_camera``, metres, e.g. TF ``odom -> base`` times the camera mount) and the
+metres per world unit of the keyframe (the world is metric), and the previous keyframe had
+both too, an ``odometry`` edge ties the two: the odometry's relative camera motion in the
+nodes' units. Its sigmas grow with the motion (``odometry_rates``: rad per rad turned, m per
+m travelled) above ``odometry_min_sigmas``. Without them no odometry edge is added
+(:attr:`LoopCounts.odometry_missing`). Shared views too short of depth to measure
 the scale give no window edge either (the node is then tied by its chained pose).
 
 Memory: the graph holds a few numbers per node; the heavy part of a keyframe (its images
@@ -58,7 +66,9 @@ class LoopOptions:
     ``verdict_history``: loop verdicts kept (:attr:`LoopCloser.verdicts`; None: all, for
     offline runs that report every loop);
     ``local_offsets``: how many keyframes back the local pairs of a new keyframe reach
-    (empty: none; each must be within ``history``)."""
+    (empty: none; each must be within ``history``); ``odometry_rates``: odometry edge
+    sigmas per motion (rotation rad per rad turned, translation m per m travelled);
+    ``odometry_min_sigmas``: their floors (rad, m, log scale)."""
 
     places: PlaceOptions = field(default_factory=PlaceOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
@@ -70,12 +80,16 @@ class LoopOptions:
     max_image_bytes: int = 1 << 30
     verdict_history: int | None = 256
     local_offsets: tuple[int, ...] = (2, 3)
+    odometry_rates: tuple[float, float] = (0.02, 0.02)
+    odometry_min_sigmas: tuple[float, float, float] = (0.002, 0.005, 0.01)
 
     def __post_init__(self) -> None:
         verdicts = 1 if self.verdict_history is None else self.verdict_history
         if min(self.history, self.max_pending, self.max_image_bytes, verdicts) < 1:
             raise ValueError(f"history, max_pending, max_image_bytes and verdict_history must "
                              f"be >= 1, got {self}")
+        if min(self.odometry_rates) < 0 or min(self.odometry_min_sigmas) <= 0:
+            raise ValueError(f"odometry rates must be >= 0 and their floors > 0, got {self}")
         if not all(2 <= k <= self.history for k in self.local_offsets):
             raise ValueError(f"local_offsets must be within 2..history, got {self}")
 
@@ -96,7 +110,22 @@ class LoopCounts:
     #: Local pairs verified and accepted (not loops: not in the counts above).
     local_verified: int = 0
     local_accepted: int = 0
+    #: Odometry edges added, and keyframes after the first without one (no odometry pose
+    #: or no metric scale, here or at the previous keyframe).
+    odometry_edges: int = 0
+    odometry_missing: int = 0
     last_optimisation: Optimisation | None = None
+
+
+@dataclass(frozen=True)
+class _OdometryPose:
+    """A keyframe's reference camera in the odometry (metres) and in its node, with the
+    node's metres per unit."""
+
+    node: int
+    odom_from_camera: np.ndarray
+    node_from_camera: Sim3
+    metres_per_unit: float
 
 
 class LoopCloser:
@@ -119,6 +148,7 @@ class LoopCloser:
         self._keys: dict[int, tuple[tuple[str, int], ...]] = {}
         self._recent: deque[int] = deque(maxlen=self.options.history)
         self._last: tuple[int, float] | None = None  # newest node and its median depth
+        self._odometry: _OdometryPose | None = None  # the newest node's, when it had one
         self._image_bytes = 0
         self.pending: deque[tuple[int, PlaceMatch]] = deque(maxlen=self.options.max_pending)
         self.local_pending: deque[tuple[int, int]] = deque(maxlen=self.options.max_pending)
@@ -138,11 +168,16 @@ class LoopCloser:
         newest: Sequence[int],
         world_from_window: Sim3,
         intrinsics: Sequence[np.ndarray | None] | None = None,
+        odom_from_camera: np.ndarray | None = None,
+        metres_per_world_unit: float | None = None,
     ) -> int:
         """Add the window's newest snapshot (views ``newest``) as a keyframe node; ``keys``
         are the window's view keys (camera, stamp ns), ``images`` its RGB images and
         ``intrinsics`` the calibrated K the window was reconstructed with (None: predicted),
-        in window order. Returns the node id."""
+        in window order. ``odom_from_camera`` (4x4, metres) is the odometry pose of the
+        reference camera (view ``newest[0]``) and ``metres_per_world_unit`` the world's
+        scale: with both, here and at the previous keyframe, an odometry edge joins them
+        (module docstring). Returns the node id."""
         node = self.counts.keyframes
         stamp = keys[newest[0]][1]
         cameras = tuple(keys[i][0] for i in newest)
@@ -161,6 +196,8 @@ class LoopCloser:
             self.graph.add_edge(previous, node, chained,
                                 EdgeSigmas(rot, trans * previous_depth, scale))
         self._last = (node, depth)
+        self._add_odometry(node, reconstruction.views[newest[0]].extrinsics_c2w,
+                           world_from_window, odom_from_camera, metres_per_world_unit)
         if all(reconstruction.views[i].pose_valid for i in newest):
             self._keep(node, keyframe, tuple(keys[i] for i in newest), reconstruction, newest)
         else:
@@ -192,6 +229,39 @@ class LoopCloser:
             self.graph.add_edge(earlier, node, alignment.target_from_source, sigmas, "window")
             linked = True
         return linked
+
+    def _add_odometry(self, node: int, window_from_camera: np.ndarray, world_from_window: Sim3,
+                      odom_from_camera: np.ndarray | None,
+                      metres_per_world_unit: float | None) -> None:
+        """The odometry edge from the previous keyframe (module docstring)."""
+        previous, self._odometry = self._odometry, None
+        if (odom_from_camera is not None and metres_per_world_unit is not None
+                and np.isfinite(metres_per_world_unit) and metres_per_world_unit > 0):
+            self._odometry = _OdometryPose(
+                node, np.asarray(odom_from_camera, np.float64),
+                Sim3.from_rigid(window_from_camera),
+                float(world_from_window.scale) * metres_per_world_unit)
+        if node == 0:
+            return
+        if previous is None or self._odometry is None or previous.node != node - 1:
+            self.counts.odometry_missing += 1
+            return
+        here = self._odometry
+        motion = np.linalg.inv(previous.odom_from_camera) @ here.odom_from_camera  # metres
+        units = previous.metres_per_unit
+        camera_a_from_b = Sim3(motion[:3, :3], motion[:3, 3] / units,
+                               here.metres_per_unit / units)
+        a_from_b = previous.node_from_camera.compose(camera_a_from_b).compose(
+            here.node_from_camera.inverse())
+        cos = np.clip((np.trace(motion[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+        rot_rate, trans_rate = self.options.odometry_rates
+        rot_floor, trans_floor, scale_sigma = self.options.odometry_min_sigmas
+        sigmas = EdgeSigmas(
+            max(rot_rate * float(np.arccos(cos)), rot_floor),
+            max(trans_rate * float(np.linalg.norm(motion[:3, 3])), trans_floor) / units,
+            scale_sigma)
+        self.graph.add_edge(previous.node, node, a_from_b, sigmas, "odometry")
+        self.counts.odometry_edges += 1
 
     def _keep(self, node: int, keyframe: Keyframe, keys: tuple[tuple[str, int], ...],
               reconstruction: Reconstruction, newest: Sequence[int]) -> None:

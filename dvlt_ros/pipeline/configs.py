@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from dvlt_core.mapping.loop_closer import LoopOptions
 from dvlt_ros.pipeline.engine import PipelineConfig
 from dvlt_ros.pipeline.grounding import GroundingConfig
 from dvlt_ros.pipeline.k_policy import KPolicyConfig
@@ -95,3 +96,12 @@ def grounding_config(p: Params) -> GroundingConfig:
         min_motion=p["min_motion"],
         depth_slop_ns=seconds_to_ns(p["sync_slop"]),
     )
+
+
+def loop_options(p: Params) -> LoopOptions:
+    """The keyframe graph's odometry edge sigmas (the other loop options keep defaults)."""
+    return LoopOptions(
+        odometry_rates=(p["loop_odometry_rotation_sigma"], p["loop_odometry_translation_sigma"]),
+        odometry_min_sigmas=(p["loop_odometry_min_rotation_sigma"],
+                             p["loop_odometry_min_translation_sigma"],
+                             LoopOptions().odometry_min_sigmas[2]))

@@ -179,6 +179,17 @@ class _Lookups:
         return pose
 
 
+def odometry_camera_pose(transforms: TransformLookup | None, config: GroundingConfig,
+                         camera: str, frame_id: str, stamp_ns: int) -> np.ndarray | None:
+    """``odom_from_camera`` (4x4, metres) of a camera image from TF (``odom_frame ->
+    base_frame`` times the mount ``base_frame -> frame_id``, both at ``stamp_ns``); None
+    when either lookup fails (or there is no TF)."""
+    lookups = _Lookups(transforms)
+    odom_from_base = lookups.get(config.odom_frame, config.base_frame, stamp_ns, "odometry")
+    mount = lookups.get(config.base_frame, frame_id, stamp_ns, camera)
+    return None if odom_from_base is None or mount is None else odom_from_base @ mount
+
+
 def registered_depth(view: ViewReconstruction, sensor: MeasuredDepth) -> MeasuredDepth:
     """A registered depth image (no ``k``) of another size than the view's maps gets the
     view's intrinsics scaled to its size, so that it is resampled instead of refused."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,7 +49,8 @@ MOVE_TOLERANCE = 1e-6
 class LoopStats:
     """Counts and timings of the map so far (for the cycle report and diagnostics):
     ``state`` on, off or unavailable; ``add_ms`` the last keyframe's graph update,
-    ``verify_ms`` the last verification batch, ``optimise_ms`` the last optimisation."""
+    ``verify_ms`` the last verification batch, ``optimise_ms`` the last optimisation;
+    ``odometry_edges``: keyframes tied to their predecessor by TF odometry."""
 
     state: str = "off"
     keyframes: int = 0
@@ -57,6 +58,7 @@ class LoopStats:
     verified: int = 0
     accepted: int = 0
     rejected: int = 0
+    odometry_edges: int = 0
     add_ms: float = 0.0
     verify_ms: float = 0.0
     optimise_ms: float = 0.0
@@ -105,8 +107,8 @@ class LoopMap:
     docstring). ``cloud_config``: which points of a window go into the map;
     ``known_intrinsics``: whether the windows were reconstructed with the frames'
     calibrated K (verification then uses it too); ``path_length``: keyframes of the
-    corrected path; ``keep_all``: keep every keyframe's camera poses (and, with the default
-    options, every loop verdict)."""
+    corrected path; ``keep_all``: keep every keyframe's camera poses and every loop
+    verdict."""
 
     def __init__(self, reconstructor: Reconstructor, epoch: int, cloud: FusedCloud,
                  cloud_config: CloudConfig, describer: Describer | None = None,
@@ -115,8 +117,8 @@ class LoopMap:
         self.epoch = epoch
         self.cloud = cloud
         self.cloud_config = cloud_config
-        if options is None and keep_all:  # offline: every loop verdict is reported
-            options = LoopOptions(verdict_history=None)
+        if keep_all:  # offline: every loop verdict is reported
+            options = replace(options or LoopOptions(), verdict_history=None)
         self.closer = LoopCloser(reconstructor, describer, options)
         self.known_intrinsics = known_intrinsics
         self.keep_all = keep_all
@@ -128,9 +130,12 @@ class LoopMap:
         self._applied: dict[int, Sim3] = {}
         self._add_ms = self._verify_ms = 0.0
 
-    def add(self, window: ViewWindow, result: CycleResult) -> list[PipelineEvent]:
+    def add(self, window: ViewWindow, result: CycleResult,
+            odom_from_camera: np.ndarray | None = None) -> list[PipelineEvent]:
         """Make the window's newest snapshot a keyframe; its points join the map cloud at
-        the keyframe's corrected place. Events: ``loop_closure_unavailable`` when the
+        the keyframe's corrected place. ``odom_from_camera``: the reference camera's TF
+        odometry pose (metres) at its stamp, which gives an odometry edge when the world is
+        metric (docs/world_frame.md "Loop closure"). Events: ``loop_closure_unavailable`` when the
         reconstruction has no descriptors and there is no describer (the caller stops)."""
         recon = result.reconstruction
         if recon.descriptors is None and self.closer.describer is None:
@@ -146,7 +151,8 @@ class LoopMap:
         if self.known_intrinsics:
             intrinsics = [None if f.info is None else f.info.k for f in window.frames]
         node = self.closer.add_window(window.keys, [f.rgb for f in window.frames], recon,
-                                      newest, world_from_window, intrinsics)
+                                      newest, world_from_window, intrinsics, odom_from_camera,
+                                      1.0 if result.placement.metric else None)
         cloud = build_cloud(recon, world_from_window, self.cloud_config, newest)
         if len(cloud.points):
             correction = self.correction(node)
@@ -258,7 +264,8 @@ class LoopMap:
         counts = self.closer.counts
         last = counts.last_optimisation
         return LoopStats("on", counts.keyframes, counts.candidates, counts.verified,
-                         counts.accepted, sum(counts.refused.values()), self._add_ms,
+                         counts.accepted, sum(counts.refused.values()),
+                         counts.odometry_edges, self._add_ms,
                          self._verify_ms, last.ms if last is not None else 0.0)
 
 

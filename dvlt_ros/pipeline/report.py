@@ -72,6 +72,7 @@ class CycleReport:
     loop_verified: int = 0
     loop_accepted: int = 0
     loop_rejected: int = 0
+    loop_odometry_edges: int = 0
     loop_add_ms: float = 0.0
     loop_verify_ms: float = 0.0
     loop_optimise_ms: float = 0.0

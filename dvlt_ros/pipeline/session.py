@@ -46,7 +46,7 @@ from dvlt_ros.pipeline.accumulate import FusedCloud, Trajectories
 from dvlt_ros.pipeline.engine import CycleResult, ReconstructionPipeline
 from dvlt_ros.pipeline.events import Level, PipelineEvent
 from dvlt_ros.pipeline.frames import CameraFrame
-from dvlt_ros.pipeline.grounding import TransformLookup
+from dvlt_ros.pipeline.grounding import TransformLookup, odometry_camera_pose
 from dvlt_ros.pipeline.k_policy import KDecision, KPolicy
 from dvlt_ros.pipeline.loop_map import UNAVAILABLE, LoopMap, LoopStats
 from dvlt_ros.pipeline.products import build_cloud
@@ -308,14 +308,20 @@ class ReconstructionSession:
             try:
                 self.loop_map = LoopMap(
                     self.pipeline.reconstructor, result.epoch, self.map_cloud,
-                    self.pipeline.config.cloud, self.describer,
+                    self.pipeline.config.cloud, self.describer, configs.loop_options(self.params),
                     known_intrinsics=self.pipeline.config.use_input_camera_info,
                     path_length=int(self.params["trajectory_length"]),
                     keep_all=self.trajectories.keep_all)
             except ImportError as exc:  # GTSAM missing
                 return self._loop_unavailable(PipelineEvent(
                     UNAVAILABLE, Level.WARN, f"loop closure is off: {exc}"))
-        events = self.loop_map.add(window, result)
+        odom_from_camera = None
+        if self.transforms is not None:
+            reference = window.frames[window.timesteps.index(0)]
+            odom_from_camera = odometry_camera_pose(
+                self.transforms, self.grounding_config, reference.camera, reference.frame_id,
+                reference.stamp_ns)
+        events = self.loop_map.add(window, result, odom_from_camera)
         if any(e.code == UNAVAILABLE for e in events):
             return self._loop_unavailable(*events)
         return tuple(events)

@@ -214,6 +214,16 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("loop_verify_per_cycle", 1,
               "loop candidates verified (one model run each) in the spare time after a cycle",
               minimum=0, maximum=16, dynamic=True),
+    ParamSpec("loop_odometry_rotation_sigma", 0.02,
+              "odometry edges (TF odometry, metric world): rotation sigma in rad per rad "
+              "turned between keyframes", minimum=0.0, maximum=10.0),
+    ParamSpec("loop_odometry_translation_sigma", 0.02,
+              "odometry edges: translation sigma in metres per metre travelled between "
+              "keyframes", minimum=0.0, maximum=10.0),
+    ParamSpec("loop_odometry_min_rotation_sigma", 0.002,
+              "odometry edges: rotation sigma floor (rad)", minimum=1e-6, maximum=10.0),
+    ParamSpec("loop_odometry_min_translation_sigma", 0.005,
+              "odometry edges: translation sigma floor (metres)", minimum=1e-6, maximum=1e3),
     ParamSpec("map_frame", "map", "TF frame of the loop-corrected map (parent of world_frame)"),
     ParamSpec("map_voxel", 0.05, "voxel of the map cloud in world units (one point per voxel)",
               minimum=0.001, maximum=1e3),
