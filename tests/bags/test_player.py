@@ -58,11 +58,14 @@ def test_play_publishes_clock_images_and_latched_tf_static(graph, sample):
 
 
 def test_topic_selection_loop_and_unknown_topics(graph, sample):
-    images = graph.listen(Image, "/cam_front_right/image_raw")
+    # As fast as possible: histories deep enough for every pass published before the stop
+    # (KEEP_LAST 10 drops messages when a loaded CPU delays the listener).
+    images = graph.listen(Image, "/cam_front_right/image_raw", qos=1000)
     bag = BagSource(sample)
     with pytest.raises(BagError, match=r"/nope are not in .* topics are: "):
         graph.player(bag, topics=("/nope",))
-    player = graph.player(bag, rate=0.0, topics=("/cam_front_right/image_raw",), loop=True)
+    player = graph.player(bag, rate=0.0, topics=("/cam_front_right/image_raw",), loop=True,
+                          queue_depth=1000)
     assert player.topics == ["/cam_front_right/image_raw"]
     assert graph.spin_until(lambda: player.subscriber_count("/cam_front_right/image_raw") > 0)
 
