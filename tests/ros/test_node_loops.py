@@ -125,6 +125,17 @@ def test_map_tf_map_points_markers_and_reset(graph, reference_dir):
     assert rclpy.ok(context=graph.context)
 
 
+def _loop_node(graph, rig, backend, reference_dir) -> ReconstructNode:
+    """A loop-closing node over ``rig``: one step, windows of two snapshots, every snapshot a
+    keyframe, lossless input."""
+    params = {"cameras": rig.names, "rate": 20.0, "input_qos": "reliable",
+              "img_size": IMG_SIZE, "num_steps": 1, "window_timesteps": 2,
+              "keyframe_min_spacing": 0.0, "camera_timeout": 1e4, "loop_closure": True}
+    return graph.add(ReconstructNode(
+        backend=backend, describer=_describer(reference_dir), context=graph.context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+
+
 class _HeldBackend(GroundTruthUnscaledBackend):
     """Once ``hold`` is set, the next inference waits for ``release`` (a slow cycle):
     ``inside`` says it is waiting, ``timed_out`` that nobody released it."""
@@ -148,12 +159,7 @@ def test_reset_answers_while_a_cycle_runs_and_clears_the_map_after_it(graph, ref
     rig = default_rig(160, 120, num_cameras=1)
     times = [0.5 * i for i in range(5)]
     backend = _HeldBackend.for_rig(rig, times, img_size=IMG_SIZE)
-    params = {"cameras": rig.names, "rate": 20.0, "input_qos": "reliable",
-              "img_size": IMG_SIZE, "num_steps": 1, "window_timesteps": 2,
-              "keyframe_min_spacing": 0.0, "camera_timeout": 1e4, "loop_closure": True}
-    node = graph.add(ReconstructNode(
-        backend=backend, describer=_describer(reference_dir), context=graph.context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    node = _loop_node(graph, rig, backend, reference_dir)
     points = _latched(graph, PointCloud2, "/reconstruct_node/map_points")
     client = graph.create_node("reset_client").create_client(Trigger, "/reconstruct_node/reset")
     publisher = RigPublisher(graph, rig)
@@ -209,12 +215,7 @@ def test_a_failing_loop_verification_is_reported_and_the_map_still_published(gra
     snapshots = 40
     times = [i * rig.trajectory.lap_time * 1.1 / snapshots for i in range(snapshots)]
     backend = _VerificationFails.for_rig(rig, times, img_size=IMG_SIZE)
-    params = {"cameras": rig.names, "rate": 20.0, "input_qos": "reliable",
-              "img_size": IMG_SIZE, "num_steps": 1, "window_timesteps": 2,
-              "keyframe_min_spacing": 0.0, "camera_timeout": 1e4, "loop_closure": True}
-    node = graph.add(ReconstructNode(
-        backend=backend, describer=_describer(reference_dir), context=graph.context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    node = _loop_node(graph, rig, backend, reference_dir)
     publisher = RigPublisher(graph, rig)
     publisher.wait_connected()
     for t in times:
