@@ -64,6 +64,7 @@ class TorchBackend(InferenceBackend):
         self._device = dev
         self.precision = precision
         self.model = model.eval().to(dev)
+        self.torch_compile = torch_compile
         if torch_compile:
             compile_model(self.model)
 

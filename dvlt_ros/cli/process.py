@@ -137,9 +137,7 @@ def _backend(params: dict[str, object], bag):
     if params["backend"] in GROUND_TRUTH_BACKENDS:
         return ground_truth_backend(bag, int(params["img_size"]),
                                     unscaled=params["backend"] == "ground_truth_unscaled")
-    settings = ModelSettings(str(params["backend"]), str(params["checkpoint"]),
-                             str(params["device"]), str(params["precision"]))
-    return load_backend(settings).backend
+    return load_backend(ModelSettings.from_params(params)).backend
 
 
 def _ground_truth(args: argparse.Namespace, cameras: list[str]):

@@ -61,8 +61,9 @@ def camera_values(stats: CameraStats) -> dict[str, object]:
 
 
 def pipeline_values(session: ReconstructionSession, overruns: int = 0) -> dict[str, object]:
-    """The values of the pipeline status: the K settings, cycle counts and, after a cycle,
-    its report (K, views, points, units, latency per stage, drops)."""
+    """The values of the pipeline status: the K settings, cycle counts, torch's intra-op
+    threads of the last cycle and, after a cycle, its report (K, views, points, units,
+    latency per stage, drops)."""
     p, report = session.params, session.last_report
     values: dict[str, object] = {
         "num_steps_mode": p["num_steps_mode"],
@@ -70,6 +71,8 @@ def pipeline_values(session: ReconstructionSession, overruns: int = 0) -> dict[s
         "cycles": session.cycles,
         "overruns": overruns,
     }
+    if session.torch_threads is not None:
+        values["torch_threads"] = session.torch_threads
     if report is not None:
         values.update({
             "num_steps": report.num_steps,

@@ -21,12 +21,21 @@ NO_WEIGHTS = "no checkpoint: the backend was built without released weights"
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The parameters that select the model; a change of any of them reloads it."""
+    """The parameters that select the model; a change of any of them reloads it.
+    ``torch_compile``: compile the torch backend's model (refused by the settings' checks
+    for any other backend)."""
 
     backend: str
     checkpoint: str
     device: str
     precision: str
+    torch_compile: bool = False
+
+    @classmethod
+    def from_params(cls, params) -> ModelSettings:
+        """The settings the parameters ``params`` name (:data:`RELOAD_PARAMETERS`)."""
+        return cls(str(params["backend"]), str(params["checkpoint"]), str(params["device"]),
+                   str(params["precision"]), bool(params["torch_compile"]))
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,8 @@ def is_released(checkpoint: str) -> bool:
 
 
 def describe(backend: InferenceBackend, checkpoint: str) -> tuple[str, str]:
-    """(identity, licence) of a backend: checkpoint, runtime, architecture, device."""
+    """(identity, licence) of a backend: checkpoint, runtime, architecture, device,
+    precision and whether its model is compiled (``torch.compile``)."""
     parts = [checkpoint or "(no checkpoint)", backend.name, f"device {backend.device}"]
     model = getattr(backend, "model", None)
     config = getattr(model, "config", None)
@@ -54,6 +64,8 @@ def describe(backend: InferenceBackend, checkpoint: str) -> tuple[str, str]:
     precision = getattr(backend, "precision", None)
     if precision:
         parts.append(precision)
+    if getattr(backend, "torch_compile", False):
+        parts.append("torch.compile")
     if not checkpoint:
         licence = NO_WEIGHTS
     else:
@@ -65,11 +77,14 @@ def load_backend(settings: ModelSettings) -> LoadedModel:
     """Build the backend; raises (CheckpointError, ValueError, OSError, ...) with the
     loader's message when it cannot."""
     start = time.perf_counter()
+    # Only the torch backend takes the option; the settings' checks refuse it elsewhere.
+    options = {"torch_compile": True} if settings.torch_compile else {}
     backend = create_backend(
         settings.backend,
         checkpoint=settings.checkpoint,
         device=str(resolve_device(settings.device)),
         precision=settings.precision,
+        **options,
     )
     identity, licence = describe(backend, settings.checkpoint)
     return LoadedModel(backend, identity, licence, (time.perf_counter() - start) * 1e3)
@@ -181,10 +196,9 @@ class ModelSwitch:
         """Start loading the model ``params`` name, beside the running one."""
         if self.injected is not None:
             self.logger.warning("the backend was passed in by the caller: backend/checkpoint/"
-                                "device/precision changes are ignored")
+                                "device/precision/torch_compile changes are ignored")
             return
-        settings = ModelSettings(params["backend"], params["checkpoint"], params["device"],
-                                 params["precision"])
+        settings = ModelSettings.from_params(params)
         if settings == self.settings:  # back to the running model's settings
             if self.loader.loading is not None:
                 self.logger.info(f"keeping the running model; the load of "

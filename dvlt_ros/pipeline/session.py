@@ -26,6 +26,8 @@ Per image message: :meth:`add_frame` (or :meth:`count_rejected`), then, lossless
 the cycle rate. Each snapshot: :meth:`reconstruct`, publish the result, :meth:`finish`
 (then :meth:`close_loops`).
 The input methods and :meth:`propose` may be called from another thread than the cycle.
+:meth:`reconstruct` and :meth:`close_loops` run with ``torch_threads`` intra-op threads on
+the thread that calls them (:mod:`~dvlt_ros.pipeline.threads`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from dvlt_ros.pipeline.settings import (
     check_values,
 )
 from dvlt_ros.pipeline.sync import CameraStats, RigSnapshot, RigSynchronizer
+from dvlt_ros.pipeline.threads import torch_threads
 from dvlt_ros.pipeline.window import ViewWindow, WindowSelector
 from dvlt_ros.pipeline.world import MetricScale
 
@@ -144,6 +147,8 @@ class ReconstructionSession:
         self._loop_state = "on" if p["loop_closure"] else "off"
         self.cycles = 0
         self.last_report: CycleReport | None = None
+        #: torch's intra-op threads during the last :meth:`reconstruct` (None before one).
+        self.torch_threads: int | None = None
 
     # ----------------------------------------------------------------- settings
     def propose(self, changes: Mapping[str, ParamValue]) -> str | None:
@@ -272,10 +277,16 @@ class ReconstructionSession:
     # ----------------------------------------------------------------- cycle
     def reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> ReconstructedSnapshot:
         """Window ``snapshot``, choose K, reconstruct, and add the result to the
-        trajectories and the fused cloud. A snapshot whose reconstruction raises is never
-        kept as a keyframe (the exception propagates)."""
+        trajectories and the fused cloud, with ``torch_threads`` intra-op threads on the
+        calling thread. A snapshot whose reconstruction raises is never kept as a keyframe
+        (the exception propagates)."""
         if self.pipeline is None:
             raise RuntimeError("no backend installed: call install_backend first")
+        with torch_threads(int(self.params["torch_threads"])) as threads:
+            self.torch_threads = threads
+            return self._reconstruct(snapshot, now_ns)
+
+    def _reconstruct(self, snapshot: RigSnapshot, now_ns: int) -> ReconstructedSnapshot:
         started = time.perf_counter()
         arrived = snapshot.arrived_ns
         sync_wait_ms = max(0, now_ns - arrived) / 1e6 if arrived is not None else 0.0
@@ -342,7 +353,8 @@ class ReconstructionSession:
         if self.loop_map is None:
             return []
         limit = int(self.params["loop_verify_per_cycle"]) if limit is None else limit
-        return self.loop_map.close_loops(limit)
+        with torch_threads(int(self.params["torch_threads"])):
+            return self.loop_map.close_loops(limit)
 
     def reset_map(self) -> None:
         """Forget the keyframe graph, the loops and the map cloud (the next window starts a

@@ -7,8 +7,8 @@ The live node declares these as ROS parameters (:mod:`dvlt_ros.node_support.para
 derives the rclpy descriptors and verdicts from this table); ``dvlt-ros process`` loads
 them with :func:`load_parameters`. ``config/reconstruct.yaml`` holds the same names and
 defaults (a test keeps them equal). Read-only parameters are fixed at start; the others
-take effect at the next cycle (``backend``, ``checkpoint``, ``device``, ``precision``
-reload the model).
+take effect at the next cycle (``backend``, ``checkpoint``, ``device``, ``precision``,
+``torch_compile`` reload the model).
 """
 
 from __future__ import annotations
@@ -156,6 +156,16 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", "fp32",
               "fp32, bf16 or fp16 (torch: autocast on CUDA; onnxruntime/tensorrt: typed graphs)",
               choices=PRECISIONS, dynamic=True),
+    ParamSpec("torch_compile", False,
+              "backend torch only (refused with another): torch.compile the model's "
+              "transformer parts; each new input shape then compiles once (minutes on a small "
+              "CPU), and it measured no faster than eager on a 2-core CPU (docs/model.md)",
+              dynamic=True),
+    ParamSpec("torch_threads", 0,
+              "intra-op CPU threads of torch (torch.set_num_threads) on the thread that runs "
+              "the cycles; 0: torch's default (OMP_NUM_THREADS, else one per core). On CUDA "
+              "it governs the CPU-side torch work (pre/post-processing, pose fitting)",
+              minimum=0, maximum=1024, dynamic=True),
     ParamSpec("img_size", 0,
               "network input size: the longer image side is resized to this many pixels, "
               "then cropped to a multiple of the 14 px patch; 0: the model's own",
@@ -233,7 +243,7 @@ SPECS: tuple[ParamSpec, ...] = (
 )
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
-RELOAD_PARAMETERS = ("backend", "checkpoint", "device", "precision")
+RELOAD_PARAMETERS = ("backend", "checkpoint", "device", "precision", "torch_compile")
 EMPTY_CHECKPOINT = (
     "checkpoint must not be empty: name a Hugging Face repo id (e.g. nvidia/dvlt), a "
     "checkpoint directory or a weights file"
@@ -317,6 +327,11 @@ def check_combination(values: Mapping[str, ParamValue]) -> str | None:
     if low > high:
         problems.append(
             f"budget_min_num_steps ({low}) must be <= budget_max_num_steps ({high})")
+    if values["torch_compile"] and values["backend"] != "torch":
+        problems.append(
+            f"torch_compile applies to backend torch only, the backend is "
+            f"{values['backend']!r}: set torch_compile to false (before or together with the "
+            "backend) or use backend torch")
     problems += _grounding_problems(values)
     if values["loop_closure"] and values["map_frame"] == values["world_frame"]:
         problems.append(f"map_frame and world_frame must differ (map_frame -> world_frame is "

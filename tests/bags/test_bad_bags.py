@@ -516,13 +516,29 @@ def test_a_bad_model_for_the_run_is_a_one_line_refusal(sample, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_refuses_parameters_that_cannot_go_together(sample, tmp_path, capsys):
+@pytest.mark.parametrize(("params", "expected"), [
+    (["budget_min_num_steps:=9", "budget_max_num_steps:=8"],
+     "budget_min_num_steps (9) must be <= budget_max_num_steps (8)"),
+    (["torch_compile:=true"],
+     "torch_compile applies to backend torch only, the backend is 'ground_truth'"),
+])
+def test_cli_refuses_parameters_that_cannot_go_together(sample, tmp_path, capsys, params,
+                                                        expected):
     """Each value passes alone; together they are refused, as the node refuses them."""
     args = [str(sample), "--out", str(tmp_path / "out"), "--backend", "ground_truth",
-            "--quiet", "-p", "budget_min_num_steps:=9", "-p", "budget_max_num_steps:=8"]
+            "--quiet", *(arg for param in params for arg in ("-p", param))]
     assert process_cli.main(args) == 2
     (line,) = _error_lines(capsys.readouterr().err)
-    assert "budget_min_num_steps (9) must be <= budget_max_num_steps (8)" in line
+    assert expected in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_negative_torch_threads(sample, tmp_path, capsys):
+    args = [str(sample), "--out", str(tmp_path / "out"), "--backend", "ground_truth",
+            "--quiet", "-p", "torch_threads:=-1"]
+    assert process_cli.main(args) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "invalid parameters: torch_threads must be >= 0, got -1" in line
     assert not (tmp_path / "out").exists()
 
 

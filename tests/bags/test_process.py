@@ -197,6 +197,56 @@ def test_cli_defaults_give_way_to_the_params_file(bags, tmp_path):
     assert summary["loop_closure"]["state"] == "off"
 
 
+def test_params_file_compiles_the_torch_model_and_sets_its_threads(tmp_path, reference_dir,
+                                                                    monkeypatch):
+    """torch_compile and torch_threads in --params-file reach the run: the torch backend is
+    built compiled (compile_model is recorded, not run: compiling takes minutes) and the
+    model runs with that many intra-op threads on the thread that runs the bag, whose own
+    count is back afterwards."""
+    import threading
+
+    import torch
+
+    from dvlt_core.backends import TorchBackend
+    from dvlt_core.backends import torch_backend as torch_backend_module
+    from dvlt_core.io.checkpoint import save_checkpoint
+    from dvlt_core.model import DVLTModel
+    from dvlt_core.testing import load_deterministic_weights
+
+    case = np.load(reference_dir / "case_small_public.npz")
+    model = DVLTModel(**json.loads(str(case["config_json"])))
+    load_deterministic_weights(model, int(case["weights_seed"]), str(case["weights_sha256"]))
+    checkpoint = save_checkpoint(model, tmp_path / "ckpt")
+    compiled, calls = [], []
+    monkeypatch.setattr(torch_backend_module, "compile_model", compiled.append)
+    eager_infer = TorchBackend.infer
+
+    def counting_infer(self, images, num_steps=None):
+        calls.append((threading.current_thread(), torch.get_num_threads()))
+        return eager_infer(self, images, num_steps)
+
+    monkeypatch.setattr(TorchBackend, "infer", counting_infer)
+    here = torch.get_num_threads()
+    threads = here + 1
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "reconstruct_node:\n  ros__parameters:\n    backend: torch\n"
+        f"    checkpoint: {checkpoint}\n    device: cpu\n    torch_compile: true\n"
+        f"    torch_threads: {threads}\n    img_size: 56\n    num_steps: 1\n"
+        "    window_timesteps: 1\n    loop_closure: false\n")
+    bag = make_sample(tmp_path / "bag", frames=2)
+    out = tmp_path / "out"
+    assert process_cli.main([str(bag), "--out", str(out), "--quiet",
+                             "--params-file", str(params)]) == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], DVLTModel)
+    assert calls == [(threading.current_thread(), threads)] * 2
+    assert torch.get_num_threads() == here
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["windows"] == 2
+    assert (summary["parameters"]["torch_compile"], summary["parameters"]["torch_threads"]) == (
+        True, threads)
+
+
 def test_gt_tf_topic_writes_ground_truth_beside_the_trajectories_for_any_bag(bags, tmp_path):
     """Not only sample bags: a bag without the sample's scene topic, with a ground-truth
     TF topic, gets ground_truth.tum (the reference camera's poses from that TF at its

@@ -147,6 +147,13 @@ def test_parameter_changes_are_refused_alone_and_together(pipeline_rig, pipeline
     assert session.propose({"budget_min_num_steps": 6, "budget_max_num_steps": 8}) is None
     assert session.apply_pending() == {"budget_max_num_steps": 8, "budget_min_num_steps": 6}
     assert (session.k_policy.config.k_min, session.k_policy.config.k_max) == (6, 8)
+    assert "torch_threads must be >= 0, got -1" in session.propose({"torch_threads": -1})
+    # torch_compile is the torch backend's: refused with another one, whichever comes first.
+    compile_elsewhere = "torch_compile applies to backend torch only, the backend is 'onnxruntime'"
+    assert compile_elsewhere in session.propose({"torch_compile": True, "backend": "onnxruntime"})
+    assert session.propose({"torch_compile": True}) is None
+    assert compile_elsewhere in session.propose({"backend": "onnxruntime"})
+    assert session.propose({"torch_compile": False, "backend": "onnxruntime"}) is None
     # A caller-supplied backend: the checkpoint only labels it and may be empty.
     labelled = ReconstructionSession(_params(pipeline_rig), checkpoint_required=False)
     assert labelled.propose({"checkpoint": ""}) is None
@@ -159,9 +166,12 @@ def test_loading_refuses_values_and_combinations(pipeline_rig):
         _params(pipeline_rig, num_step=3)
     with pytest.raises(ParameterError, match=r"cameras must be a list of strings, got \[1, 2\]"):
         load_parameters(None, ["cameras:=[1,2]"])
-    for name, value in (("world_frame", ""), ("world_frame", "/odom"), ("frame_suffix", "")):
+    for name, value in (("world_frame", ""), ("world_frame", "/odom"), ("frame_suffix", ""),
+                        ("torch_threads", -2), ("torch_threads", 1.5)):
         with pytest.raises(ParameterError, match=name):
             _params(pipeline_rig, **{name: value})
+    with pytest.raises(ParameterError, match="torch_compile applies to backend torch only"):
+        _params(pipeline_rig, torch_compile=True, backend="da3")
 
 
 def test_trajectory_is_bounded_and_restarts_with_a_new_model(pipeline_rig,

@@ -353,6 +353,8 @@ def test_compressed_bombs_are_refused_and_large_jpegs_reduced(compressed, rig, b
     ("num_steps:=0", "parameter num_steps: Parameter num_steps out of range. Min: 1, Max: 64"),
     ("num_steps:=abc", "parameter num_steps: Trying to set parameter 'num_steps' to 'abc'"),
     ("precision:=int8", "precision must be one of fp32, bf16, fp16, got 'int8'"),
+    ("torch_threads:=-1",
+     "parameter torch_threads: Parameter torch_threads out of range. Min: 0, Max: 1024"),
     # An empty checkpoint would mean "the default", a download of nvidia/dvlt: refused.
     ("checkpoint:=''", "parameter checkpoint: checkpoint must not be empty"),
     ("budget_min_num_steps:=20",

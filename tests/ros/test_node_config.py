@@ -86,7 +86,7 @@ def test_parameter_descriptors():
     ("name", "value", "reason"),
     [("num_steps", 0, ">= 1"), ("num_steps", 65, "<= 64"), ("precision", "int8", "one of"),
      ("cameras", [], "at least one"), ("cameras", ["a", "/a/"], "distinct"),
-     ("img_size", 7, ">= 14")],
+     ("img_size", 7, ">= 14"), ("torch_threads", -1, "torch_threads must be >= 0")],
 )
 def test_parameter_validation_messages(name, value, reason):
     from rclpy.parameter import Parameter

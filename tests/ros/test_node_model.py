@@ -1,7 +1,7 @@
 """reconstruct_node with the real DVLT model (ViT-S, deterministic weights, tiny images)
 over real DDS: the whole pipeline runs, a failed checkpoint load keeps the node up and is
-retried when the parameter changes, a reload runs beside the running model, and budget
-mode picks K from measured timings."""
+retried when the parameter changes, a reload runs beside the running model (also for
+torch_compile), and budget mode picks K from measured timings."""
 
 from __future__ import annotations
 
@@ -180,6 +180,42 @@ def test_reload_runs_beside_the_running_model(graph, rig, checkpoint, held_check
     (refused,) = node.set_parameters([Parameter("checkpoint", value="")])
     assert not refused.successful and "checkpoint must not be empty" in refused.reason
     assert node.get_parameter("checkpoint").value == str(missing)
+
+
+def test_torch_compile_reloads_the_model_compiled(graph, rig, checkpoint, monkeypatch):
+    """`torch_compile: true` reloads the model beside the running one, built compiled, and
+    the identity in the log and diagnostics says so; a backend other than torch is then
+    refused. compile_model is recorded, not run: torch.compile would take minutes here."""
+    import dvlt_core.backends.torch_backend as torch_backend
+
+    compiled = []
+    monkeypatch.setattr(torch_backend, "compile_model", compiled.append)
+    node = graph.reconstruct_node(cameras=rig.names, rate=10.0, input_qos="reliable",
+                                  checkpoint=str(checkpoint), device="cpu", num_steps=1,
+                                  window_timesteps=1, camera_timeout=1e4)
+    publisher = RigPublisher(graph, rig)
+    collector = OutputCollector(graph, rig.names)
+    publisher.wait_connected()
+    assert graph.spin_until(lambda: node.pipeline is not None, 60)
+    times = iter(0.1 * i for i in range(100))
+    wait_cycle(graph, node, publisher.publish(next(times)), timeout=20)
+    eager = node.model
+    assert compiled == [] and "torch.compile" not in eager.identity
+
+    (ok,) = node.set_parameters([Parameter("torch_compile", value=True)])
+    assert ok.successful
+    assert graph.spin_until(lambda: node.model is not eager, 60)
+    assert compiled == [node.model.backend.model] and node.model.backend.torch_compile
+    assert node.model.identity.endswith(", fp32, torch.compile")
+    assert wait_cycle(graph, node, publisher.publish(next(times)), timeout=20).num_views == 2
+    status = collector.wait_status(
+        ": pipeline", lambda s: "torch.compile" in status_values(s).get("model", ""))
+    assert status is not None
+
+    (refused,) = node.set_parameters([Parameter("backend", value="onnxruntime")])
+    assert not refused.successful
+    assert "torch_compile applies to backend torch only" in refused.reason
+    assert node.get_parameter("backend").value == "torch"
 
 
 def test_budget_mode_adapts_k_to_measured_latency(graph, rig, checkpoint):

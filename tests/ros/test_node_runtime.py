@@ -1,7 +1,7 @@
-"""reconstruct_node at run time over real DDS (ground-truth backend): K changed through
-the parameter service, parameter validation, bounded memory under overload, and the
-lossless replay mode. Then the node as its own process (real ViT-S model): how it ends on
-SIGINT/SIGTERM during a long cycle and when its launcher dies."""
+"""reconstruct_node at run time over real DDS (ground-truth backend): K and torch's
+threads changed through the parameter service, parameter validation, bounded memory under
+overload, and the lossless replay mode. Then the node as its own process (real ViT-S
+model): how it ends on SIGINT/SIGTERM during a long cycle and when its launcher dies."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import torch
 from node_harness import (
     NodeProcess,
     OutputCollector,
@@ -92,6 +94,55 @@ def test_num_steps_changes_at_run_time(graph, rig, backend):
     for stage in ("sync_wait", "preprocess", "inference", "pose_fit", "publish"):
         assert float(values[f"latency_{stage}_ms"]) >= 0.0
     assert "licence" in values and "ground_truth" in values["model"]
+
+
+class _ThreadCounting(GroundTruthBackend):
+    """Records, in each inference, the thread running it and torch's intra-op threads there."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, int]] = []
+
+    def infer(self, images, num_steps=None):
+        self.calls.append((threading.current_thread().name, torch.get_num_threads()))
+        return super().infer(images, num_steps)
+
+
+def test_torch_threads_apply_on_the_inference_thread(graph, rig):
+    """`ros2 param set reconstruct_node torch_threads N`: from the next cycle the model runs
+    with N intra-op threads on the worker thread that calls it (OpenMP's count is per thread:
+    the node's other threads keep theirs); 0 gives torch's default back; negative values
+    are refused."""
+    backend = _ThreadCounting.for_rig(rig, TIMES, img_size=112)
+    here = torch.get_num_threads()
+    node = graph.reconstruct_node(backend, cameras=rig.names, rate=20.0, input_qos="reliable",
+                                  camera_timeout=1e4)
+    publisher = RigPublisher(graph, rig)
+    collector = OutputCollector(graph, rig.names)
+    publisher.wait_connected()
+    client = AsyncParameterClient(publisher.node, "reconstruct_node")
+    assert client.wait_for_services(10)
+    wait_cycle(graph, node, publisher.publish(TIMES[0]))
+    (worker, default), = set(backend.calls)
+    assert worker == "dvlt-cycle"
+
+    threads = default + 1  # not the default, whatever the machine's core count
+    (ok,) = _set(graph, client, torch_threads=threads)
+    assert ok.successful
+    wait_cycle(graph, node, publisher.publish(TIMES[1]))
+    assert backend.calls[-1] == ("dvlt-cycle", threads)
+    assert torch.get_num_threads() == here  # set on the worker, not on the caller's thread
+    status = collector.wait_status(
+        ": pipeline", lambda s: status_values(s).get("torch_threads") == str(threads))
+    assert status is not None
+
+    (refused,) = _set(graph, client, torch_threads=-1)
+    assert not refused.successful
+    assert node.get_parameter("torch_threads").value == threads
+    (ok,) = _set(graph, client, torch_threads=0)
+    assert ok.successful
+    wait_cycle(graph, node, publisher.publish(TIMES[2]))
+    assert backend.calls[-1] == ("dvlt-cycle", default)
 
 
 def _rss_mib() -> float:

@@ -101,10 +101,10 @@ def test_torch_compile_option_compiles_the_model_in_place(model, monkeypatch):
 
     compiled = []
     monkeypatch.setattr(torch_backend, "compile_model", compiled.append)
-    TorchBackend(model)
+    assert not TorchBackend(model).torch_compile
     assert compiled == []
     backend = create_backend("torch", model=model, torch_compile=True)
-    assert compiled == [backend.model]
+    assert compiled == [backend.model] and backend.torch_compile
 
 
 def test_factory_builds_registered_backends(model, tmp_path):
