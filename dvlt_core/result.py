@@ -115,8 +115,8 @@ class Reconstruction:
 
 
 def unproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """World points (h, w, 3) float32 of a z-depth map; ``K`` in the OpenCV convention, so
-    the integer pixel coordinates are the pixel centres."""
+    """World points (..., h, w, 3) float32 of z-depth maps (..., h, w); ``K`` (..., 3, 3)
+    in the OpenCV convention, so the integer pixel coordinates are the pixel centres."""
     points = unproject_depth(
         torch.from_numpy(np.ascontiguousarray(depth)),
         torch.from_numpy(np.asarray(K)),
@@ -157,38 +157,45 @@ def build_reconstruction(
     conf = raw.depth_conf[0].numpy()
     K_canvas = network_to_opencv_intrinsics(np.asarray(network_intrinsics, dtype=np.float64))
     c2w_net = np.asarray(extrinsics_c2w, dtype=np.float64)
-    net_images = (batch.images[0].permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
-    views = []
+    views: list[ViewReconstruction | None] = [None] * len(batch.transforms)
+    # Views with equal preprocessing (cameras of one size) are resampled and unprojected
+    # together: one sampling grid, one batched call each.
+    groups: dict[ViewTransform, list[int]] = {}
     for i, t in enumerate(batch.transforms):
-        c2w = t.extrinsics_to_original(c2w_net[i])
+        groups.setdefault(t, []).append(i)
+    for t, index in groups.items():
+        c2w = np.stack([t.extrinsics_to_original(c2w_net[i]) for i in index])
         if resolution == "original":
-            K = t.intrinsics_to_original(K_canvas[i])
-            d, valid = t.resample_to_original(depth[i], mode=interpolation)
-            c, _ = t.resample_to_original(conf[i], mode="bilinear")
-            image = np.asarray(originals[i])
+            K = np.stack([t.intrinsics_to_original(K_canvas[i]) for i in index])
+            d, c, valid = _resample_group(t, depth[index], conf[index], interpolation)
+            images = [np.asarray(originals[i]) for i in index]
         else:
-            K = t.network_crop_intrinsics(K_canvas[i])
-            d = t.crop_from_network(depth[i])
-            c = t.crop_from_network(conf[i])
-            valid = np.ones(d.shape, dtype=bool)
-            image = t.crop_from_network(net_images[i])
+            K = np.stack([t.network_crop_intrinsics(K_canvas[i]) for i in index])
+            d = np.stack([t.crop_from_network(depth[i]) for i in index])
+            c = np.stack([t.crop_from_network(conf[i]) for i in index])
+            valid = np.ones(d.shape[1:], dtype=bool)
+            net_images = batch.images[0, index].permute(0, 2, 3, 1).numpy()
+            images = [
+                (t.crop_from_network(image) * 255.0).round().astype(np.uint8)
+                for image in net_images
+            ]
         points = unproject(d, K, c2w)
-        points[~valid] = 0.0
-        views.append(
-            ViewReconstruction(
+        if not valid.all():
+            points[:, ~valid] = 0.0
+        for j, i in enumerate(index):
+            views[i] = ViewReconstruction(
                 name=names[i],
                 timestamp=float(timestamps[i]),
-                image=image,
-                depth=d.astype(np.float32),
-                confidence=c.astype(np.float32),
-                valid=valid,
-                world_points=points,
-                intrinsics=K,
-                extrinsics_c2w=c2w,
+                image=images[j],
+                depth=d[j].astype(np.float32, copy=False),
+                confidence=c[j].astype(np.float32, copy=False),
+                valid=valid.copy(),
+                world_points=points[j],
+                intrinsics=K[j],
+                extrinsics_c2w=c2w[j],
                 pose_valid=bool(pose_valid[i]),
                 transform=t,
             )
-        )
     return Reconstruction(
         views=views,
         resolution=resolution,
@@ -198,3 +205,16 @@ def build_reconstruction(
         timings=raw.timings,
         descriptors=None if raw.descriptors is None else raw.descriptors[0].numpy(),
     )
+
+
+def _resample_group(
+    transform: ViewTransform, depth: np.ndarray, conf: np.ndarray, interpolation: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth (``interpolation``) and confidence (bilinear) maps (n, H, W) of views sharing
+    ``transform`` at original resolution, in one call when the modes agree, and the mask."""
+    if interpolation == "bilinear":
+        both, valid = transform.resample_maps_to_original(np.concatenate([depth, conf]))
+        return both[: len(depth)], both[len(depth):], valid
+    d, valid = transform.resample_maps_to_original(depth, mode=interpolation)
+    c, _ = transform.resample_maps_to_original(conf, mode="bilinear")
+    return d, c, valid

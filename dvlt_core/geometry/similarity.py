@@ -21,20 +21,13 @@ def _is_torch(value: Array) -> bool:
 
 
 def _apply_rigid(points: Array, rotation: Array, translation: Array) -> Array:
-    """``R·p + t`` for points (..., 3), evaluated in homogeneous form like the upstream
-    evaluator (so float32 results match its rounding)."""
-    if _is_torch(points):
-        transform = torch.eye(4, dtype=points.dtype, device=points.device)
-        transform[:3, :3] = rotation
-        transform[:3, 3] = translation
-        homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
-        return torch.einsum("...i,ji->...j", homogeneous, transform)[..., :3]
-    points = np.asarray(points)
-    transform = np.eye(4, dtype=np.result_type(points.dtype, rotation.dtype))
+    """``R·p + t`` for torch points (..., 3), evaluated in homogeneous form like the
+    upstream evaluator (so float32 results match its rounding)."""
+    transform = torch.eye(4, dtype=points.dtype, device=points.device)
     transform[:3, :3] = rotation
     transform[:3, 3] = translation
-    homogeneous = np.concatenate([points, np.ones_like(points[..., :1])], axis=-1)
-    return np.einsum("...i,ji->...j", homogeneous, transform)[..., :3]
+    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+    return torch.einsum("...i,ji->...j", homogeneous, transform)[..., :3]
 
 
 @dataclass(frozen=True)
@@ -81,8 +74,20 @@ class Sim3:
         return out
 
     def apply_points(self, points: Array) -> Array:
-        """Transform points of shape (..., 3)."""
-        return _apply_rigid(self.scale * points, self.rotation, self.translation)
+        """Transform points of shape (..., 3).
+
+        numpy: one matrix product ``p @ (c·R)ᵀ + t`` in the type that ``c·p`` and ``R``
+        promote to (float64 for the usual float64 rotation, also for float32 points).
+        """
+        if _is_torch(points):
+            return _apply_rigid(self.scale * points, self.rotation, self.translation)
+        points = np.asarray(points)
+        rotation = np.asarray(self.rotation)
+        dtype = np.result_type(self.scale, points.dtype, rotation.dtype)
+        linear = (self.scale * rotation).astype(dtype, copy=False)
+        out = np.matmul(points, linear.T, dtype=dtype)
+        out += np.asarray(self.translation, dtype=dtype)
+        return out
 
     def apply_c2w(self, c2w: Array) -> Array:
         """Camera-to-frame poses (..., 3|4, 4) into this transform's target frame (still

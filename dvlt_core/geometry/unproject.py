@@ -62,7 +62,13 @@ def unproject_depth(
     pixel_to_world = _pixel_to_world(extrinsics_c2w, intrinsics)
     directions = _pixel_directions(pixel_to_world, depth.shape[-2], depth.shape[-1], pixel_offset)
     origins = extrinsics_c2w[..., None, None, :3, 3].float()
-    return torch.addcmul(origins, directions, depth.float()[..., None])
+    scale = depth.float()[..., None]
+    if torch.is_grad_enabled() and (scale.requires_grad or directions.requires_grad
+                                    or origins.requires_grad):  # out= has no autograd
+        return torch.addcmul(origins, directions, scale).contiguous()
+    # Batched directions come out channel-planar; write the points row-major in one pass.
+    points = torch.empty(directions.shape, dtype=directions.dtype, device=directions.device)
+    return torch.addcmul(origins, directions, scale, out=points)
 
 
 def _pixel_to_world(extrinsics_c2w: Tensor, intrinsics: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ Preprocessing of one view is the chain (each step optional):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -163,35 +164,113 @@ class ViewTransform:
         """Resample a network-canvas map (H, W) or (H, W, C) to the original image grid.
 
         Returns the resampled float32 map and a boolean mask of the original pixels that
-        preprocessing kept (those cut away by the crop are False and hold 0).
+        preprocessing kept (those cut away by the crop are False and hold 0). See
+        :meth:`resample_maps_to_original` for the sampling.
+        """
+        array = np.asarray(array)
+        maps = np.moveaxis(array.reshape(*array.shape[:2], -1), -1, 0)
+        out, inside = self.resample_maps_to_original(maps, mode)
+        return np.moveaxis(out, 0, -1).reshape(*inside.shape, *array.shape[2:]), inside
+
+    def resample_maps_to_original(
+        self, maps: np.ndarray, mode: str = "bilinear"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Resample network-canvas maps (..., H, W) to the original image grid at once.
+
+        Each original pixel centre is mapped into this view's crop of the canvas and
+        sampled there (``mode`` "bilinear" or "nearest", coordinates clamped to the crop's
+        border pixels, as ``grid_sample`` with ``padding_mode="border"`` and
+        ``align_corners=False``); a non-finite value reaches every pixel whose taps hold
+        it. Returns the float32 maps (..., h0, w0) and the (h0, w0) boolean mask of the
+        original pixels that preprocessing kept: those cut away by the crop are False and
+        hold 0 in every map.
         """
         if mode not in ("bilinear", "nearest"):
             raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-        h0, w0 = self.original_hw
-        # The map is affine, so N(u, v) = N(u, 0) + N(0, v) - N(0, 0): no full-size float64 grid.
-        along_u = self.original_to_network(np.stack([np.arange(w0), np.zeros(w0)], -1))
-        along_v = self.original_to_network(np.stack([np.zeros(h0), np.arange(h0)], -1))
-        origin = self.original_to_network(np.zeros(2))
-        uv = (along_u - origin).astype(np.float32)[None] + along_v.astype(np.float32)[:, None]
+        maps = np.asarray(maps)
+        lead = maps.shape[:-2]
+        grid = _original_grid(self)
+        inside = np.zeros(self.original_hw, dtype=bool)
+        inside[grid.rows, grid.cols] = True
+        if not inside.any() or not maps.size:
+            return np.zeros((*lead, *self.original_hw), dtype=np.float32), inside
         rows, cols = self.network_slices
-        crop = np.asarray(array[rows, cols], dtype=np.float32)
-        ch, cw = self.crop_hw
-        # Continuous coordinates inside the crop; the crop spans [0, cw] x [0, ch].
-        x = uv[..., 0] + 0.5 - cols.start
-        y = uv[..., 1] + 0.5 - rows.start
-        inside = (x >= 0) & (x <= cw) & (y >= 0) & (y <= ch)
-        grid = np.stack([2.0 * x / cw - 1.0, 2.0 * y / ch - 1.0], axis=-1).astype(np.float32)
-        src = torch.from_numpy(crop.reshape(ch, cw, -1)).permute(2, 0, 1)[None]
-        out = F.grid_sample(
+        crop = np.ascontiguousarray(maps[..., rows, cols], dtype=np.float32)
+        src = torch.from_numpy(crop.reshape(-1, 1, *self.crop_hw))
+        sampled = F.grid_sample(
             src,
-            torch.from_numpy(grid)[None],
+            grid.sample_grid().expand(len(src), -1, -1, -1),
             mode=mode,
             padding_mode="border",
             align_corners=False,
-        )[0].permute(1, 2, 0).numpy()
-        out = out.reshape((h0, w0, *array.shape[2:]))
-        out[~inside] = 0.0
+        ).numpy().reshape(*lead, *grid.shape)
+        if grid.shape == self.original_hw:
+            return sampled, inside
+        out = np.zeros((*lead, *self.original_hw), dtype=np.float32)
+        out[..., grid.rows, grid.cols] = sampled
         return out, inside
+
+
+@dataclass(frozen=True)
+class _OriginalGrid:
+    """Where the original pixels kept by preprocessing sample the crop of the canvas.
+
+    ``rows`` and ``cols`` bound the kept pixels (a rectangle: each canvas axis follows one
+    original axis, monotonically). ``x`` and ``y`` are ``grid_sample``'s normalised crop
+    coordinates of those pixels, shaped to broadcast over (rows, cols): each varies along
+    one axis only (x along the columns, y along the rows, swapped for odd rotations).
+    """
+
+    rows: slice
+    cols: slice
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Rows and columns of the kept rectangle."""
+        return self.rows.stop - self.rows.start, self.cols.stop - self.cols.start
+
+    def sample_grid(self) -> torch.Tensor:
+        """(1, rows, cols, 2) float32 sampling grid (a new tensor)."""
+        grid = torch.empty(1, *self.shape, 2)
+        grid[0, ..., 0] = self.x
+        grid[0, ..., 1] = self.y
+        return grid
+
+
+@functools.lru_cache(maxsize=64)
+def _original_grid(transform: ViewTransform) -> _OriginalGrid:
+    """The sampling grid of ``transform`` (cached by value: every cycle of a camera
+    preprocesses to an equal record)."""
+    h0, w0 = transform.original_hw
+    # The map is affine, so N(u, v) = (N(u, 0) - N(0, 0)) + N(0, v); each canvas coordinate
+    # follows one original axis, so the full grid is that sum on one line and one column.
+    origin = transform.original_to_network(np.zeros(2))
+    along_u = transform.original_to_network(np.stack([np.arange(w0), np.zeros(w0)], -1))
+    along_v = transform.original_to_network(np.stack([np.zeros(h0), np.arange(h0)], -1))
+    along_u = (along_u - origin).astype(np.float32)  # per original column, 0 at u = 0
+    along_v = along_v.astype(np.float32)  # per original row
+    swapped = transform.rotation_k % 2 == 1  # canvas x follows the original rows
+    (top, left), (ch, cw) = transform.pad_offset, transform.crop_hw
+    x_axis, y_axis = (along_v[:, 0], along_u[:, 1]) if swapped else (along_u[:, 0], along_v[:, 1])
+    x_rest, y_rest = (along_u[0, 0], along_v[0, 1]) if swapped else (along_v[0, 0], along_u[0, 1])
+    # Continuous coordinates inside the crop, which spans [0, cw] x [0, ch].
+    x = x_axis + x_rest + 0.5 - left
+    y = y_axis + y_rest + 0.5 - top
+    x_kept = _kept_range((x >= 0) & (x <= cw))
+    y_kept = _kept_range((y >= 0) & (y <= ch))
+    gx = torch.from_numpy((2.0 * x[x_kept] / cw - 1.0).astype(np.float32))
+    gy = torch.from_numpy((2.0 * y[y_kept] / ch - 1.0).astype(np.float32))
+    if swapped:
+        return _OriginalGrid(x_kept, y_kept, gx[:, None], gy[None, :])
+    return _OriginalGrid(y_kept, x_kept, gx[None, :], gy[:, None])
+
+
+def _kept_range(kept: np.ndarray) -> slice:
+    """The slice of a monotone run of True in a 1-D mask (an empty slice if none)."""
+    index = np.flatnonzero(kept)
+    return slice(int(index[0]), int(index[-1]) + 1) if index.size else slice(0, 0)
 
 
 def _turn_intrinsics(K: np.ndarray, width: int) -> np.ndarray:

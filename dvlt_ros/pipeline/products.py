@@ -140,7 +140,7 @@ def build_cloud(
         )
     window_points = np.concatenate([p.points for p in picks])
     if config.voxel_size > 0:
-        world = _to_world(window_points, world_from_window)
+        world = world_from_window.apply_points(window_points)
         cells = np.floor(world / config.voxel_size).astype(np.int64)
         conf = np.concatenate([p.view.confidence.reshape(-1)[p.pixels] for p in picks])
         order = np.lexsort((-conf, *cells.T[::-1]))
@@ -155,7 +155,7 @@ def build_cloud(
             keep = _even_subsample(len(window_points), config.max_points)
             window_points = np.take(_rows(window_points), keep).view(
                 window_points.dtype).reshape(-1, 3)
-        points = _to_world(window_points, world_from_window).astype(np.float32, order="C")
+        points = world_from_window.apply_points(window_points).astype(np.float32, order="C")
     colors, confidence = _gather_colors_confidence(picks, keep, len(points))
     return PointCloud(points, colors, confidence)
 
@@ -197,25 +197,6 @@ def _rows(array: np.ndarray) -> np.ndarray:
 def _even_subsample(count: int, limit: int) -> np.ndarray:
     """``limit`` indices spread evenly over ``count`` items (first and last kept)."""
     return np.linspace(0, count - 1, limit).round().astype(np.int64)
-
-
-def _to_world(points: np.ndarray, world_from_window: Sim3) -> np.ndarray:
-    """``world_from_window`` applied to (n, 3) points in float64, column by column: the
-    products and sums of ``Sim3.apply_points`` on homogeneous points in index order (bit
-    for bit what its einsum gives where einsum sums in that order, as on x86-64 here),
-    without the (n, 4) einsum, several times slower for a cloud."""
-    rotation = np.asarray(world_from_window.rotation, dtype=np.float64)
-    translation = np.asarray(world_from_window.translation, dtype=np.float64)
-    columns = points.T.astype(np.float64)
-    columns *= world_from_window.scale
-    out = np.empty((3, len(points)), np.float64)
-    term = np.empty(len(points), np.float64)
-    for j in range(3):
-        np.multiply(columns[0], rotation[j, 0], out=out[j])
-        for i in (1, 2):
-            out[j] += np.multiply(columns[i], rotation[j, i], out=term)
-        out[j] += translation[j]
-    return out.T
 
 
 def _gather_colors_confidence(

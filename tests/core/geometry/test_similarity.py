@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dvlt_core.geometry import Sim3, quaternion_to_rotation
@@ -44,3 +45,29 @@ def test_torch_fields_compute_in_torch_like_numpy():
     assert isinstance(got, torch.Tensor)
     np.testing.assert_allclose(got.numpy(), sim.apply_c2w(poses), atol=1e-12)
     np.testing.assert_allclose(as_torch.matrix_3x4.numpy(), sim.matrix_3x4)
+
+
+@pytest.mark.parametrize("shape", [(3,), (11, 3), (5, 7, 3), (0, 3)])
+@pytest.mark.parametrize(("points_dtype", "rotation_dtype", "scale", "out_dtype"), [
+    (np.float64, np.float64, 1.7, np.float64),
+    (np.float32, np.float64, 1.7, np.float64),  # float32 clouds are placed in float64
+    (np.float32, np.float32, 1.7, np.float32),
+    (np.float32, np.float32, np.float64(1.7), np.float64),
+])
+def test_numpy_points_follow_the_homogeneous_definition(shape, points_dtype, rotation_dtype,
+                                                        scale, out_dtype):
+    base = _random_sim3(4)
+    sim = Sim3(base.rotation.astype(rotation_dtype), base.translation, scale)
+    points = np.random.default_rng(5).normal(0, 10, shape).astype(points_dtype)
+    moved = sim.apply_points(points)
+    assert moved.shape == shape and moved.dtype == out_dtype
+    # The definition R (c p) + t on homogeneous points, in float64.
+    homogeneous = np.concatenate([scale * points.astype(np.float64), np.ones((*shape[:-1], 1))],
+                                 axis=-1)
+    matrix = np.eye(4)
+    matrix[:3, :3], matrix[:3, 3] = sim.rotation, sim.translation
+    expected = (homogeneous @ matrix.T)[..., :3]
+    # A few roundings in the output type of |c R| |p| + |t|.
+    magnitude = scale * np.abs(points).max(initial=0) * 3 + np.abs(sim.translation).max()
+    np.testing.assert_allclose(moved, expected, rtol=0,
+                               atol=8 * np.finfo(out_dtype).eps * magnitude)

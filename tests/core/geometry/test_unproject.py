@@ -63,3 +63,27 @@ def test_shape_errors():
         unproject_depth(torch.ones(4, 5), torch.eye(3), torch.eye(3))
     with pytest.raises(ValueError, match="same leading"):
         compute_world_rays(torch.eye(4)[None], torch.eye(3), 4, 5)
+
+
+def test_batched_points_are_row_major_and_equal_single_views(cameras):
+    # Downstream gathers (x, y, z) rows: batched maps must not come out channel-planar.
+    depth = cameras["depth"].reshape(-1, 28, 42)
+    k, c2w = cameras["K"].reshape(-1, 3, 3), cameras["c2w"].reshape(-1, *cameras["c2w"].shape[-2:])
+    points = unproject_depth(depth, k, c2w)
+    assert points.is_contiguous()
+    for i in range(len(depth)):
+        single = unproject_depth(depth[i], k[i], c2w[i])
+        assert single.is_contiguous()
+        # The same float32 sums of three products, grouped per batch or not.
+        scale = float(c2w[i, :3, 3].abs().max() + single.abs().max())
+        torch.testing.assert_close(points[i], single, rtol=0,
+                                   atol=8 * torch.finfo(torch.float32).eps * scale)
+
+
+def test_gradients_flow_through_batched_unprojection():
+    depth = torch.full((2, 3, 4), 2.0, requires_grad=True)
+    k = torch.tensor([[10.0, 0, 2.0], [0, 10.0, 1.5], [0, 0, 1]]).expand(2, 3, 3)
+    points = unproject_depth(depth, k, torch.eye(4).expand(2, 4, 4))
+    assert points.is_contiguous()
+    points[..., 2].sum().backward()  # z is the depth itself
+    torch.testing.assert_close(depth.grad, torch.ones_like(depth))

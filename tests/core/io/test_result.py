@@ -8,7 +8,7 @@ import torch
 
 from dvlt_core.backends.base import BackendOutput, StageTimings
 from dvlt_core.io.images import preprocess
-from dvlt_core.result import build_reconstruction
+from dvlt_core.result import build_reconstruction, unproject
 
 NORMAL = np.array([0.1, -0.2, 1.0]) / np.linalg.norm([0.1, -0.2, 1.0])
 OFFSET = 4.0  # plane: NORMAL . X = OFFSET
@@ -103,3 +103,38 @@ def test_point_cloud_thresholds_and_colours():
     assert len(recon.point_cloud(cut)[0]) == len(half)
     with pytest.raises(ValueError, match=r"\[0, 100\)"):
         recon.point_cloud("100%")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+@pytest.mark.parametrize("resolution", ["original", "network"])
+def test_views_of_one_size_are_assembled_like_single_views(resolution, interpolation):
+    # Views 0 and 2 share their preprocessing and are resampled and unprojected together.
+    shapes = [(240, 320), (200, 330), (240, 320)]
+    raw, c2w_net, K_net, batch, images, _ = _synthetic(shapes, False)
+    assert batch.transforms[0] == batch.transforms[2] != batch.transforms[1]
+    recon = build_reconstruction(
+        raw, c2w_net, K_net, np.ones(3, bool), batch, images, names=["a", "b", "c"],
+        timestamps=[0.0, 0.5, 1.0], num_steps=1, pose_mode="robust", resolution=resolution,
+        interpolation=interpolation,
+    )
+    depth, conf = raw.depth[0, ..., 0].numpy(), raw.depth_conf[0].numpy()
+    for i, (view, t) in enumerate(zip(recon.views, batch.transforms, strict=True)):
+        if resolution == "original":
+            d, valid = t.resample_to_original(depth[i], mode=interpolation)
+            c, _ = t.resample_to_original(conf[i], mode="bilinear")
+        else:
+            d, c = t.crop_from_network(depth[i]), t.crop_from_network(conf[i])
+            valid = np.ones(d.shape, bool)
+        assert view.depth.tobytes() == d.tobytes() and view.confidence.tobytes() == c.tobytes()
+        np.testing.assert_array_equal(view.valid, valid)
+        points = unproject(d, view.intrinsics, view.extrinsics_c2w)
+        points[~valid] = 0.0
+        # One float32 unprojection against another, batched differently: a few float32
+        # roundings of |t| + depth * |direction|.
+        scale = np.abs(view.extrinsics_c2w[:3, 3]).max() + np.abs(points).max()
+        np.testing.assert_allclose(view.world_points, points, rtol=0,
+                                   atol=8 * np.finfo(np.float32).eps * scale)
+        assert view.world_points.dtype == np.float32 and view.world_points.flags.c_contiguous
+    first, last = recon.views[0], recon.views[2]
+    for name in ("depth", "confidence", "valid", "world_points"):
+        assert not np.shares_memory(getattr(first, name), getattr(last, name))
