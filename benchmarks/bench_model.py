@@ -101,6 +101,42 @@ def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
     return configs
 
 
+def models_with_same_weights(upstream: str | None) -> tuple[DVLTModel, str, torch.nn.Module]:
+    """(ours, baseline name, baseline): released config, the same deterministic weights;
+    upstream's model from the ``upstream`` checkout, else the previous implementation."""
+    ours = DVLTModel(**RELEASED).eval()
+    state = deterministic_state_dict(model_shapes(ours), seed=1)
+    ours.load_state_dict(state, strict=True)
+    if upstream:
+        return ours, "upstream", upstream_model(upstream, RELEASED, state)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference_model import reference_model
+
+    baseline = reference_model(**RELEASED).eval()
+    baseline.load_state_dict(state, strict=True)
+    return ours, "previous", baseline
+
+
+def forward_calls(
+    ours: torch.nn.Module, baseline: torch.nn.Module, baseline_name: str, images: torch.Tensor,
+    K: int, precision: str = "fp32", device_type: str = "cpu",
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """One forward of ours and one of the baseline (upstream's ``forward_inference``) at K."""
+
+    def run_ours():
+        with torch.inference_mode(), autocast_for(precision, device_type):
+            return ours(images, num_steps=K)
+
+    def run_baseline():
+        with torch.inference_mode(), autocast_for(precision, device_type):
+            if baseline_name == "upstream":
+                baseline.inference_steps = K
+                return baseline.forward_inference(images)
+            return baseline(images, num_steps=K)
+
+    return run_ours, run_baseline
+
+
 def interleaved_medians(
     fns: list[Callable[[], object]], repeats: int, clock: Callable[[], float]
 ) -> list[float]:
@@ -161,17 +197,7 @@ def main() -> None:
     else:
         clock = time.perf_counter
 
-    ours = DVLTModel(**RELEASED).eval()
-    state = deterministic_state_dict(model_shapes(ours), seed=1)
-    ours.load_state_dict(state, strict=True)
-    if args.upstream:
-        baseline_name, baseline = "upstream", upstream_model(args.upstream, RELEASED, state)
-    else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from reference_model import reference_model
-
-        baseline_name, baseline = "previous", reference_model(**RELEASED).eval()
-        baseline.load_state_dict(state, strict=True)
+    ours, baseline_name, baseline = models_with_same_weights(args.upstream)
     ours.to(device)
     baseline.to(device)
     if args.compile:
@@ -196,17 +222,8 @@ def main() -> None:
     for S, H, W, K in parse_configs(args.configs):
         images = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(S)).to(device)
 
-        def run_ours(K=K, images=images):
-            with torch.inference_mode(), autocast_for(args.precision, device.type):
-                return ours(images, num_steps=K)
-
-        def run_baseline(K=K, images=images):
-            with torch.inference_mode(), autocast_for(args.precision, device.type):
-                if baseline_name == "upstream":
-                    baseline.inference_steps = K
-                    return baseline.forward_inference(images)
-                return baseline(images, num_steps=K)
-
+        run_ours, run_baseline = forward_calls(ours, baseline, baseline_name, images, K,
+                                               args.precision, device.type)
         mine, theirs = interleaved_medians([run_ours, run_baseline], args.repeats, clock)
         row = f"| {S} | {H}x{W} | {K} | {mine * 1e3:.0f} | {theirs * 1e3:.0f} |"
         row += f" {theirs / mine:.2f} |"

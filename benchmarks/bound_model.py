@@ -30,11 +30,12 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import RELEASED, interleaved_medians, parse_configs, upstream_model
-
-from dvlt_core.model import DVLTModel
-from dvlt_core.testing import deterministic_state_dict
-from dvlt_core.testing.det_weights import model_shapes
+from bench_model import (
+    forward_calls,
+    interleaved_medians,
+    models_with_same_weights,
+    parse_configs,
+)
 
 # Ops whose self time is a matrix product, attention or convolution kernel on CPU.
 # (oneDNN's transposed convolutions run inside ``aten::_convolution`` itself.)
@@ -88,16 +89,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    ours = DVLTModel(**RELEASED).eval()
-    state = deterministic_state_dict(model_shapes(ours), seed=1)
-    ours.load_state_dict(state, strict=True)
-    if args.upstream:
-        baseline_name, baseline = "upstream", upstream_model(args.upstream, RELEASED, state)
-    else:
-        from reference_model import reference_model
-
-        baseline_name, baseline = "previous", reference_model(**RELEASED).eval()
-        baseline.load_state_dict(state, strict=True)
+    ours, baseline_name, baseline = models_with_same_weights(args.upstream)
 
     peak = best_gemm_rate()
     print(f"DVLT forward, released config (ViT-B), fp32, cpu, B=1, {torch.get_num_threads()} "
@@ -111,17 +103,7 @@ def main() -> None:
     for S, H, W, K in parse_configs(args.configs):
         images = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(S))
 
-        def run_ours(K=K, images=images):
-            with torch.inference_mode():
-                return ours(images, num_steps=K)
-
-        def run_baseline(K=K, images=images):
-            with torch.inference_mode():
-                if baseline_name == "upstream":
-                    baseline.inference_steps = K
-                    return baseline.forward_inference(images)
-                return baseline(images, num_steps=K)
-
+        run_ours, run_baseline = forward_calls(ours, baseline, baseline_name, images, K)
         times = interleaved_medians([run_ours, run_baseline], args.repeats, time.perf_counter)
         dense = {}
         for name, run, seconds in (("ours", run_ours, times[0]),

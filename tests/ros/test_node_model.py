@@ -131,10 +131,9 @@ def held_checkpoint(checkpoint, tmp_path, monkeypatch):
     thread.join(10)
 
 
-def test_reload_runs_beside_the_running_model(graph, rig, checkpoint, held_checkpoint, tmp_path):
-    """A checkpoint change loads the new model while cycles go on with the old one; the
-    new one takes over once loaded. A failed reload keeps the running model with a WARN;
-    an empty checkpoint is refused."""
+def start_one_step_node(graph, rig, checkpoint):
+    """A K = 1, one-timestep node on the CPU with its model loaded, the rig's publisher
+    connected and a collector of its outputs."""
     node = graph.reconstruct_node(cameras=rig.names, rate=10.0, input_qos="reliable",
                                   checkpoint=str(checkpoint), device="cpu", num_steps=1,
                                   window_timesteps=1, camera_timeout=1e4)
@@ -142,6 +141,14 @@ def test_reload_runs_beside_the_running_model(graph, rig, checkpoint, held_check
     collector = OutputCollector(graph, rig.names)
     publisher.wait_connected()
     assert graph.spin_until(lambda: node.pipeline is not None, 60)
+    return node, publisher, collector
+
+
+def test_reload_runs_beside_the_running_model(graph, rig, checkpoint, held_checkpoint, tmp_path):
+    """A checkpoint change loads the new model while cycles go on with the old one; the
+    new one takes over once loaded. A failed reload keeps the running model with a WARN;
+    an empty checkpoint is refused."""
+    node, publisher, collector = start_one_step_node(graph, rig, checkpoint)
     times = iter(0.1 * i for i in range(100))
 
     def cycle():
@@ -190,13 +197,7 @@ def test_torch_compile_reloads_the_model_compiled(graph, rig, checkpoint, monkey
 
     compiled = []
     monkeypatch.setattr(torch_backend, "compile_model", compiled.append)
-    node = graph.reconstruct_node(cameras=rig.names, rate=10.0, input_qos="reliable",
-                                  checkpoint=str(checkpoint), device="cpu", num_steps=1,
-                                  window_timesteps=1, camera_timeout=1e4)
-    publisher = RigPublisher(graph, rig)
-    collector = OutputCollector(graph, rig.names)
-    publisher.wait_connected()
-    assert graph.spin_until(lambda: node.pipeline is not None, 60)
+    node, publisher, collector = start_one_step_node(graph, rig, checkpoint)
     times = iter(0.1 * i for i in range(100))
     wait_cycle(graph, node, publisher.publish(next(times)), timeout=20)
     eager = node.model
