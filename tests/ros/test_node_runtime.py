@@ -184,10 +184,9 @@ def test_overload_keeps_queues_and_memory_bounded(graph, rig, backend):
     assert camera is not None and float(status_values(camera)["input_rate_hz"]) > 10
 
 
-def test_lossless_mode_reconstructs_every_snapshot_and_acknowledges(graph, rig, backend):
-    """lossless:=true (for `dvlt-ros replay --lossless`): every complete snapshot is
-    reconstructed in order however slow the rate, and ~/consumed counts every handled
-    image, rejected ones included, only after the products of what it completed."""
+def start_lossless_node(graph, rig, backend):
+    """A lossless node at a rate too slow to matter, the rig's publisher connected, and
+    the list its ``~/consumed`` acknowledgements arrive in (the latched 0 already there)."""
     node = graph.reconstruct_node(backend, cameras=rig.names, rate=0.01, input_qos="reliable",
                                   lossless=True, use_sim_time=False)
     publisher = RigPublisher(graph, rig)
@@ -196,6 +195,14 @@ def test_lossless_mode_reconstructs_every_snapshot_and_acknowledges(graph, rig, 
                                        lambda m: acks.append(m.data), LATCHED_QOS)
     publisher.wait_connected()
     assert graph.spin_until(lambda: acks == [0])
+    return node, publisher, acks
+
+
+def test_lossless_mode_reconstructs_every_snapshot_and_acknowledges(graph, rig, backend):
+    """lossless:=true (for `dvlt-ros replay --lossless`): every complete snapshot is
+    reconstructed in order however slow the rate, and ~/consumed counts every handled
+    image, rejected ones included, only after the products of what it completed."""
+    node, publisher, acks = start_lossless_node(graph, rig, backend)
     reports = []
     node.add_cycle_listener(lambda report, result: reports.append(report))
 
@@ -225,15 +232,8 @@ def test_burst_of_snapshots_is_published_complete_and_in_order(graph, rig, backe
     one's outputs are published on the publishing thread. Every cycle's cloud, depth and
     confidence arrive, in cycle order, stamped with the source images' stamps; reports
     come in the same order and the last acknowledgement only after all of them."""
-    node = graph.reconstruct_node(backend, cameras=rig.names, rate=0.01, input_qos="reliable",
-                                  lossless=True, use_sim_time=False)
-    publisher = RigPublisher(graph, rig)
     collector = OutputCollector(graph, rig.names)
-    acks = []
-    publisher.node.create_subscription(UInt64, "/reconstruct_node/consumed",
-                                       lambda m: acks.append(m.data), LATCHED_QOS)
-    publisher.wait_connected()
-    assert graph.spin_until(lambda: acks == [0])
+    node, publisher, acks = start_lossless_node(graph, rig, backend)
     reports = []
     node.add_cycle_listener(lambda report, result: reports.append((report.stamp_ns, acks[-1])))
     stamps = [publisher.publish(t) for t in TIMES]
